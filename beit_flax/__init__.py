@@ -1,0 +1,7 @@
+"""beit-flax: MiDaS v3.1 BEiT-DPT monocular depth in JAX/Flax. Importing this package never imports torch."""
+
+from beit_flax.config import PRESETS, DPTConfig
+from beit_flax.dpt import DPT
+from beit_flax.weights import FORMAT_VERSION, load, save
+
+__all__ = ["DPT", "DPTConfig", "FORMAT_VERSION", "PRESETS", "load", "save"]

@@ -1,0 +1,79 @@
+"""BEiT's learned relative position bias, resized to the input's patch grid as MiDaS v3.1 does.
+
+Each block owns a table of shape (M, heads) with M = (2gh-1)(2gw-1) + 3 for its training grid (gh, gw):
+rows [0, M-3) hold one bias per 2-D offset (dy-major), and the last three rows are the cls->token, token->cls and
+cls->cls entries. For an input grid (h, w) MiDaS (`midas/backbones/beit.py`, `_get_rel_pos_bias`) resizes the offset
+part to (2h-1, 2w-1) with bilinear interpolation (align_corners=False) - always, even when the size is unchanged,
+which is then an exact identity - and gathers a (heads, N, N) bias with N = h*w + 1.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from beit_flax.resize import interpolation_matrix
+
+
+@functools.lru_cache(maxsize=64)
+def relative_position_index(grid_hw: tuple[int, int]) -> np.ndarray:
+    """(N, N) int32 index into a table for `grid_hw`, N = h*w + 1, the cls token at position 0.
+
+    Token i = (y1, x1) and j = (y2, x2) read row (y1-y2+h-1)*(2w-1) + (x1-x2+w-1); with M = (2h-1)(2w-1) + 3 the cls
+    query row reads M-3, the cls key column M-2, and [0, 0] reads M-1 (timm's `gen_relative_position_index`).
+    """
+    h, w = grid_hw
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    offsets = (ys[:, None] - ys[None, :] + h - 1) * (2 * w - 1) + (xs[:, None] - xs[None, :] + w - 1)
+    rows = (2 * h - 1) * (2 * w - 1) + 3
+    index = np.empty((h * w + 1, h * w + 1), dtype=np.int32)
+    index[1:, 1:] = offsets
+    index[0, :] = rows - 3
+    index[:, 0] = rows - 2
+    index[0, 0] = rows - 1
+    return index
+
+
+def resize_table(table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tuple[int, int]) -> jnp.ndarray:
+    """Resize a (M, heads) table trained for `train_grid` to the table of `grid_hw`, ((2h-1)(2w-1) + 3, heads).
+
+    The original reshapes the offset rows as (2*gw-1, 2*gh-1) before resizing to (2h-1, 2w-1); for the square
+    training grids of every released model that is the same as (2gh-1, 2gw-1), which is what we do here.
+    """
+    old_h, old_w = 2 * train_grid[0] - 1, 2 * train_grid[1] - 1
+    new_h, new_w = 2 * grid_hw[0] - 1, 2 * grid_hw[1] - 1
+    heads = table_mh.shape[-1]
+    offsets = table_mh[: old_h * old_w].reshape(old_h, old_w, heads)
+    rows = jnp.asarray(interpolation_matrix(old_h, new_h, False), table_mh.dtype)
+    cols = jnp.asarray(interpolation_matrix(old_w, new_w, False), table_mh.dtype)
+    offsets = jnp.einsum("oh,hwn->own", rows, offsets)
+    offsets = jnp.einsum("pw,own->opn", cols, offsets)
+    return jnp.concatenate([offsets.reshape(new_h * new_w, heads), table_mh[old_h * old_w :]], axis=0)
+
+
+def relative_position_bias(
+    table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tuple[int, int]
+) -> jnp.ndarray:
+    """(heads, N, N) attention bias for an input of `grid_hw` patches, N = h*w + 1; shared by the whole batch."""
+    table = resize_table(table_mh, train_grid, grid_hw)
+    bias_nnh = jnp.take(table, jnp.asarray(relative_position_index(tuple(grid_hw))), axis=0)
+    return jnp.transpose(bias_nnh, (2, 0, 1))
+
+
+class RelativePositionBias(nn.Module):
+    """Owns one block's table and returns its (heads, N, N) bias for the current grid."""
+
+    num_heads: int
+    train_grid: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, grid_hw: tuple[int, int]) -> jnp.ndarray:
+        gh, gw = self.train_grid
+        rows = (2 * gh - 1) * (2 * gw - 1) + 3
+        # BEiT initialises the table to zeros; pretrained tables carry the learned biases.
+        table = self.param("table", nn.initializers.zeros_init(), (rows, self.num_heads), jnp.float32)
+        return relative_position_bias(table, self.train_grid, grid_hw)

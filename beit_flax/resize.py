@@ -1,0 +1,47 @@
+"""Bilinear resizing with exactly the sampling rule of torch's `F.interpolate(mode="bilinear")`.
+
+MiDaS resizes in two flavours and both matter to 1e-5:
+  * `align_corners=True` in the fusion blocks and the head (DPT's upsampling path);
+  * `align_corners=False`, no antialias, for the relative-position tables (torch's default).
+`jax.image.resize` uses half-pixel centres with antialiasing on downsampling and has no align-corners mode, so we build
+the separable interpolation matrices in numpy (shapes are static under jit) and apply them with two small matmuls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+    """(out_size, in_size) float32 matrix W with out = W @ in along one axis, as torch computes it.
+
+    align_corners=True:  src = dst * (in - 1) / (out - 1)   (0 when out == 1)
+    align_corners=False: src = (dst + 0.5) * in / out - 0.5, clamped at 0 (torch's `area_pixel_compute_source_index`)
+    The upper neighbour is clamped to in - 1.
+    """
+    dst = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        src = dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros_like(dst)
+    else:
+        src = np.maximum((dst + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    upper = np.minimum(lower + 1, in_size - 1)
+    frac = src - lower
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, lower), 1.0 - frac)
+    np.add.at(weights, (rows, upper), frac)
+    return weights.astype(np.float32)
+
+
+def resize_bilinear(x_bhwc: jnp.ndarray, size_hw: tuple[int, int], *, align_corners: bool) -> jnp.ndarray:
+    """Resize (B, H, W, C) to (B, size_h, size_w, C) like torch bilinear interpolation; keeps the dtype."""
+    _, h, w, _ = x_bhwc.shape
+    rows = jnp.asarray(interpolation_matrix(h, size_hw[0], align_corners), x_bhwc.dtype)
+    cols = jnp.asarray(interpolation_matrix(w, size_hw[1], align_corners), x_bhwc.dtype)
+    x_bhwc = jnp.einsum("oh,bhwc->bowc", rows, x_bhwc)
+    return jnp.einsum("pw,bowc->bopc", cols, x_bhwc)

@@ -1,0 +1,106 @@
+"""The beit-flax weights file: one msgpack (flax.serialization) holding a format tag, the config and the parameters.
+
+    {"format": "beit-flax", "format_version": 1, "config": {...DPTConfig fields...}, "params": {...float32 tree...}}
+
+`load` checks every parameter's path and shape against the config before anything is traced, so a bad file fails
+with the file name and the offending path instead of deep inside XLA.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, traverse_util
+
+from beit_flax.config import DPTConfig
+from beit_flax.dpt import DPT
+
+FORMAT = "beit-flax"
+FORMAT_VERSION = 1
+
+
+def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
+    """{"patch_embed/proj/kernel": (16, 16, 3, C), ...}: every parameter the model with `config` has."""
+    side = config.patch_size * np.asarray(config.train_grid)
+    images = jax.ShapeDtypeStruct((1, int(side[0]), int(side[1]), 3), jnp.float32)
+    variables = jax.eval_shape(DPT(config).init, jax.random.key(0), images)
+    flat = traverse_util.flatten_dict(variables["params"], sep="/")
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+
+
+def check_params(config: DPTConfig, params: Any, source: str = "params") -> None:
+    """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path."""
+    expected = param_shapes(config)
+    got = {path: tuple(np.shape(leaf)) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    problems = [f"missing {p} {expected[p]}" for p in sorted(expected.keys() - got.keys())]
+    problems += [f"unexpected {p} {got[p]}" for p in sorted(got.keys() - expected.keys())]
+    problems += [
+        f"{p} has shape {got[p]}, config needs {expected[p]}"
+        for p in sorted(expected.keys() & got.keys())
+        if got[p] != expected[p]
+    ]
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ValueError(f"{source}: parameters do not match the config: {shown}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, then rename: readers never see a partial file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: str | os.PathLike, config: DPTConfig, params: Any) -> None:
+    """Write `params` (float32, checked against `config`) and `config` to a msgpack file, atomically."""
+    params = jax.tree.map(lambda leaf: np.asarray(leaf, dtype=np.float32), params)
+    check_params(config, params)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "params": params}
+    atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+
+
+def load(path: str | os.PathLike, dtype: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Read a file written by `save` (or `convert_weights`) and return `(model, params)`.
+
+    dtype: optional compute dtype override ("float32", "bfloat16", "float16"); parameters stay float32.
+    Raises ValueError naming the file and the reason for anything that is not a valid beit-flax weights file.
+    """
+    path = Path(path)
+    try:
+        payload = serialization.msgpack_restore(path.read_bytes())
+    except OSError:
+        raise
+    except Exception as err:  # msgpack raises a zoo of types on corrupt input
+        raise ValueError(f"{path}: not a readable beit-flax weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a beit-flax weights file (no '{FORMAT}' format tag)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format version {payload.get('format_version')!r}, this beit-flax reads {FORMAT_VERSION}"
+        )
+    try:
+        config = DPTConfig.from_dict(dict(payload["config"]))
+        if dtype is not None:
+            config = config.replace(dtype=dtype)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: bad config: {err}") from None
+    params = payload.get("params")
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: no parameter tree")
+    check_params(config, params, source=str(path))
+    return DPT(config), params

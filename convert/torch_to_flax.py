@@ -1,0 +1,139 @@
+"""PyTorch checkpoint -> (DPTConfig, beit-flax parameter tree), accounting for every tensor."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from beit_flax.config import PRESETS, DPTConfig, default_hooks
+from convert.checkpoint import Checkpoint, ConversionError
+from convert.params import DROPPED, LAYOUTS
+
+# A name that only one layout has, used to tell them apart.
+_LAYOUT_MARKERS = {
+    "midas": "pretrained.model.cls_token",
+    "hf-v5": "backbone.beit.embeddings.cls_token",
+    "hf-v4": "backbone.embeddings.cls_token",
+}
+
+
+@dataclasses.dataclass
+class Converted:
+    config: DPTConfig
+    params: dict[str, Any]
+    layout: str
+    model_name: str
+    dropped: list[str]
+
+
+def detect_layout(shapes: dict[str, tuple[int, ...]], source: str) -> str:
+    for layout, marker in _LAYOUT_MARKERS.items():
+        if marker in shapes:
+            return layout
+    sample = ", ".join(sorted(shapes)[:5])
+    raise ConversionError(
+        f"{source}: not a MiDaS v3.1 BEiT or transformers DPT-BEiT checkpoint (none of "
+        f"{sorted(_LAYOUT_MARKERS.values())} present; first keys: {sample})"
+    )
+
+
+def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise ConversionError(f"{source}: missing key {key}")
+    return shapes[key]
+
+
+def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dict | None, source: str) -> DPTConfig:
+    """Read the architecture off the tensor shapes (and transformers' config.json where it says more)."""
+    if layout == "midas":
+        cls, block, table = "pretrained.model.cls_token", r"pretrained\.model\.blocks\.(\d+)\.", "attn.relative_position_bias_table"
+        reassemble = [f"pretrained.act_postprocess{s}.3.weight" for s in (1, 2, 3, 4)]
+        to_fusion, head2 = "scratch.layer1_rn.weight", "scratch.output_conv.2.weight"
+    else:
+        prefix = "backbone.beit." if layout == "hf-v5" else "backbone."
+        cls = prefix + "embeddings.cls_token"
+        if layout == "hf-v5":
+            block, table = r"backbone\.beit\.layers\.(\d+)\.", "relative_position_bias.relative_position_bias_table"
+        else:
+            block = r"backbone\.encoder\.layer\.(\d+)\."
+            table = "attention.attention.relative_position_bias.relative_position_bias_table"
+        reassemble = [f"neck.reassemble_stage.layers.{s}.projection.weight" for s in range(4)]
+        to_fusion, head2 = "neck.convs.0.weight", "head.head.2.weight"
+
+    width = _shape(shapes, cls, source)[-1]
+    blocks = sorted({int(m[1]) for key in shapes if (m := re.match(block, key))})
+    if not blocks or blocks != list(range(len(blocks))):
+        raise ConversionError(f"{source}: encoder blocks are not numbered 0..N-1 (found {blocks[:8]}...)")
+    table_key = re.sub(r"\\\.", ".", block).replace(r"(\d+)", "0") + table
+    rows, heads = _shape(shapes, table_key, source)
+    side = (math.isqrt(rows - 3) + 1) // 2
+    if (2 * side - 1) ** 2 + 3 != rows:
+        raise ConversionError(f"{source}: {table_key} has {rows} rows, not (2g-1)^2 + 3 for a square grid g")
+
+    depth = len(blocks)
+    hooks = default_hooks(depth)
+    layer_norm_eps = 1e-6  # MiDaS / timm
+    backbone = (hf_config or {}).get("backbone_config") or {}
+    if backbone.get("out_indices"):
+        hooks = tuple(int(i) - 1 for i in backbone["out_indices"])  # index 0 is the embedding output
+    elif backbone.get("out_features"):
+        hooks = tuple(int(name.removeprefix("stage")) - 1 for name in backbone["out_features"])
+    if "layer_norm_eps" in backbone:
+        layer_norm_eps = float(backbone["layer_norm_eps"])  # transformers runs with what config.json says
+
+    try:
+        return DPTConfig(
+            width=width,
+            depth=depth,
+            num_heads=heads,
+            train_grid=(side, side),
+            hooks=hooks,
+            reassemble_channels=tuple(_shape(shapes, key, source)[0] for key in reassemble),
+            fusion_channels=_shape(shapes, to_fusion, source)[0],
+            head_channels=_shape(shapes, head2, source)[0],
+            layer_norm_eps=layer_norm_eps,
+            net_size=16 * side,
+        )
+    except ValueError as err:
+        raise ConversionError(f"{source}: {err}") from None
+
+
+def model_name(config: DPTConfig) -> str:
+    for name, preset in PRESETS.items():
+        if dataclasses.replace(preset, layer_norm_eps=config.layer_norm_eps) == config:
+            return name
+    return f"custom BEiT-DPT (width {config.width}, depth {config.depth}, grid {config.train_grid})"
+
+
+def torch_to_flax(checkpoint: Checkpoint) -> Converted:
+    """Map every tensor of `checkpoint` to the flax tree; unmapped or missing tensors are errors listing the keys."""
+    source = str(checkpoint.path)
+    layout = detect_layout(checkpoint.shapes, source)
+    config = infer_config(layout, checkpoint.shapes, checkpoint.hf_config, source)
+    rules, dropped_patterns = LAYOUTS[layout], DROPPED[layout]
+
+    flat: dict[str, np.ndarray] = {}
+    dropped, unknown = [], []
+    for key in list(checkpoint.shapes):
+        targets = next((t for rule in rules if (t := rule.match(key)) is not None), None)
+        if targets is None:
+            (dropped if any(re.fullmatch(p, key) for p in dropped_patterns) else unknown).append(key)
+            continue
+        tensor = checkpoint.take(key)
+        for path, transform in targets:
+            flat[path] = np.ascontiguousarray(transform(tensor), dtype=np.float32)
+    if unknown:
+        raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
+
+    from beit_flax.weights import param_shapes
+
+    missing = sorted(param_shapes(config).keys() - flat.keys())
+    if missing:
+        raise ConversionError(f"{source}: {len(missing)} parameters missing from the checkpoint: {', '.join(missing[:10])}")
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    return Converted(config, params, layout, model_name(config), dropped)
