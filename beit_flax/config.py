@@ -50,16 +50,25 @@ class DPTConfig:
     def __post_init__(self) -> None:
         # Lists arrive from JSON / msgpack; keep the dataclass hashable (flax modules hash their fields).
         for name in ("train_grid", "hooks", "reassemble_channels"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = []
-        if self.width % self.num_heads:
+        sizes = {
+            "width": self.width, "depth": self.depth, "num_heads": self.num_heads, "patch_size": self.patch_size,
+            "fusion_channels": self.fusion_channels, "head_channels": self.head_channels, "net_size": self.net_size,
+            **{f"train_grid[{i}]": v for i, v in enumerate(self.train_grid)},
+            **{f"reassemble_channels[{i}]": v for i, v in enumerate(self.reassemble_channels)},
+        }
+        problems += [f"{name} must be a positive int, got {v!r}" for name, v in sizes.items() if not _positive_int(v)]
+        if not problems and self.width % self.num_heads:
             problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if len(self.train_grid) != 2:
+            problems.append(f"train_grid {self.train_grid} must be two ints (gh, gw)")
         if len(self.hooks) != 4 or len(self.reassemble_channels) != 4:
             problems.append("hooks and reassemble_channels need exactly 4 entries")
-        if any(not 0 <= h < self.depth for h in self.hooks) or list(self.hooks) != sorted(set(self.hooks)):
-            problems.append(f"hooks {self.hooks} must be increasing block indices in [0, {self.depth})")
-        if len(self.train_grid) != 2 or min(self.train_grid) < 1:
-            problems.append(f"train_grid {self.train_grid} must be two positive ints")
+        if not all(isinstance(h, int) for h in self.hooks) or list(self.hooks) != sorted(set(self.hooks)) or not (
+            _positive_int(self.depth) and all(0 <= h < self.depth for h in self.hooks)
+        ):
+            problems.append(f"hooks {self.hooks} must be increasing block indices in [0, depth={self.depth})")
         if self.dtype not in COMPUTE_DTYPES:
             problems.append(f"dtype {self.dtype!r} is not one of {COMPUTE_DTYPES}")
         if problems:
@@ -81,14 +90,19 @@ class DPTConfig:
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "DPTConfig":
+        """Inverse of `to_dict`; every field must be present (a partial config would silently mean another model)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown DPTConfig fields: {unknown}")
+        unknown, missing = sorted(set(fields) - known), sorted(known - set(fields))
+        if unknown or missing:
+            raise ValueError(f"config fields: unknown {unknown}, missing {missing}")
         return cls(**fields)
 
     def replace(self, **changes: Any) -> "DPTConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 PRESETS: dict[str, DPTConfig] = {

@@ -20,7 +20,7 @@ def check_images(images: jnp.ndarray, patch_size: int) -> None:
     if len(shape) != 4 or shape[-1] != 3:
         raise ValueError(f"images must be (B, H, W, 3) NHWC; got shape {shape}")
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"images must be a float array normalised to [-1, 1] ((x - 0.5) / 0.5); got dtype {dtype}")
+        raise ValueError(f"images must be a float array normalised as (x - 0.5) / 0.5; got dtype {dtype} (shape {shape})")
     b, h, w, _ = shape
     if b < 1 or h < patch_size or w < patch_size or h % patch_size or w % patch_size:
         raise ValueError(

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from beit_flax.resize import interpolation_matrix
+from beit_flax.resize import resize_bilinear
 
 
 @functools.lru_cache(maxsize=64)
@@ -35,6 +35,7 @@ def relative_position_index(grid_hw: tuple[int, int]) -> np.ndarray:
     index[0, :] = rows - 3
     index[:, 0] = rows - 2
     index[0, 0] = rows - 1
+    index.flags.writeable = False  # cached and shared between callers
     return index
 
 
@@ -47,11 +48,8 @@ def resize_table(table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tu
     old_h, old_w = 2 * train_grid[0] - 1, 2 * train_grid[1] - 1
     new_h, new_w = 2 * grid_hw[0] - 1, 2 * grid_hw[1] - 1
     heads = table_mh.shape[-1]
-    offsets = table_mh[: old_h * old_w].reshape(old_h, old_w, heads)
-    rows = jnp.asarray(interpolation_matrix(old_h, new_h, False), table_mh.dtype)
-    cols = jnp.asarray(interpolation_matrix(old_w, new_w, False), table_mh.dtype)
-    offsets = jnp.einsum("oh,hwn->own", rows, offsets)
-    offsets = jnp.einsum("pw,own->opn", cols, offsets)
+    offsets = table_mh[: old_h * old_w].reshape(1, old_h, old_w, heads)
+    offsets = resize_bilinear(offsets, (new_h, new_w), align_corners=False)
     return jnp.concatenate([offsets.reshape(new_h * new_w, heads), table_mh[old_h * old_w :]], axis=0)
 
 

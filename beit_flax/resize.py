@@ -35,7 +35,9 @@ def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np
     rows = np.arange(out_size)
     np.add.at(weights, (rows, lower), 1.0 - frac)
     np.add.at(weights, (rows, upper), frac)
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False  # cached and shared between callers
+    return weights
 
 
 def resize_bilinear(x_bhwc: jnp.ndarray, size_hw: tuple[int, int], *, align_corners: bool) -> jnp.ndarray:

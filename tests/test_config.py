@@ -1,0 +1,134 @@
+"""`DPTConfig` and the three presets vs the table in `shared/reference/midas-v31-beit.md`.
+
+Also: validation errors, dict/JSON round trips, and the parameter counts of `weights.param_shapes` against the
+published totals (345.0M / 344.3M / 111.5M) minus the checkpoint weights the model never uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from beit_flax.config import PRESETS, DPTConfig, default_hooks
+from beit_flax.weights import param_shapes
+
+# name: (width, depth, heads, patch, train grid, hooks, reassemble channels, net size, table rows)
+TABLE = {
+    "dpt_beit_large_512": (1024, 24, 16, 16, (32, 32), (5, 11, 17, 23), (256, 512, 1024, 1024), 512, 3972),
+    "dpt_beit_large_384": (1024, 24, 16, 16, (24, 24), (5, 11, 17, 23), (256, 512, 1024, 1024), 384, 2212),
+    "dpt_beit_base_384": (768, 12, 12, 16, (24, 24), (2, 5, 8, 11), (96, 192, 384, 768), 384, 2212),
+}
+
+# Published parameter counts (MiDaS v3.1 README, in millions) and the exact counts of the release state dicts
+# (sum of every tensor in `*.midas-keys.tsv` except the `relative_position_index` buffers).
+PUBLISHED_M = {"dpt_beit_large_512": 345.0, "dpt_beit_large_384": 344.3, "dpt_beit_base_384": 111.5}
+CHECKPOINT_PARAMS = {
+    "dpt_beit_large_512": 345_014_441,
+    "dpt_beit_large_384": 344_338_601,
+    "dpt_beit_base_384": 111_531_689,
+}
+
+
+def unused_params(config: DPTConfig) -> int:
+    """Weights in the checkpoint that inference never reads: classifier head, fc_norm, refinenet4's first RCU."""
+    c, f = config.width, config.fusion_channels
+    head = 1000 * c + 1000
+    fc_norm = 2 * c
+    refinenet4_rcu1 = 2 * (f * f * 9 + f)
+    return head + fc_norm + refinenet4_rcu1
+
+
+def tiny(**changes) -> DPTConfig:
+    fields = dict(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3))
+    fields.update(changes)
+    return DPTConfig(**fields)
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_presets_match_reference_table(name):
+    width, depth, heads, patch, grid, hooks, channels, net, rows = TABLE[name]
+    cfg = PRESETS[name]
+    assert (cfg.width, cfg.depth, cfg.num_heads, cfg.patch_size) == (width, depth, heads, patch)
+    assert (cfg.train_grid, cfg.hooks, cfg.reassemble_channels) == (grid, hooks, channels)
+    assert (cfg.fusion_channels, cfg.head_channels, cfg.net_size) == (256, 32, net)
+    assert cfg.layer_norm_eps == 1e-6 and cfg.dtype == "float32"
+    assert cfg.table_rows == rows
+    assert cfg.hooks == default_hooks(cfg.depth)
+
+
+def test_presets_cover_exactly_the_released_models():
+    assert set(PRESETS) == set(TABLE)
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(width=30, num_heads=4), "width 30 is not divisible by num_heads 4"),
+        (dict(hooks=(0, 1, 2)), "exactly 4 entries"),
+        (dict(reassemble_channels=(8, 16, 32)), "exactly 4 entries"),
+        (dict(hooks=(0, 1, 2, 4)), "hooks (0, 1, 2, 4) must be increasing block indices in [0, depth=4)"),
+        (dict(hooks=(-1, 1, 2, 3)), "must be increasing block indices"),
+        (dict(hooks=(1, 0, 2, 3)), "must be increasing block indices"),
+        (dict(hooks=(0, 1, 1, 3)), "must be increasing block indices"),
+        (dict(train_grid=(0, 4)), "train_grid[0] must be a positive int, got 0"),
+        (dict(train_grid=(4,)), "train_grid (4,) must be two ints"),
+        (dict(hooks=(0, 1, 2, "3")), "must be increasing block indices"),
+        (dict(num_heads=0), "num_heads must be a positive int, got 0"),
+        (dict(width=-32), "width must be a positive int, got -32"),
+        (dict(patch_size=0), "patch_size must be a positive int"),
+        (dict(fusion_channels=0), "fusion_channels must be a positive int"),
+        (dict(head_channels=0), "head_channels must be a positive int"),
+        (dict(dtype="float64"), "dtype 'float64' is not one of"),
+    ],
+)
+def test_invalid_config_raises_clear_error(changes, message):
+    with pytest.raises(ValueError, match="invalid DPTConfig") as info:
+        tiny(**changes)
+    assert message in str(info.value)
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ValueError) as info:
+        tiny(width=30, num_heads=4, dtype="int8")
+    assert "divisible" in str(info.value) and "int8" in str(info.value)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
+        DPTConfig.from_dict({**tiny().to_dict(), "colour": "red"})
+
+
+def test_from_dict_rejects_missing_fields():
+    """A truncated config must not silently become the large-512 defaults."""
+    with pytest.raises(ValueError, match=r"missing \['depth'"):
+        DPTConfig.from_dict({k: v for k, v in tiny().to_dict().items() if k not in ("depth", "hooks")})
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_dict_and_json_round_trip(name):
+    cfg = PRESETS[name].replace(dtype="bfloat16")
+    assert DPTConfig.from_dict(cfg.to_dict()) == cfg
+    # JSON / msgpack turn tuples into lists; the config turns them back (and stays hashable for flax).
+    loaded = DPTConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert isinstance(json.loads(json.dumps(cfg.to_dict()))["hooks"], list)
+    assert loaded == cfg
+    assert isinstance(loaded.hooks, tuple) and isinstance(loaded.train_grid, tuple)
+    assert isinstance(loaded.reassemble_channels, tuple)
+    assert hash(loaded) == hash(cfg)
+
+
+def test_compute_dtype():
+    assert str(tiny(dtype="bfloat16").compute_dtype) == "bfloat16"
+    assert str(tiny().compute_dtype) == "float32"
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_parameter_count_matches_release_minus_unused(name):
+    cfg = PRESETS[name]
+    ours = sum(math.prod(shape) for shape in param_shapes(cfg).values())
+    expected = CHECKPOINT_PARAMS[name] - unused_params(cfg)
+    print(f"[params] {name}: ours {ours:,}, checkpoint {CHECKPOINT_PARAMS[name]:,} - unused {unused_params(cfg):,}")
+    assert abs(ours - (PUBLISHED_M[name] * 1e6 - unused_params(cfg))) <= 0.05e6
+    assert ours == expected
