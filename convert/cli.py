@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_CANNOT_WRITE = 3
@@ -26,40 +28,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def convert(checkpoint: str, output: str) -> str:
+    """Convert and write atomically; returns the summary line. Raises ConversionError (bad input) or OSError."""
+    import jax
+
+    from beit_flax.weights import save
+    from convert import ConversionError, open_checkpoint, torch_to_flax
+
     start = time.perf_counter()
     try:
-        from beit_flax.weights import save
-        from convert import ConversionError, open_checkpoint, torch_to_flax
+        converted = torch_to_flax(open_checkpoint(checkpoint))
+    except ConversionError:
+        raise
+    except Exception as err:  # unreadable, truncated or hostile files surface as many exception types
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise ConversionError(f"{checkpoint}: cannot read checkpoint ({type(err).__name__}: {first_line})") from err
+    save(output, converted.config, converted.params)
+    count = sum(leaf.size for leaf in jax.tree.leaves(converted.params))
+    return (
+        f"converted {converted.model_name} ({converted.layout} layout) -> {output}: {count / 1e6:.1f}M parameters, "
+        f"{len(converted.dropped)} unused tensors dropped, {time.perf_counter() - start:.1f} s"
+    )
 
-        try:
-            converted = torch_to_flax(open_checkpoint(args.checkpoint))
-        except ConversionError:
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.output).resolve().parent
+    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):  # fail before minutes of work, not after
+        print(f"convert_weights: cannot write {args.output}: folder {out_dir} does not exist or is not writable",
+              file=sys.stderr)
+        return EXIT_CANNOT_WRITE
+    try:
+        print(convert(args.checkpoint, args.output))
+    except OSError as err:
+        if args.debug:
             raise
-        except Exception as err:  # unreadable, truncated or hostile files surface as many exception types
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            raise ConversionError(
-                f"{args.checkpoint}: cannot read checkpoint ({type(err).__name__}: {first_line})"
-            ) from err
-        try:
-            save(args.output, converted.config, converted.params)
-        except OSError as err:
-            print(f"convert_weights: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
-            return EXIT_CANNOT_WRITE
-    except ValueError as err:
+        print(f"convert_weights: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
+    except ValueError as err:  # ConversionError, or parameters that do not fit the inferred config
         if args.debug:
             raise
         print(f"convert_weights: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    import jax
-
-    count = sum(leaf.size for leaf in jax.tree.leaves(converted.params))
-    print(
-        f"converted {converted.model_name} ({converted.layout} layout) -> {args.output}: "
-        f"{count / 1e6:.1f}M parameters, {len(converted.dropped)} unused tensors dropped, "
-        f"{time.perf_counter() - start:.1f} s"
-    )
     return 0
 
 

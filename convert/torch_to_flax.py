@@ -31,11 +31,28 @@ class Converted:
     dropped: list[str]
 
 
+# Other MiDaS / DPT architectures, recognised by a name only they have, so the error can say what the file is.
+_OTHER_ARCHITECTURES = [
+    ("DPT-Hybrid (ViT + ResNet-50)", r"(pretrained\.model|backbone)\.(patch_embed|embeddings)\.backbone\..*"),
+    ("Swin / SwinV2 (MiDaS v3.1 Swin)", r"pretrained\.model\.layers\.\d+\.blocks\..*"),
+    ("LeViT (MiDaS v3.1 LeViT)", r".*\.attention_biases"),
+    ("Next-ViT (MiDaS v3.1 Next-ViT)", r"pretrained\.model\.(stem|features)\..*"),
+    ("ViT (DPT-Large / DPT-Base, MiDaS v3.0)", r"pretrained\.model\.pos_embed|dpt\.embeddings\.position_embeddings"),
+    ("MiDaS v2.x (ResNeXt / EfficientNet)", r"pretrained\.layer1\..*"),
+]
+
+
 def detect_layout(shapes: dict[str, tuple[int, ...]], source: str) -> str:
     for layout, marker in _LAYOUT_MARKERS.items():
         if marker in shapes:
             return layout
-    sample = ", ".join(sorted(shapes)[:5])
+    for architecture, pattern in _OTHER_ARCHITECTURES:
+        if any(re.fullmatch(pattern, key) for key in shapes):
+            raise ConversionError(
+                f"{source}: looks like a {architecture} checkpoint; only the MiDaS v3.1 BEiT models "
+                f"(dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384) are supported"
+            )
+    sample = ", ".join(sorted(shapes)[:5]) or "none"
     raise ConversionError(
         f"{source}: not a MiDaS v3.1 BEiT or transformers DPT-BEiT checkpoint (none of "
         f"{sorted(_LAYOUT_MARKERS.values())} present; first keys: {sample})"
@@ -125,6 +142,8 @@ def torch_to_flax(checkpoint: Checkpoint) -> Converted:
             (dropped if any(re.fullmatch(p, key) for p in dropped_patterns) else unknown).append(key)
             continue
         tensor = checkpoint.take(key)
+        if not np.isfinite(tensor).all():
+            raise ConversionError(f"{source}: {key} has non-finite values (NaN or inf)")
         for path, transform in targets:
             flat[path] = np.ascontiguousarray(transform(tensor), dtype=np.float32)
     if unknown:

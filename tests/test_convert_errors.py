@@ -1,0 +1,144 @@
+"""convert_weights on hostile or wrong input: one clear stderr line, documented exit code, no output, no code run."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import torch_reference as ref
+from convert.cli import EXIT_BAD_INPUT, EXIT_CANNOT_WRITE, main as convert_main
+
+
+@pytest.fixture(scope="module")
+def midas_sd():
+    return ref.to_midas_layout(ref.state_dict_v5(ref.build_reference(ref.TINY, seed=0)), ref.TINY)
+
+
+def run(capsys, checkpoint, output) -> tuple[int, str]:
+    code = convert_main([str(checkpoint), str(output)])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got: {captured.err!r}"
+    assert "Traceback" not in captured.err
+    return code, lines[0]
+
+
+class _RunsCode:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _bad_files(tmp_path, midas_sd):
+    """(name, bytes or writer) of inputs that must be refused with exit 2."""
+    good = io.BytesIO()
+    torch.save(midas_sd, good)
+    good = good.getvalue()
+    marker = tmp_path / "pwned"
+    evil = io.BytesIO()
+    torch.save({"pretrained.model.cls_token": _RunsCode(marker)}, evil)
+    nan_sd = dict(midas_sd)
+    nan_sd["pretrained.model.blocks.1.gamma_1"] = torch.full_like(nan_sd["pretrained.model.blocks.1.gamma_1"], float("nan"))
+    wrong_shape = dict(midas_sd)
+    wrong_shape["scratch.refinenet2.out_conv.weight"] = torch.ones(16, 16, 3, 3)
+    return marker, {
+        "empty.pt": b"",
+        "truncated.pt": good[: len(good) // 2],
+        "random.pt": np.random.default_rng(1).bytes(10_000),
+        "evil.pt": evil.getvalue(),
+        "not_a_state_dict.pt": _torch_bytes([1, 2, 3]),
+        "nan.pt": _torch_bytes(nan_sd),
+        "wrong_shape.pt": _torch_bytes(wrong_shape),
+        "vit.pt": _torch_bytes({"pretrained.model.pos_embed": torch.ones(1, 577, 32),
+                                "pretrained.model.blocks.0.attn.qkv.weight": torch.ones(96, 32)}),
+        "swin.pt": _torch_bytes({"pretrained.model.layers.0.blocks.0.attn.relative_position_bias_table": torch.ones(4, 2)}),
+        "truncated.safetensors": _safetensors_bytes(tmp_path, ref.state_dict_v5(ref.build_reference(ref.TINY)))[:500],
+    }
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _safetensors_bytes(tmp_path, sd) -> bytes:
+    path = tmp_path / "scratch.safetensors"
+    save_file(sd, path)
+    return path.read_bytes()
+
+
+EXPECTED_MESSAGES = {
+    "empty.pt": "cannot read checkpoint",
+    "truncated.pt": "cannot read checkpoint",
+    "random.pt": "cannot read checkpoint",
+    "evil.pt": "cannot read checkpoint",
+    "not_a_state_dict.pt": "not a state dict",
+    "nan.pt": "pretrained.model.blocks.1.gamma_1 has non-finite values",
+    "wrong_shape.pt": "fusion_2/out_conv/kernel has shape (3, 3, 16, 16), config needs (1, 1, 16, 16)",
+    "vit.pt": "looks like a ViT",
+    "swin.pt": "looks like a Swin",
+    "truncated.safetensors": "cannot read checkpoint",
+}
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_output(tmp_path, capsys, midas_sd):
+    marker, files = _bad_files(tmp_path, midas_sd)
+    out = tmp_path / "out.msgpack"
+    out.write_bytes(b"precious")  # an existing output must survive a failed conversion
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        code, line = run(capsys, path, out)
+        assert code == EXIT_BAD_INPUT, (name, line)
+        assert EXPECTED_MESSAGES[name] in line, (name, line)
+        assert line.startswith("convert_weights: ")
+        assert out.read_bytes() == b"precious", name
+        assert not marker.exists(), "unpickling ran code"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_missing_input_and_folder_without_weights(tmp_path, capsys):
+    out = tmp_path / "out.msgpack"
+    code, line = run(capsys, tmp_path / "nope.pt", out)
+    assert code == EXIT_BAD_INPUT and "no such file" in line
+    code, line = run(capsys, tmp_path, out)
+    assert code == EXIT_BAD_INPUT and "no model.safetensors or pytorch_model.bin" in line
+    assert not out.exists()
+
+
+def test_output_problems_exit_3(tmp_path, capsys, midas_sd):
+    checkpoint = tmp_path / "midas.pt"
+    torch.save(midas_sd, checkpoint)
+    code, line = run(capsys, checkpoint, tmp_path / "missing_folder" / "out.msgpack")
+    assert code == EXIT_CANNOT_WRITE and "does not exist" in line
+    (tmp_path / "a_folder.msgpack").mkdir()  # the output path is a folder: the final rename fails
+    code, line = run(capsys, checkpoint, tmp_path / "a_folder.msgpack")
+    assert code == EXIT_CANNOT_WRITE and "cannot write" in line
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError):
+        convert_main([str(bad), str(tmp_path / "out.msgpack"), "--debug"])
+
+
+def test_zip_bomb_like_archive_is_refused_cleanly(tmp_path, capsys):
+    """A zip that claims to be a torch archive but holds junk records."""
+    path = tmp_path / "junk.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({"a": 1}, protocol=2)[:-1])
+    code, line = run(capsys, path, tmp_path / "out.msgpack")
+    assert code == EXIT_BAD_INPUT and "cannot read checkpoint" in line
