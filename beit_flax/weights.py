@@ -47,13 +47,19 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
 def check_params(config: DPTConfig, params: Any, source: str = "params") -> None:
     """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path."""
     expected = param_shapes(config)
-    got = {path: tuple(np.shape(leaf)) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    flat = traverse_util.flatten_dict(params, sep="/")
+    got = {path: tuple(np.shape(leaf)) for path, leaf in flat.items()}
     problems = [f"missing {p} {expected[p]}" for p in sorted(expected.keys() - got.keys())]
     problems += [f"unexpected {p} {got[p]}" for p in sorted(got.keys() - expected.keys())]
     problems += [
         f"{p} has shape {got[p]}, config needs {expected[p]}"
         for p in sorted(expected.keys() & got.keys())
         if got[p] != expected[p]
+    ]
+    problems += [
+        f"{p} has dtype {leaf.dtype}, not a float type"
+        for p, leaf in flat.items()
+        if not jnp.issubdtype(getattr(leaf, "dtype", np.dtype(object)), jnp.floating)
     ]
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")

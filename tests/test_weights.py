@@ -1,0 +1,109 @@
+"""beit_flax.save / load: round trip, atomic writes, and a clear ValueError for every kind of bad file."""
+
+from __future__ import annotations
+
+import jax
+import msgpack
+import numpy as np
+import pytest
+from flax import serialization, traverse_util
+
+from beit_flax import FORMAT_VERSION, DPTConfig, load, save
+from beit_flax.weights import param_shapes
+
+TINY = DPTConfig(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3),
+                 reassemble_channels=(8, 16, 32, 32), fusion_channels=16, head_channels=8, net_size=64)
+
+
+def random_params(config: DPTConfig, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    flat = {path: rng.standard_normal(shape).astype(np.float32) for path, shape in param_shapes(config).items()}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    path = tmp_path / "tiny.msgpack"
+    params = random_params(TINY)
+    save(path, TINY, params)
+    return path, params
+
+
+def test_round_trip_is_exact(saved):
+    path, params = saved
+    model, loaded = load(path)
+    assert model.config == TINY
+    flat, flat_loaded = (traverse_util.flatten_dict(p, sep="/") for p in (params, loaded))
+    assert flat.keys() == flat_loaded.keys()
+    for key, value in flat.items():
+        np.testing.assert_array_equal(flat_loaded[key], value)
+        assert flat_loaded[key].dtype == np.float32
+
+
+def test_dtype_override(saved):
+    model, _ = load(saved[0], dtype="bfloat16")
+    assert model.config.dtype == "bfloat16"
+
+
+def test_save_refuses_params_that_do_not_fit(tmp_path):
+    params = random_params(TINY)
+    params["head"]["conv3"]["kernel"] = np.zeros((1, 1, 8, 2), np.float32)
+    del params["fusion_1"]["out_conv"]["bias"]
+    with pytest.raises(ValueError) as info:
+        save(tmp_path / "bad.msgpack", TINY, params)
+    assert "head/conv3/kernel has shape (1, 1, 8, 2), config needs (1, 1, 8, 1)" in str(info.value)
+    assert "missing fusion_1/out_conv/bias" in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def _rewrite(path, mutate):
+    payload = serialization.msgpack_restore(path.read_bytes())
+    mutate(payload)
+    path.write_bytes(serialization.msgpack_serialize(payload))
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda p: p.update(format_version=FORMAT_VERSION + 1), f"format version {FORMAT_VERSION + 1}"),
+        (lambda p: p.pop("format"), "not a beit-flax weights file"),
+        (lambda p: p["config"].update(width=64), "parameters do not match the config"),
+        (lambda p: p["config"].pop("depth"), "bad config"),
+        (lambda p: p["config"].update(dtype="int4"), "bad config"),
+        (lambda p: p["params"]["head"].pop("conv1"), "missing head/conv1/bias"),
+        (lambda p: p["params"]["head"]["conv1"].update(bias=np.zeros(3, np.float32)), "head/conv1/bias has shape (3,)"),
+        (lambda p: p["params"]["head"]["conv1"].update(bias=np.zeros(8, np.int32)), "head/conv1/bias has dtype int32"),
+        (lambda p: p.update(params=[1, 2]), "no parameter tree"),
+    ],
+)
+def test_bad_payloads_raise_value_error_naming_the_file(saved, mutate, message):
+    path, _ = saved
+    _rewrite(path, mutate)
+    with pytest.raises(ValueError) as info:
+        load(path)
+    assert str(path) in str(info.value) and message in str(info.value)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 100, -1])
+def test_truncated_and_garbage_files(saved, cut):
+    path, _ = saved
+    data = path.read_bytes()
+    path.write_bytes(data[:cut] if cut else b"")
+    with pytest.raises(ValueError, match=str(path)):
+        load(path)
+
+
+def test_other_msgpack_content(tmp_path):
+    path = tmp_path / "list.msgpack"
+    path.write_bytes(msgpack.packb([1, 2, 3]))
+    with pytest.raises(ValueError, match="not a beit-flax weights file"):
+        load(path)
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError, match=str(path)):
+        load(path)
+
+
+def test_loaded_model_runs(saved):
+    model, params = load(saved[0])
+    depth = jax.jit(model.apply)({"params": params}, np.zeros((1, 32, 48, 3), np.float32))
+    assert depth.shape == (1, 32, 48)
