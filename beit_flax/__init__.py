@@ -2,6 +2,8 @@
 
 from beit_flax.config import PRESETS, DPTConfig
 from beit_flax.dpt import DPT
+from beit_flax.inference import predict
+from beit_flax.transforms import postprocess, preprocess
 from beit_flax.weights import FORMAT_VERSION, load, save
 
-__all__ = ["DPT", "DPTConfig", "FORMAT_VERSION", "PRESETS", "load", "save"]
+__all__ = ["DPT", "DPTConfig", "FORMAT_VERSION", "PRESETS", "load", "postprocess", "predict", "preprocess", "save"]

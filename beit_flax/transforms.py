@@ -21,14 +21,16 @@ MULTIPLE = 32  # MiDaS `ensure_multiple_of` for these models
 def target_size(height: int, width: int, net_size: int, *, square: bool = False) -> tuple[int, int]:
     """The (H', W') MiDaS feeds the network for an image of (height, width) (`midas/transforms.py`, "minimal").
 
+    square: net x net, where MiDaS too rounds net to a multiple of 32 (it computes (net / side) * side, so we do).
     Deviation: a side that would round to 0 (images under 16 px on a side) becomes 32, where MiDaS would fail.
     """
-    if square:
-        return net_size, net_size
+    if height < 1 or width < 1 or net_size < 1:
+        raise ValueError(f"image size {(height, width)} and net size {net_size} must be positive")
     scale_h, scale_w = net_size / height, net_size / width
-    scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h  # change the image as little as possible
-    side = lambda x: max(int(np.round(x * scale / MULTIPLE) * MULTIPLE), MULTIPLE)
-    return side(height), side(width)
+    if not square:  # "minimal": one scale for both sides, the one that changes the image least
+        scale_h = scale_w = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+    side = lambda x, scale: max(int(np.round(scale * x / MULTIPLE) * MULTIPLE), MULTIPLE)
+    return side(height, scale_h), side(width, scale_w)
 
 
 @functools.lru_cache(maxsize=128)
@@ -49,15 +51,27 @@ def cubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resize_bicubic(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """(H, W, C) or (H, W) float32 -> (size_h, size_w[, C]) with torch / OpenCV bicubic, no antialias."""
-    out = np.asarray(image_hwc, dtype=np.float32)
-    for axis, size in enumerate(size_hw):
-        index, weights = cubic_taps(out.shape[axis], size)
-        gathered = np.take(out, index, axis=axis)  # the 4 taps land at axis + 1
-        shape = [1] * gathered.ndim
-        shape[axis], shape[axis + 1] = weights.shape
-        out = (gathered * weights.reshape(shape)).sum(axis=axis + 1, dtype=np.float32)
-    return out
+    """(H, W, C) or (H, W) -> (size_h, size_w[, C]) float32 with torch / OpenCV bicubic, no antialias.
+
+    Integer images are resized as they are (values unscaled), so a large uint8 photo is never copied whole to
+    float32. Each axis is 4 gathers and multiply-adds; the axis that shrinks the work most goes first (separable:
+    the order changes only float rounding). An axis kept at its size is the identity and is skipped.
+    """
+    out = np.asarray(image_hwc)
+    if not (np.issubdtype(out.dtype, np.integer) or out.dtype == np.float32):
+        out = out.astype(np.float32)
+    (height, width), (new_h, new_w) = out.shape[:2], size_hw
+    for axis in (0, 1) if new_h * width <= height * new_w else (1, 0):
+        if out.shape[axis] == size_hw[axis]:
+            continue  # t = 0: weights (0, 1, 0, 0) exactly
+        index, weights = cubic_taps(out.shape[axis], size_hw[axis])
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        acc = np.take(out, index[:, 0], axis=axis) * weights[:, 0].reshape(shape)
+        for k in range(1, 4):
+            acc += np.take(out, index[:, k], axis=axis) * weights[:, k].reshape(shape)
+        out = acc
+    return out.astype(np.float32, copy=False)
 
 
 def to_float_rgb(image: np.ndarray) -> np.ndarray:
@@ -72,8 +86,14 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
 
 def preprocess(image: np.ndarray, net_size: int, *, square: bool = False) -> np.ndarray:
     """(H, W, 3) RGB image -> (H', W', 3) float32 network input normalised to [-1, 1] (MiDaS run.py)."""
-    rgb = to_float_rgb(image)
-    resized = resize_bicubic(rgb, target_size(*rgb.shape[:2], net_size, square=square))
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image; got shape {image.shape}")
+    size = target_size(*image.shape[:2], net_size, square=square)
+    if np.issubdtype(image.dtype, np.integer):  # resize, then scale to [0, 1]: linear, so the same up to rounding
+        resized = resize_bicubic(image, size) / np.float32(np.iinfo(image.dtype).max)
+    else:
+        resized = resize_bicubic(to_float_rgb(image), size)
     return (resized - 0.5) / 0.5
 
 

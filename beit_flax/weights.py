@@ -26,6 +26,8 @@ from beit_flax.config import DPTConfig
 from beit_flax.dpt import DPT
 
 FORMAT = "beit-flax"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 FORMAT_VERSION = 1
 
 
@@ -77,6 +79,7 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Time and peak memory of `convert_weights` on a full-size checkpoint (default BEiT-L 512, ~1.4 GB).
 
-Builds the transformers model for the variant (random init; values do not matter here), saves it as a torch `.pt`
-state dict (the file format of the MiDaS release files) and as the hub's `config.json + model.safetensors`, then runs
+Builds the transformers model for the variant (random init; values do not matter here), saves it in the MiDaS
+release layout (renamed by tests/torch_reference.py, with the release file's index buffers and classifier), as a
+plain torch `.pt` state dict with transformers names, and as the hub's `config.json + model.safetensors`, then runs
 `convert_weights` on each in a fresh process under GNU time. One JSON line per file:
     {"variant", "input", "checkpoint_gib", "seconds", "peak_rss_gib", "peak_over_checkpoint"}
 Peak RSS counts the file pages a memory-mapped checkpoint touches.
@@ -22,7 +23,10 @@ from pathlib import Path
 import torch
 
 from beit_flax.config import PRESETS
-from convert.synthetic import build_model
+from convert.synthetic import as_spec, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from torch_reference import state_dict_v5, to_midas_layout  # noqa: E402  (test support code, torch only)
 
 
 def measure(checkpoint: Path, out: Path) -> tuple[float, float]:
@@ -43,13 +47,17 @@ def main() -> None:
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    model = build_model(PRESETS[args.variant])
+    spec = as_spec(PRESETS[args.variant])
+    model = build_model(spec)
+    midas_file = args.workdir / f"{args.variant}_midas.pt"
     pt_file, hub_dir = args.workdir / f"{args.variant}.pt", args.workdir / f"hf-{args.variant}"
+    torch.save(to_midas_layout(state_dict_v5(model), spec), midas_file)
     torch.save(model.state_dict(), pt_file)
     model.save_pretrained(hub_dir)
     del model
 
     for label, checkpoint, size_file in [
+        ("MiDaS release layout .pt", midas_file, midas_file),
         ("torch .pt state dict", pt_file, pt_file),
         ("hub folder (safetensors)", hub_dir, hub_dir / "model.safetensors"),
     ]:

@@ -1,0 +1,401 @@
+"""`beit-depth`: image files or a video -> relative inverse depth, with MiDaS run.py's pre- and post-processing.
+
+    beit-depth predict --weights W.msgpack INPUT... --out DIR
+    beit-depth video IN.mp4 --weights W.msgpack --out OUT.mp4 [--side-by-side]
+
+Pipeline: a thread pool decodes and preprocesses ahead (bounded), the main thread batches by network input shape
+and keeps one batch on the device, a second pool postprocesses and writes (temp file + rename). A bad input is
+reported on stderr and skipped; the exit status is 1 at the end if any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from beit_flax.config import COMPUTE_DTYPES
+from beit_flax.images import (
+    COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, colorize, encode_npy, encode_png, read_image, to_png16,
+)
+from beit_flax.inference import Batcher, enable_compilation_cache, prefetch
+from beit_flax.transforms import postprocess, preprocess
+from beit_flax.weights import atomic_write_bytes, load
+
+PROG = "beit-depth"
+EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
+EXIT_USAGE = 2  # bad arguments or weights: nothing was processed
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def net_size_arg(text: str) -> int:
+    value = positive_int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"net size must be at least 32, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    model = common.add_argument_group("model and preprocessing")
+    model.add_argument("--weights", required=True, metavar="W.msgpack", help="beit-flax weights (convert_weights)")
+    model.add_argument("--size", type=net_size_arg, metavar="N",
+                       help="net size to resize towards (default: the model's, 512 or 384)")
+    model.add_argument("--square", action="store_true", help="resize to N x N instead of keeping the aspect ratio")
+    model.add_argument("--batch-size", type=positive_int, metavar="B",
+                       help="images per device batch, per input shape (default: 1 on CPU, 8 on GPU)")
+    model.add_argument("--dtype", choices=COMPUTE_DTYPES, help="compute dtype (default: the weights file's)")
+    model.add_argument("--colormap", choices=COLORMAPS, default="inferno",
+                       help="colormap of the PNGs / video (default: %(default)s, as MiDaS)")
+    model.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
+                       help="threads decoding and writing (default: %(default)s)")
+    model.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="MiDaS v3.1 BEiT-DPT monocular depth (JAX/Flax), preprocessing as MiDaS run.py.",
+        epilog="Exit status: 0 all done, 1 some inputs failed (the others were written), 2 bad arguments or "
+        "weights. Compiled programs are cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video}")
+    images = sub.add_parser(
+        "predict", parents=[common], help="image files -> DIR/<stem>.npy + DIR/<stem>.png",
+        description="For each image: DIR/<stem>.npy, float32 (H, W) relative inverse depth (larger = nearer) at "
+        "the image's own size, and DIR/<stem>.png, the same map min-max normalised and colormapped (or 16-bit "
+        "grayscale). Inputs with the same stem get <stem>_1, <stem>_2, ...",
+    )
+    images.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs ('*.jpg')")
+    images.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
+    images.add_argument("--grayscale16", action="store_true", help="16-bit grayscale PNG, as MiDaS run.py writes")
+    images.add_argument("--no-png", action="store_true", help="write only the .npy files")
+    images.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="refuse larger images, read from the header (default: %(default)s)")
+
+    video = sub.add_parser("video", parents=[common], help="a video -> a depth video (frame by frame)",
+                           description="Depth of every frame, colormapped (min-max per frame), encoded H.264 "
+                           "with imageio's ffmpeg. Audio is not copied.")
+    video.add_argument("input", metavar="IN", help="input video (anything ffmpeg reads)")
+    video.add_argument("--out", required=True, type=Path, metavar="OUT.mp4", help="output video")
+    video.add_argument("--side-by-side", action="store_true", help="input frame left, depth right")
+    video.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+    video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_predict(args) if args.command == "predict" else run_video(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+# --- shared ---------------------------------------------------------------------------------------------------------
+
+
+def report(message: str) -> None:
+    """One line on stderr that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+
+
+def load_model(args: argparse.Namespace):
+    """(Batcher, net size), or None after reporting a bad weights file."""
+    try:
+        model, params = load(args.weights, dtype=args.dtype)
+    except (OSError, ValueError) as err:
+        print(f"{PROG}: error: cannot load weights: {err}", file=sys.stderr)
+        return None
+    enable_compilation_cache()
+    return Batcher(model, params, args.batch_size), args.size or model.config.net_size
+
+
+def progress(total: int | None, unit: str, quiet: bool):
+    from tqdm import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (logs, CI); the summary line is printed either way
+    return tqdm(total=total, unit=unit, file=sys.stderr, disable=True if quiet else None, dynamic_ncols=True)
+
+
+# --- predict --------------------------------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str], list[Path]]:
+    """INPUT arguments -> (image files in order, errors, skipped files).
+
+    Directories (not recursive) and globs give the files with an image extension, sorted; other files there are
+    skipped (hidden ones silently). A file named explicitly is always tried. Duplicates (same resolved path) are
+    dropped.
+    """
+    found: list[Path] = []
+    errors: list[str] = []
+    skipped: list[Path] = []
+
+    def take(candidates: list[Path]) -> None:
+        for path in sorted(p for p in candidates if p.is_file() and not p.name.startswith(".")):  # .DS_Store, temps
+            (found if path.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(path)
+
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            take(list(path.iterdir()))
+        elif path.exists():
+            found.append(path)
+        elif glob.has_magic(text):
+            matches = [Path(m) for m in glob.glob(os.path.expanduser(text), recursive=True)]
+            if not any(m.is_file() for m in matches):
+                errors.append(f"{text}: no file matches")
+            take(matches)
+        else:
+            errors.append(f"{text}: no such file or directory")
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique, errors, skipped
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """One output stem per input, never two alike (case-insensitively: macOS / Windows file systems).
+
+    A stem used once keeps its name; clashing ones get <stem>, <stem>_1, ... in input order, skipping names that
+    other inputs have.
+    """
+    counts = collections.Counter(p.stem.casefold() for p in paths)
+    taken = {p.stem.casefold() for p in paths if counts[p.stem.casefold()] == 1}
+    stems = []
+    for path in paths:
+        stem = path.stem
+        if counts[stem.casefold()] > 1:
+            candidate, n = stem, 0
+            while candidate.casefold() in taken:
+                n += 1
+                candidate = f"{stem}_{n}"
+            taken.add(candidate.casefold())
+            stem = candidate
+        stems.append(stem)
+    return stems
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    source: Path
+    stem: str  # output files: out/<stem>.npy, out/<stem>.png
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    paths, failures, skipped = expand_inputs(args.inputs)
+    for message in failures:
+        report(f"error: {message}")
+    for path in skipped:
+        report(f"skipping {path}: not an image file extension")
+    if not paths:
+        report("error: no input images")
+        return EXIT_FAILED_INPUTS if failures or skipped else EXIT_USAGE
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"{PROG}: error: cannot create {args.out}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    loaded = load_model(args)
+    if loaded is None:
+        return EXIT_USAGE
+    batcher, net = loaded
+    jobs = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
+    sizes: dict[Job, tuple[int, int]] = {}
+
+    def decode(job: Job) -> tuple[Job, np.ndarray | None, str | None]:
+        try:
+            image = read_image(job.source, args.max_pixels)
+            sizes[job] = image.shape[:2]
+            return job, preprocess(image, net, square=args.square), None
+        except (ImageError, MemoryError) as err:
+            return job, None, str(err) if isinstance(err, ImageError) else f"{job.source}: out of memory"
+
+    def write(job: Job, depth: np.ndarray) -> str | None:
+        try:
+            full = postprocess(depth, sizes.pop(job))
+            atomic_write_bytes(args.out / f"{job.stem}.npy", encode_npy(full))
+            if not args.no_png:
+                picture = to_png16(full) if args.grayscale16 else colorize(full, args.colormap)
+                atomic_write_bytes(args.out / f"{job.stem}.png", encode_png(picture))
+        except OSError as err:
+            return f"{job.source}: cannot write output: {err}"
+        return None
+
+    done = 0
+    bar = progress(len(jobs), "img", args.quiet)
+    start = time.perf_counter()
+
+    def decoded() -> Iterator[tuple[Job, np.ndarray]]:
+        for job, net_input, error in prefetch(decode, jobs, args.workers, depth=2 * args.workers + batcher.batch_size):
+            if error is None:
+                yield job, net_input
+            else:
+                failures.append(error)
+                report(f"error: {error}")
+                bar.update()
+
+    def finish(future: Future) -> None:
+        nonlocal done
+        error = future.result()
+        if error is None:
+            done += 1
+        else:
+            failures.append(error)
+            report(f"error: {error}")
+        bar.update()
+
+    def device_failed(failed: list[Job], err: Exception) -> None:  # e.g. out of device memory for a panorama
+        for job in failed:
+            sizes.pop(job, None)
+            failures.append(f"{job.source}: inference failed ({type(err).__name__}: {str(err)[:300]})")
+            report(f"error: {failures[-1]}")
+            bar.update()
+
+    with bar, ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="beit-write") as writer:
+        queue: collections.deque[Future] = collections.deque()
+        for job, depth in batcher.run(decoded(), on_error=device_failed):
+            queue.append(writer.submit(write, job, depth))
+            while queue and (queue[0].done() or len(queue) > 2 * args.workers):
+                finish(queue.popleft())
+        while queue:
+            finish(queue.popleft())
+    elapsed = time.perf_counter() - start
+    print(
+        f"{PROG}: {done} image{'s' * (done != 1)} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s), "
+        f"{len(batcher.shapes)} input shape{'s' * (len(batcher.shapes) != 1)}, {len(failures)} failed"
+        f"{', ' + str(len(skipped)) + ' skipped' if skipped else ''}; outputs in {args.out}"
+    )
+    return EXIT_FAILED_INPUTS if failures else 0
+
+
+# --- video ----------------------------------------------------------------------------------------------------------
+
+
+def even(frame: np.ndarray) -> np.ndarray:
+    """Pad (H, W, 3) to even H and W by repeating the last row / column (H.264 in yuv420p needs even sides)."""
+    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
+    return np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame
+
+
+def run_video(args: argparse.Namespace) -> int:
+    # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec, no Python in the child): JAX's fork warning is moot
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        print(f"{PROG}: error: video needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.out.suffix.lower() not in (".mp4", ".mkv", ".mov", ".avi", ".webm"):
+        print(f"{PROG}: error: --out {args.out}: use a video file name (.mp4, .mkv, .mov, .webm)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reader = imageio.get_reader(args.input, format="FFMPEG")
+        meta = reader.get_meta_data()
+    except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
+        print(f"{PROG}: error: cannot read video {args.input}: {err}", file=sys.stderr)
+        return EXIT_FAILED_INPUTS
+    loaded = load_model(args)
+    if loaded is None:
+        reader.close()
+        return EXIT_USAGE
+    batcher, net = loaded
+    fps = args.fps or float(meta.get("fps") or 30.0)
+    duration = meta.get("duration")
+    total = int(round(duration * fps)) if isinstance(duration, (int, float)) and np.isfinite(duration) else None
+    if args.max_frames:
+        total = min(total, args.max_frames) if total else args.max_frames
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"{PROG}: error: cannot create {args.out.parent}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    temp = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")  # ffmpeg picks the container by suffix
+    frames: dict[int, np.ndarray] = {}
+
+    def read() -> Iterator[tuple[int, np.ndarray]]:
+        for index, frame in enumerate(reader):
+            if args.max_frames and index >= args.max_frames:
+                break
+            yield index, frame
+
+    def prepare(item: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
+        index, frame = item
+        frame = np.asarray(frame)[:, :, :3]
+        frames[index] = frame
+        return index, preprocess(frame, net, square=args.square)
+
+    def render(index: int, depth: np.ndarray) -> np.ndarray:
+        frame = frames.pop(index)
+        picture = colorize(postprocess(depth, frame.shape[:2]), args.colormap)
+        return even(np.concatenate([frame, picture], axis=1) if args.side_by_side else picture)
+
+    count, start = 0, time.perf_counter()
+    writer = None
+    try:
+        writer = imageio.get_writer(temp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
+                                    macro_block_size=1, ffmpeg_log_level="error")
+        # one render thread keeps the frames in order; the batcher yields one shape's results in input order
+        with progress(total, "frame", args.quiet) as bar, ThreadPoolExecutor(1, "beit-render") as pool:
+            queue: collections.deque[Future] = collections.deque()
+            for index, depth in batcher.run(prefetch(prepare, read(), args.workers, 2 * args.workers + 8)):
+                queue.append(pool.submit(render, index, depth))
+                while queue and (queue[0].done() or len(queue) > 4):
+                    writer.append_data(queue.popleft().result())
+                    count += 1
+                    bar.update()
+            while queue:
+                writer.append_data(queue.popleft().result())
+                count += 1
+                bar.update()
+        writer.close()
+        writer = None
+        if count == 0:
+            raise RuntimeError("no frames decoded")
+        os.replace(temp, args.out)
+    except Exception as err:
+        print(f"{PROG}: error: {args.input}: {err}", file=sys.stderr)
+        return EXIT_FAILED_INPUTS
+    finally:
+        reader.close()
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass
+        temp.unlink(missing_ok=True)
+    elapsed = time.perf_counter() - start
+    shapes = ", ".join(f"{h}x{w}" for _, h, w, _ in sorted(batcher.shapes))
+    print(f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
+          f"{shapes}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""`beit-depth`: predict on a folder of mixed images end to end (in-process, plus one run of the console script),
+bad inputs reported and skipped, name clashes, video."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import beit_flax
+from beit_flax.cli import expand_inputs, main, output_stems
+from beit_flax.images import read_image, to_png16
+from predict_helpers import scene, tiny_files, write_images
+
+BATCH = "2"  # as in test_predict.py: the jitted programs are shared within the session
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    return tiny_files()[0]
+
+
+@pytest.fixture(autouse=True)
+def no_persistent_cache(monkeypatch):
+    monkeypatch.setenv("BEIT_FLAX_CACHE_DIR", "off")  # in-process runs must not write to ~/.cache
+
+
+def api_depth(weights: Path, path: Path) -> np.ndarray:
+    model, params = beit_flax.load(weights)
+    return beit_flax.predict(model, params, [read_image(path)], batch_size=int(BATCH))[0]
+
+
+def test_predict_folder_end_to_end(weights, tmp_path, capsys):
+    images = write_images(tmp_path / "in")
+    (tmp_path / "in" / "notes.txt").write_text("not an image, skipped")
+    (tmp_path / "in" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "in" / "broken.png").write_text("not a png")
+    (tmp_path / "more").mkdir()
+    shutil.copy(images["portrait"][0], tmp_path / "more" / "landscape.png")  # clashes with in/landscape.jpg
+    out = tmp_path / "out"
+    argv = ["predict", "--weights", str(weights), str(tmp_path / "in"), str(tmp_path / "more" / "*.png"),
+            str(tmp_path / "missing.jpg"), "--out", str(out), "--batch-size", BATCH, "-q"]
+    assert main(argv) == 1  # three bad inputs; everything else written
+
+    err = capsys.readouterr()
+    assert "empty.jpg: empty file" in err.err and "broken.png: not an image" in err.err
+    assert "missing.jpg: no such file" in err.err and "skipping" in err.err and "notes.txt" in err.err
+    assert f"{len(images) + 1} images in" in err.out and "3 failed, 1 skipped" in err.out
+
+    sources = {**{name: path for name, (path, _) in images.items()}, "landscape_1": tmp_path / "more" / "landscape.png"}
+    sizes = {**{name: size for name, (_, size) in images.items()}, "landscape_1": images["portrait"][1]}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.{e}" for s in sources for e in ("npy", "png"))
+    for stem, source in sources.items():
+        depth = np.load(out / f"{stem}.npy")
+        assert depth.shape == sizes[stem] and depth.dtype == np.float32, stem
+        np.testing.assert_allclose(depth, api_depth(weights, source), rtol=0, atol=1e-6 * np.abs(depth).max())
+        with Image.open(out / f"{stem}.png") as png:
+            assert png.size == sizes[stem][::-1] and png.mode == "RGB", stem
+
+
+def test_grayscale16_and_colormap(weights, tmp_path, capsys):
+    Image.fromarray(scene(61, 97)).save(tmp_path / "a.jpg")
+    assert main(["predict", "--weights", str(weights), str(tmp_path / "a.jpg"), "--out", str(tmp_path / "o"),
+                 "--batch-size", BATCH, "--grayscale16", "-q"]) == 0
+    depth = np.load(tmp_path / "o" / "a.npy")
+    with Image.open(tmp_path / "o" / "a.png") as png:
+        assert png.mode == "I;16" and png.size == (97, 61)
+        np.testing.assert_array_equal(np.asarray(png), to_png16(depth))
+    assert main(["predict", "--weights", str(weights), str(tmp_path / "a.jpg"), "--out", str(tmp_path / "p"),
+                 "--batch-size", BATCH, "--colormap", "turbo", "--no-png", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.npy"]
+    assert "1 image in" in capsys.readouterr().out
+
+
+def test_bad_arguments_and_weights(weights, tmp_path, capsys):
+    Image.fromarray(scene(40, 40)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--weights", str(weights), str(tmp_path / "a.png"), "--out", str(tmp_path),
+              "--batch-size", "0"])
+    assert exit_info.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
+    (tmp_path / "bad.msgpack").write_bytes(b"\x00garbage")
+    assert main(["predict", "--weights", str(tmp_path / "bad.msgpack"), str(tmp_path / "a.png"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "cannot load weights" in capsys.readouterr().err
+    assert main(["predict", "--weights", str(weights), str(tmp_path / "nothing*.jpg"), "--out", str(tmp_path)]) == 1
+    assert "no file matches" in capsys.readouterr().err
+
+
+def test_expand_inputs_and_output_stems(tmp_path):
+    for name in ("b.jpg", "a.PNG", "c.txt", "sub/a.jpg", "sub/A.webp", "sub/a_1.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    paths, errors, skipped = expand_inputs([str(tmp_path), str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "*"),
+                                            str(tmp_path / "c.txt"), str(tmp_path / "nope")])
+    rel = [p.relative_to(tmp_path).as_posix() for p in paths]
+    assert rel == ["a.PNG", "b.jpg", "sub/A.webp", "sub/a.jpg", "sub/a_1.png", "c.txt"]  # b.jpg once; c.txt named
+    assert [p.name for p in skipped] == ["c.txt"] and len(errors) == 1 and "nope" in errors[0]
+    # a, A and a clash (case-insensitively); a_1 is another input's own name, so the clashes skip it
+    assert output_stems(paths) == ["a", "b", "A_2", "a_3", "a_1", "c"]
+
+
+def test_console_script_and_persistent_cache(weights, tmp_path):
+    script = Path(sys.executable).with_name("beit-depth")
+    if not script.exists():
+        pytest.skip("console script not installed (pip install -e .)")
+    Image.fromarray(scene(61, 97, 3)).save(tmp_path / "photo.png")
+    env = {**os.environ, "BEIT_FLAX_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([str(script), "predict", "--weights", str(weights), str(tmp_path / "photo.png"), "--out",
+                          str(tmp_path / "out"), "--batch-size", BATCH], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "1 image in" in run.stdout
+    depth = np.load(tmp_path / "out" / "photo.npy")
+    np.testing.assert_allclose(depth, api_depth(weights, tmp_path / "photo.png"), rtol=0, atol=1e-5)
+    assert any((tmp_path / "cache").iterdir())  # the compiled program, for the next process
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg's subprocess: fork + exec at once
+def test_video(weights, tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    frames = [scene(48, 64, seed) for seed in range(5)]
+    imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1,
+                     ffmpeg_log_level="error")
+    for extra, width in (([], 64), (["--side-by-side"], 128)):
+        out = tmp_path / f"out{width}.mp4"
+        assert main(["video", str(tmp_path / "in.mp4"), "--weights", str(weights), "--out", str(out),
+                     "--batch-size", BATCH, "-q", *extra]) == 0
+        written = imageio.mimread(out, format="FFMPEG")
+        assert len(written) == 5 and written[0].shape == (48, width, 3)
+        assert not list(tmp_path.glob(".*partial*"))  # the temp file was renamed
+    assert "5 frames in" in capsys.readouterr().out
+    assert main(["video", str(tmp_path / "missing.mp4"), "--weights", str(weights), "--out", str(out)]) == 1

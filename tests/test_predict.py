@@ -1,0 +1,243 @@
+"""predict.py / images.py: the API equals MiDaS run.py's pipeline in torch, batching changes nothing and compiles once
+per shape, decoding handles the formats and refuses bad files, `import beit_flax` never imports torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import beit_flax
+from beit_flax.images import ImageError, colorize, colormap_lut, depth_range, read_image, to_png16
+from beit_flax.inference import Batcher, enable_compilation_cache, jitted_apply
+from predict_helpers import TINY_NET, scene, tiny_files, torch_run_py, write_images
+
+BATCH = 2  # every test uses it, so each input shape compiles once for the whole session
+TOLERANCE = 1e-3  # max|ours - torch| / max|torch|; we measure ~1e-6 (float32 vs float64 resizing, XLA vs torch)
+
+
+def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    path, sd_midas = tiny_files()
+    model, params = beit_flax.load(path)
+    return model, params, sd_midas
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+def test_predict_matches_torch_run_py(tiny, images):
+    model, params, sd_midas = tiny
+    names = sorted(images)
+    arrays = [read_image(images[name][0]) for name in names]
+    depths = beit_flax.predict(model, params, arrays, batch_size=BATCH)
+    worst = 0.0
+    for name, image, depth in zip(names, arrays, depths):
+        path, size = images[name]
+        assert image.shape[:2] == size and depth.shape == size and depth.dtype == np.float32, name
+        expected = torch_run_py(path, sd_midas)
+        # relative to the map's range, or to 0.1 (the tiny model's typical scale) where the map is nearly flat:
+        # the 1x1 image's single value can be the ReLU's 0
+        err = float(np.abs(depth - expected).max() / max(np.abs(expected).max(), 0.1))
+        print(f"[run.py] {name} {size}: rel err {err:.2e}")
+        assert err <= TOLERANCE, name
+        worst = max(worst, err)
+    print(f"[run.py] worst over {len(names)} images: {worst:.2e}")
+
+
+def test_predict_matches_opencv_run_py(tiny, images):
+    """run.py to the letter where OpenCV is installed: cv2.imread, cv2.resize INTER_CUBIC on img / 255.0."""
+    cv2 = pytest.importorskip("cv2")
+    import torch
+    import torch.nn.functional as F
+
+    import torch_reference as ref
+    from predict_helpers import midas_size
+
+    model, params, sd_midas = tiny
+    for name, (path, size) in sorted(images.items()):
+        if name in ("gray16", "palette"):  # cv2 cuts 16-bit to 8 (we keep 16, documented); some builds lack GIF
+            continue
+        bgr = cv2.imread(str(path))
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) / 255.0
+        x = cv2.resize(rgb, midas_size(*size, TINY_NET)[::-1], interpolation=cv2.INTER_CUBIC)
+        x = torch.from_numpy(((x - 0.5) / 0.5).transpose(2, 0, 1).astype(np.float32))[None]
+        expected = F.interpolate(ref.midas_forward(sd_midas, ref.TINY, x).unsqueeze(1), size=size, mode="bicubic",
+                                 align_corners=False).numpy().reshape(size)
+        depth = beit_flax.predict(model, params, [read_image(path)], batch_size=BATCH)[0]
+        err = float(np.abs(depth - expected).max() / max(np.abs(expected).max(), 0.1))
+        print(f"[run.py cv2] {name} {size}: rel err {err:.2e}")
+        assert err <= TOLERANCE, name
+
+
+def test_square_and_size_options(tiny, images):
+    model, params, sd_midas = tiny
+    path, size = images["landscape"]
+    image = read_image(path)
+    square = beit_flax.predict(model, params, [image], batch_size=BATCH, square=True)[0]  # (64, 64) input
+    assert square.shape == size
+    assert relative_error(square, torch_run_py(path, sd_midas, square=True)) <= TOLERANCE
+    other = beit_flax.predict(model, params, [image], batch_size=BATCH, net_size=96, square=True)[0]
+    assert relative_error(other, torch_run_py(path, sd_midas, net=96, square=True)) <= TOLERANCE
+
+
+def test_batching_changes_nothing_and_compiles_once_per_shape(tiny):
+    model, params, _ = tiny
+    frames = [scene(61, 97, seed) for seed in range(3)] + [scene(120, 45, 3)]  # shapes (64, 96) x3, (160, 64)
+    apply = jitted_apply(model.config)
+    together = beit_flax.predict(model, params, frames, batch_size=BATCH)  # one full batch, two padded ones
+    compiled = apply._cache_size()
+    alone = [beit_flax.predict(model, params, [frame], batch_size=BATCH)[0] for frame in frames]
+    assert apply._cache_size() == compiled  # the same two programs served every call
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
+    batcher = Batcher(model, params, BATCH)
+    keys = [key for key, _ in batcher.run((i, beit_flax.preprocess(f, TINY_NET)) for i, f in enumerate(frames))]
+    assert sorted(keys) == [0, 1, 2, 3]
+    assert batcher.shapes == {(BATCH, 64, 96, 3), (BATCH, 160, 64, 3)}
+
+
+def test_batcher_reports_failed_batches_and_goes_on(tiny):
+    model, params, _ = tiny
+    batcher = Batcher(model, params, BATCH)
+    real = batcher.apply
+
+    def flaky(params, batch):
+        if batch.shape[1] == 160:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return real(params, batch)
+
+    batcher.apply = flaky
+    items = [(i, beit_flax.preprocess(scene(*size, i), TINY_NET)) for i, size in enumerate([(61, 97), (120, 45)] * 2)]
+    failed = []
+    done = [key for key, _ in batcher.run(items, on_error=lambda keys, err: failed.append((keys, str(err))))]
+    assert done == [0, 2] and failed == [([1, 3], "RESOURCE_EXHAUSTED: out of memory")]
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        list(batcher.run(items))
+
+
+def test_predict_accepts_a_batch_array_and_empty_list(tiny):
+    model, params, _ = tiny
+    batch = np.stack([scene(61, 97, 0), scene(61, 97, 1)])
+    out = beit_flax.predict(model, params, batch, batch_size=BATCH)
+    assert [d.shape for d in out] == [(61, 97)] * 2
+    assert beit_flax.predict(model, params, [], batch_size=BATCH) == []
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((10, 12, 3), np.uint8), r"got one array of shape \(10, 12, 3\)"),
+        ([np.zeros((10, 12), np.uint8)], r"images\[0\] must be an \(H, W, 3\) RGB array .* shape \(10, 12\)"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((10, 12, 4), np.uint8)], r"images\[1\] .* shape \(10, 12, 4\)"),
+        ([np.zeros((0, 12, 3), np.uint8)], r"shape \(0, 12, 3\)"),
+        ([np.zeros((8, 8, 3), np.int64)], r"dtype int64 \(shape \(8, 8, 3\)\)"),
+        ("photo.jpg", "list of"),
+    ],
+)
+def test_predict_rejects_bad_input(tiny, images, message):
+    model, params, _ = tiny
+    with pytest.raises(ValueError, match=message):
+        beit_flax.predict(model, params, images)
+
+
+def test_predict_rejects_bad_options(tiny):
+    model, params, _ = tiny
+    image = [np.zeros((8, 8, 3), np.uint8)]
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        beit_flax.predict(model, params, image, batch_size=0)
+    with pytest.raises(ValueError, match="net_size must be an int >= 32, got 16"):
+        beit_flax.predict(model, params, image, net_size=16)
+    with pytest.raises(ValueError, match="model must be a beit_flax DPT"):
+        beit_flax.predict(object(), params, image)
+
+
+# --- decoding -------------------------------------------------------------------------------------------------------
+
+
+def test_read_image_formats(images):
+    for name, (path, size) in images.items():
+        image = read_image(path)
+        assert image.shape == (*size, 3), name
+        assert image.dtype == (np.uint16 if name == "gray16" else np.uint8), name
+    gray = read_image(images["gray"][0])
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 0] == gray[..., 2]).all()
+    rgba = read_image(images["rgba"][0])  # alpha dropped, colours kept (cv2.IMREAD_COLOR does the same)
+    np.testing.assert_array_equal(rgba, np.asarray(Image.open(images["rgba"][0]))[..., :3])
+
+
+def test_read_image_applies_exif_orientation(images):
+    path, _ = images["rotated"]
+    stored = np.asarray(Image.open(path).convert("RGB"))  # (60, 150): as stored, orientation 6 not applied
+    shown = read_image(path)
+    assert stored.shape == (60, 150, 3) and shown.shape == (150, 60, 3)
+    np.testing.assert_array_equal(shown, np.rot90(stored, k=-1))  # 6 = rotate 90 degrees clockwise
+
+
+def test_read_image_refuses_bad_files(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image")
+    Image.fromarray(scene(40, 60)).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:300])
+    Image.new("L", (3000, 2000)).save(tmp_path / "big.png")
+    cases = {"empty.jpg": "empty file", "text.png": "not an image", "cut.jpg": "cannot read",
+             "missing.jpg": "cannot read"}
+    for name, message in cases.items():
+        with pytest.raises(ImageError, match=message):
+            read_image(tmp_path / name)
+    with pytest.raises(ImageError, match=r"3000x2000 = 6 MP is over the limit of 5 MP"):
+        read_image(tmp_path / "big.png", max_pixels=5_000_000)
+    assert read_image(tmp_path / "big.png").shape == (2000, 3000, 3)
+
+
+# --- rendering ------------------------------------------------------------------------------------------------------
+
+
+def test_png16_and_colormap_follow_midas_write_depth():
+    depth = np.array([[-0.5, 0.0], [1.0, 2.5]], np.float32)
+    np.testing.assert_array_equal(to_png16(depth), [[0, 10922], [32767, 65535]])  # truncated, as astype("uint16")
+    assert not to_png16(np.full((3, 3), 7.0)).any()  # a flat map is all zeros, not a division by zero
+    np.testing.assert_allclose(depth_range(depth), [[0, 1 / 6], [0.5, 1]], atol=1e-7)
+    picture = colorize(depth, "inferno")
+    assert picture.shape == (2, 2, 3) and picture.dtype == np.uint8
+    np.testing.assert_array_equal(picture[1, 1], colormap_lut("inferno")[255])
+    np.testing.assert_array_equal(colormap_lut("inferno")[[0, 255]], [[0, 0, 4], [252, 255, 164]])  # matplotlib's ends
+    with pytest.raises(ValueError, match="unknown colormap 'jet'"):
+        colorize(depth, "jet")
+
+
+# --- environment ----------------------------------------------------------------------------------------------------
+
+
+def test_import_never_imports_torch():
+    code = (
+        "import sys, beit_flax, beit_flax.cli, beit_flax.images, beit_flax.inference\n"
+        "assert callable(beit_flax.predict) and callable(beit_flax.preprocess) and callable(beit_flax.postprocess)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'imageio', 'cv2'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_compilation_cache_dir(monkeypatch, tmp_path):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("BEIT_FLAX_CACHE_DIR", "off")
+        assert enable_compilation_cache() is None
+        monkeypatch.setenv("BEIT_FLAX_CACHE_DIR", str(tmp_path / "cache"))
+        assert enable_compilation_cache() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
