@@ -73,5 +73,75 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+EXPORT_LAYOUTS = {"midas": "midas", "hf": "hf-v4", "hf-v5": "hf-v5"}
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export_weights",
+        description="Write beit-flax weights back as a PyTorch state dict: the MiDaS release layout (loads into the "
+        "original MiDaS code) or transformers' DPTForDepthEstimation names.",
+        epilog="OUT ending in .safetensors is written with safetensors, .pt/.pth/.bin with torch.save; with --format "
+        "hf/hf-v5 an OUT without a suffix becomes a folder holding config.json + model.safetensors "
+        "(DPTForDepthEstimation.from_pretrained(OUT)). "
+        f"Exit status: 0 written, {EXIT_BAD_INPUT} bad input, {EXIT_CANNOT_WRITE} output not writable.",
+    )
+    parser.add_argument("weights", help="a beit-flax .msgpack (convert_weights, beit_flax.save)")
+    parser.add_argument("output", help="OUT.pt / OUT.safetensors / OUT folder")
+    parser.add_argument("--format", choices=sorted(EXPORT_LAYOUTS), default="midas",
+                        help="midas: MiDaS v3.1 release names; hf: transformers hub (v4) names; hf-v5: transformers 5 "
+                        "module names (default: %(default)s)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return parser
+
+
+def export(weights: str, output: str, layout: str) -> str:
+    """Write the state dict for `layout`; returns the summary line. Raises ValueError (bad input) or OSError."""
+    import torch
+    from safetensors.torch import save as safetensors_bytes
+
+    from beit_flax.weights import atomic_write, atomic_write_bytes, load
+    from convert.flax_to_torch import flax_to_torch
+
+    start = time.perf_counter()
+    model, params = load(weights)
+    state = {name: torch.from_numpy(array) for name, array in flax_to_torch(params, model.config, layout).items()}
+    out = Path(output)
+    if out.suffix == "" and layout != "midas":  # a transformers folder
+        from convert.synthetic import hf_config
+
+        out.mkdir(exist_ok=True)
+        atomic_write_bytes(out / "config.json", hf_config(model.config).to_json_string().encode())
+        out = out / "model.safetensors"
+    if out.suffix == ".safetensors":
+        atomic_write_bytes(out, safetensors_bytes(state, metadata={"format": "pt"}))
+    elif out.suffix in (".pt", ".pth", ".bin"):
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(out, [buffer.getbuffer()])
+    else:
+        raise ValueError(f"{output}: use a .pt, .pth, .bin or .safetensors file name (or a folder with --format hf)")
+    return f"exported {len(state)} tensors ({layout} layout) -> {out}: {time.perf_counter() - start:.1f} s"
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    args = build_export_parser().parse_args(argv)
+    try:
+        print(export(args.weights, args.output, EXPORT_LAYOUTS[args.format]))
+    except OSError as err:
+        if args.debug:
+            raise
+        print(f"export_weights: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
+    except ValueError as err:
+        if args.debug:
+            raise
+        print(f"export_weights: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,72 @@
+"""beit-flax parameters -> a PyTorch state dict in the MiDaS release layout or transformers' names.
+
+The same key tables as the import (`convert/params.py`) read backwards, so a torch -> flax -> torch round trip gives
+back every mapped tensor bit for bit. Tensors the original model has but never uses (listed in `DROPPED`) are filled
+in so that the original code's strict `load_state_dict` accepts the result: `relative_position_index` regenerated
+for the training grid, the classifier and `fc_norm` as zeros / ones, refinenet4's unused residual unit as zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from beit_flax.config import DPTConfig
+from beit_flax.relative_position import relative_position_index
+from convert.params import LAYOUTS, Rule
+
+# flax leaf -> (torch leaf, flax -> torch transform), per kind: the inverse of `convert.params.LEAVES`.
+_INVERSE: dict[str, dict[str, tuple[str, Any]]] = {
+    "dense": {"kernel": ("weight", lambda k: k.T), "bias": ("bias", lambda b: b)},
+    "conv": {"kernel": ("weight", lambda k: k.transpose(3, 2, 0, 1)), "bias": ("bias", lambda b: b)},
+    "norm": {"scale": ("weight", lambda s: s), "bias": ("bias", lambda b: b)},
+}
+
+
+def _export_rule(rule: Rule, flat: dict[str, np.ndarray], index: int | None) -> dict[str, np.ndarray]:
+    torch_name, flax_path = rule.torch_name.format(i=index), rule.flax_path.format(i=index)
+    if rule.kind in _INVERSE:
+        return {
+            f"{torch_name}.{torch_leaf}": transform(flat[f"{flax_path}/{leaf}"])
+            for leaf, (torch_leaf, transform) in _INVERSE[rule.kind].items()
+            if f"{flax_path}/{leaf}" in flat
+        }
+    if rule.kind == "qkv":
+        return {torch_name: np.concatenate([flat[f"{flax_path}/{n}/kernel"].T for n in ("query", "key", "value")])}
+    return {torch_name: flat[flax_path]}
+
+
+def _unused_tensors(layout: str, config: DPTConfig) -> dict[str, np.ndarray]:
+    """What the original model carries but never uses, so that its strict `load_state_dict` accepts the export."""
+    c, f = config.width, config.fusion_channels
+    zeros_rcu = lambda prefix, conv: {
+        f"{prefix}{conv(n)}.weight": np.zeros((f, f, 3, 3), np.float32) for n in (1, 2)
+    } | {f"{prefix}{conv(n)}.bias": np.zeros((f,), np.float32) for n in (1, 2)}
+    if layout != "midas":
+        return zeros_rcu("neck.fusion_stage.layers.0.residual_layer1.", lambda n: f"convolution{n}")
+    index = relative_position_index(config.train_grid).astype(np.int64)
+    return {
+        **{f"pretrained.model.blocks.{i}.attn.relative_position_index": index for i in range(config.depth)},
+        "pretrained.model.fc_norm.weight": np.ones((c,), np.float32),
+        "pretrained.model.fc_norm.bias": np.zeros((c,), np.float32),
+        "pretrained.model.head.weight": np.zeros((1000, c), np.float32),  # the ImageNet classifier of timm's BEiT
+        "pretrained.model.head.bias": np.zeros((1000,), np.float32),
+        **zeros_rcu("scratch.refinenet4.resConfUnit1.", lambda n: f"conv{n}"),
+    }
+
+
+def flax_to_torch(params: dict[str, Any], config: DPTConfig, layout: str) -> dict[str, np.ndarray]:
+    """State dict (name -> contiguous numpy array) in `layout` ("midas", "hf-v4" or "hf-v5")."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; one of {sorted(LAYOUTS)}")
+    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    state: dict[str, np.ndarray] = {}
+    for rule in LAYOUTS[layout]:
+        indices = range(config.depth) if "{i}" in rule.torch_name else [None]
+        for index in indices:
+            state.update(_export_rule(rule, flat, index))
+    state.update(_unused_tensors(layout, config))
+    # torch wants writable, contiguous memory (arrays restored from msgpack are read-only views)
+    return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}

@@ -1,0 +1,112 @@
+"""export_weights: torch -> flax -> torch is bit-identical, and the exports load into the original torch models."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import DPTForDepthEstimation
+
+import torch_reference as ref
+from beit_flax import load
+from convert.cli import EXIT_BAD_INPUT, export_main, main as convert_main
+from convert.flax_to_torch import flax_to_torch
+from convert.params import DROPPED
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """The perturbed tiny reference as a MiDaS .pt and as a transformers (v5 names) state dict, plus our weights."""
+    folder = tmp_path_factory.mktemp("export")
+    model = ref.build_reference(ref.TINY, seed=3)
+    sd_v5 = ref.state_dict_v5(model)
+    midas = ref.to_midas_layout(sd_v5, ref.TINY)
+    torch.save(midas, folder / "midas.pt")
+    assert convert_main([str(folder / "midas.pt"), str(folder / "tiny.msgpack")]) == 0
+    return folder, model, sd_v5, midas
+
+
+def _assert_round_trip(original: dict, exported: dict, layout: str) -> None:
+    dropped = [k for k in original if any(re.fullmatch(p, k) for p in DROPPED[layout])]
+    mapped = set(original) - set(dropped)
+    assert mapped <= set(exported), sorted(mapped - set(exported))[:5]
+    assert set(exported) == set(original), "the export must carry exactly the original's tensors"
+    for name in mapped:
+        a, b = original[name], exported[name]
+        assert a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape), name
+        assert torch.equal(a, torch.as_tensor(b)), f"{name} differs"
+
+
+def test_midas_round_trip_is_bit_identical(source, capsys):
+    folder, _, _, midas = source
+    out = folder / "back.pt"
+    assert export_main([str(folder / "tiny.msgpack"), str(out), "--format", "midas"]) == 0
+    assert "midas layout" in capsys.readouterr().out
+    exported = torch.load(out, weights_only=True)
+    _assert_round_trip(midas, exported, "midas")
+    # the regenerated index buffers equal the release file's
+    for i in range(ref.TINY["depth"]):
+        key = f"pretrained.model.blocks.{i}.attn.relative_position_index"
+        assert torch.equal(exported[key], midas[key])
+
+
+@pytest.mark.parametrize("fmt, layout, rename", [("hf", "hf-v4", ref.to_v4_names), ("hf-v5", "hf-v5", lambda sd: sd)])
+def test_transformers_round_trip_is_bit_identical(source, fmt, layout, rename):
+    folder, _, sd_v5, _ = source
+    out = folder / f"back-{fmt}.safetensors"
+    assert export_main([str(folder / "tiny.msgpack"), str(out), "--format", fmt]) == 0
+    _assert_round_trip(rename(sd_v5), load_file(out), layout)
+
+
+def test_exported_folder_loads_into_transformers_and_matches(source):
+    """`--format hf` to a folder: config.json + model.safetensors that from_pretrained accepts (released head)."""
+    folder, _, _, _ = source
+    spec = dict(ref.TINY, head_channels=32)  # transformers hard-codes the head's 32 channels
+    model = ref.build_reference(spec, seed=5)
+    torch.save(ref.to_midas_layout(ref.state_dict_v5(model), spec), folder / "h32.pt")
+    assert convert_main([str(folder / "h32.pt"), str(folder / "h32.msgpack")]) == 0
+    assert export_main([str(folder / "h32.msgpack"), str(folder / "hf-out"), "--format", "hf"]) == 0
+    reloaded = DPTForDepthEstimation.from_pretrained(folder / "hf-out", attn_implementation="eager").eval()
+    images = ref.random_images(2, 64, 96, seed=9)
+    with torch.inference_mode():
+        expected, got = ref.reference_depth(model, images), ref.reference_depth(reloaded, images)
+    ref.assert_nondegenerate(expected)
+    assert torch.equal(expected, got)
+
+
+def test_midas_export_runs_in_the_functional_midas_forward(source):
+    folder, model, _, _ = source
+    flax_model, params = load(folder / "tiny.msgpack")
+    state = {k: torch.from_numpy(v) for k, v in flax_to_torch(params, flax_model.config, "midas").items()}
+    images = ref.random_images(1, 64, 64, seed=2)
+    expected = ref.reference_depth(model, images)
+    ref.assert_nondegenerate(expected)
+    assert torch.equal(ref.midas_forward(state, ref.TINY, images), ref.midas_forward(
+        ref.to_midas_layout(ref.state_dict_v5(model), ref.TINY), ref.TINY, images))
+
+
+def test_bad_output_name_and_bad_weights(source, tmp_path, capsys):
+    folder, _, _, _ = source
+    assert export_main([str(folder / "tiny.msgpack"), str(tmp_path / "out.txt")]) == EXIT_BAD_INPUT
+    assert "use a .pt" in capsys.readouterr().err
+    junk = tmp_path / "junk.msgpack"
+    junk.write_bytes(b"\x00" * 10)
+    assert export_main([str(junk), str(tmp_path / "out.pt")]) == EXIT_BAD_INPUT
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_inverse_transforms_undo_the_import():
+    from convert.flax_to_torch import _INVERSE
+    from convert.params import LEAVES
+
+    rng = np.random.default_rng(0)
+    for kind, leaves in LEAVES.items():
+        for torch_leaf, (flax_leaf, forward) in leaves.items():
+            back_leaf, backward = _INVERSE[kind][flax_leaf]
+            assert back_leaf == torch_leaf
+            value = rng.standard_normal((4, 3, 2, 5) if kind == "conv" and torch_leaf == "weight" else (4, 3))
+            value = value if torch_leaf == "weight" and kind != "norm" else value[0]
+            np.testing.assert_array_equal(backward(forward(value)), value)
