@@ -33,9 +33,10 @@ FORMAT_VERSION = 1
 
 @functools.lru_cache(maxsize=8)
 def _param_shapes(config: DPTConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    # Tracing BEiT-L takes seconds; converting and saving both need the shapes.
-    side = config.patch_size * np.asarray(config.train_grid)
-    images = jax.ShapeDtypeStruct((1, int(side[0]), int(side[1]), 3), jnp.float32)
+    # Tracing BEiT-L takes seconds (converting and saving both need the shapes, hence the cache). Shapes do not
+    # depend on the input size; a 2x2 patch grid traces the smallest attention and relative-position gathers.
+    side = 2 * config.patch_size
+    images = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     variables = jax.eval_shape(DPT(config).init, jax.random.key(0), images)
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
     return tuple((path, tuple(leaf.shape)) for path, leaf in flat.items())

@@ -62,6 +62,12 @@ def _bad_files(tmp_path, midas_sd):
         "vit.pt": _torch_bytes({"pretrained.model.pos_embed": torch.ones(1, 577, 32),
                                 "pretrained.model.blocks.0.attn.qkv.weight": torch.ones(96, 32)}),
         "swin.pt": _torch_bytes({"pretrained.model.layers.0.blocks.0.attn.relative_position_bias_table": torch.ones(4, 2)}),
+        "hybrid.pt": _torch_bytes({"pretrained.model.patch_embed.backbone.stem.conv.weight": torch.ones(4, 3, 7, 7),
+                                   "pretrained.model.pos_embed": torch.ones(1, 577, 32)}),
+        "levit.pt": _torch_bytes({"pretrained.model.stages.0.blocks.0.attn.attention_biases": torch.ones(4, 16)}),
+        "nextvit.pt": _torch_bytes({"pretrained.model.stem.0.conv.weight": torch.ones(4, 3, 3, 3)}),
+        "midas_v21.pt": _torch_bytes({"pretrained.layer1.0.weight": torch.ones(4, 3, 3, 3)}),
+        "unrelated.pt": _torch_bytes({"fc.weight": torch.ones(2, 2)}),
         "truncated.safetensors": _safetensors_bytes(tmp_path, ref.state_dict_v5(ref.build_reference(ref.TINY)))[:500],
     }
 
@@ -88,6 +94,11 @@ EXPECTED_MESSAGES = {
     "wrong_shape.pt": "fusion_2/out_conv/kernel has shape (3, 3, 16, 16), config needs (1, 1, 16, 16)",
     "vit.pt": "looks like a ViT",
     "swin.pt": "looks like a Swin",
+    "hybrid.pt": "looks like a DPT-Hybrid",
+    "levit.pt": "looks like a LeViT",
+    "nextvit.pt": "looks like a Next-ViT",
+    "midas_v21.pt": "looks like a MiDaS v2.x",
+    "unrelated.pt": "not a MiDaS v3.1 BEiT or transformers DPT-BEiT checkpoint",
     "truncated.safetensors": "cannot read checkpoint",
 }
 
