@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 
 class PatchEmbed(nn.Module):
-    """(B, H, W, 3) image -> ((B, 1 + h*w, C) tokens, (h, w) grid), patches flattened row-major (y, x)."""
+    """(B, H, W, 3) image -> ((B, 1 + h*w, C) float32 tokens, (h, w) grid), patches flattened row-major (y, x)."""
 
     width: int
     patch_size: int
@@ -24,5 +24,7 @@ class PatchEmbed(nn.Module):
         )
         b, h, w, c = patches.shape
         cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
-        cls_token = jnp.broadcast_to(cls_token.astype(patches.dtype), (b, 1, c))
-        return jnp.concatenate([cls_token, patches.reshape(b, h * w, c)], axis=1), (h, w)
+        cls_token = jnp.broadcast_to(cls_token, (b, 1, c))
+        # The residual stream stays float32 whatever the compute dtype: 24 blocks of bf16 additions drift.
+        tokens = jnp.concatenate([cls_token, patches.reshape(b, h * w, c).astype(jnp.float32)], axis=1)
+        return tokens, (h, w)
