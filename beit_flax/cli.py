@@ -1,11 +1,13 @@
 """`beit-depth`: image files or a video -> relative inverse depth, with MiDaS run.py's pre- and post-processing.
 
-    beit-depth predict --weights W.msgpack INPUT... --out DIR
+    beit-depth predict --weights W.msgpack INPUT... --out DIR [--devices N] [--distributed]
     beit-depth video IN.mp4 --weights W.msgpack --out OUT.mp4 [--side-by-side]
 
 Pipeline: a thread pool decodes and preprocesses ahead (bounded), the main thread batches by network input shape
-and keeps one batch on the device, a second pool postprocesses and writes (temp file + rename). A bad input is
-reported on stderr and skipped; the exit status is 1 at the end if any input failed.
+and keeps one batch on the devices (split over every local device, params replicated), a second pool
+postprocesses and writes (temp file + rename). A bad input is reported on stderr and skipped; the exit status is 1
+at the end if any input failed. With --distributed, every process of a multi-host job runs this same command and
+handles every k-th input of the sorted list (process i of k starts at the i-th).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from beit_flax.images import (
     COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, colorize, encode_npy, encode_png, read_image, to_png16,
 )
 from beit_flax.inference import Batcher, enable_compilation_cache, prefetch
+from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
 from beit_flax.transforms import postprocess, preprocess
 from beit_flax.weights import atomic_write_bytes, load
 
@@ -62,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="net size to resize towards (default: the model's, 512 or 384)")
     model.add_argument("--square", action="store_true", help="resize to N x N instead of keeping the aspect ratio")
     model.add_argument("--batch-size", type=positive_int, metavar="B",
-                       help="images per device batch, per input shape (default: 1 on CPU, 8 on GPU)")
+                       help="images per step, all devices together (global), per input shape; rounded up to a "
+                       "multiple of the device count (default: 1 per device on CPU, 8 per device on GPU / TPU)")
+    model.add_argument("--devices", type=positive_int, metavar="N",
+                       help="use the first N local devices (default: all; params replicated, batches split)")
     model.add_argument("--dtype", choices=COMPUTE_DTYPES, help="compute dtype (default: the weights file's)")
     model.add_argument("--colormap", choices=COLORMAPS, default="inferno",
                        help="colormap of the PNGs / video (default: %(default)s, as MiDaS)")
@@ -89,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--no-png", action="store_true", help="write only the .npy files")
     images.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                         help="refuse larger images, read from the header (default: %(default)s)")
+    images.add_argument("--distributed", action="store_true",
+                        help=f"one process of a multi-host job (also ${DISTRIBUTED_ENV}=1): jax.distributed."
+                        "initialize(), then process i of k takes every k-th input of the sorted list from the i-th "
+                        "and writes its own outputs. Run the same command on every host; on GPU hosts set "
+                        "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID")
 
     video = sub.add_parser("video", parents=[common], help="a video -> a depth video (frame by frame)",
                            description="Depth of every frame, colormapped (min-max per frame), encoded H.264 "
@@ -121,14 +132,24 @@ def report(message: str) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(Batcher, net size), or None after reporting a bad weights file."""
+    """(Batcher, net size), or None after reporting a bad weights file or --devices."""
     try:
         model, params = load(args.weights, dtype=args.dtype)
     except (OSError, ValueError) as err:
         print(f"{PROG}: error: cannot load weights: {err}", file=sys.stderr)
         return None
     enable_compilation_cache()
-    return Batcher(model, params, args.batch_size), args.size or model.config.net_size
+    try:
+        batcher = Batcher(model, params, args.batch_size, args.devices)
+    except ValueError as err:  # --devices over the local count
+        print(f"{PROG}: error: --devices {args.devices}: {err}", file=sys.stderr)
+        return None
+    return batcher, args.size or model.config.net_size
+
+
+def describe(batcher: Batcher) -> str:
+    n = batcher.device_count
+    return f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
 
 
 def progress(total: int | None, unit: str, quiet: bool):
@@ -207,15 +228,41 @@ class Job:
     stem: str  # output files: out/<stem>.npy, out/<stem>.png
 
 
+def start_distributed(flag: bool) -> tuple[int, int] | None:
+    """(process index, process count) after jax.distributed.initialize() if asked for, else (0, 1); None after
+    reporting a failure."""
+    import jax
+
+    try:
+        if not maybe_initialize_distributed(flag):
+            return 0, 1
+    except (RuntimeError, ValueError) as err:  # bad env values, no coordinator, called after the backend started
+        hint = ("; outside Cloud TPU / Slurm / Open MPI set JAX_COORDINATOR_ADDRESS (host:port of process 0), "
+                "JAX_NUM_PROCESSES and JAX_PROCESS_ID") if "coordinator" in str(err).lower() else ""
+        print(f"{PROG}: error: cannot start distributed JAX: {err}{hint}", file=sys.stderr)
+        return None
+    return jax.process_index(), jax.process_count()
+
+
 def run_predict(args: argparse.Namespace) -> int:
+    started = start_distributed(args.distributed)  # first: it must run before anything touches a device
+    if started is None:
+        return EXIT_USAGE
+    index, count = started
     paths, failures, skipped = expand_inputs(args.inputs)
-    for message in failures:
-        report(f"error: {message}")
-    for path in skipped:
-        report(f"skipping {path}: not an image file extension")
+    if index == 0:  # every process sees the same inputs: only the first one reports (and counts) the bad ones
+        for message in failures:
+            report(f"error: {message}")
+        for path in skipped:
+            report(f"skipping {path}: not an image file extension")
     if not paths:
-        report("error: no input images")
+        if index == 0:
+            report("error: no input images")
         return EXIT_FAILED_INPUTS if failures or skipped else EXIT_USAGE
+    if index > 0:
+        failures, skipped = [], []
+    if count > 1:  # the same order on every host, whatever the shell's glob collation; names clash the same way
+        paths = sorted(paths, key=lambda p: p.as_posix())
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -225,7 +272,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_USAGE
     batcher, net = loaded
-    jobs = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
+    # stems from the whole list, so that processes never write the same name; then this process's share
+    jobs = process_slice([Job(path, stem) for path, stem in zip(paths, output_stems(paths))], index, count)
     sizes: dict[Job, tuple[int, int]] = {}
 
     def decode(job: Job) -> tuple[Job, np.ndarray | None, str | None]:
@@ -286,10 +334,11 @@ def run_predict(args: argparse.Namespace) -> int:
         while queue:
             finish(queue.popleft())
     elapsed = time.perf_counter() - start
+    who = f"process {index} of {count}: " if count > 1 else ""
     print(
-        f"{PROG}: {done} image{'s' * (done != 1)} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s), "
-        f"{len(batcher.shapes)} input shape{'s' * (len(batcher.shapes) != 1)}, {len(failures)} failed"
-        f"{', ' + str(len(skipped)) + ' skipped' if skipped else ''}; outputs in {args.out}"
+        f"{PROG}: {who}{done} image{'s' * (done != 1)} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s), "
+        f"{describe(batcher)}, {len(batcher.shapes)} input shape{'s' * (len(batcher.shapes) != 1)}, "
+        f"{len(failures)} failed{', ' + str(len(skipped)) + ' skipped' if skipped else ''}; outputs in {args.out}"
     )
     return EXIT_FAILED_INPUTS if failures else 0
 
@@ -393,7 +442,7 @@ def run_video(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     shapes = ", ".join(f"{h}x{w}" for _, h, w, _ in sorted(batcher.shapes))
     print(f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
-          f"{shapes}; wrote {args.out}")
+          f"{shapes}, {describe(batcher)}; wrote {args.out}")
     return 0
 
 

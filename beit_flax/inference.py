@@ -3,7 +3,12 @@
 Every image is preprocessed on the host (`transforms.preprocess`: MiDaS "minimal" resize to the net size), then
 images are grouped by their network input shape (H', W') and run in batches of exactly `batch_size` (the last one
 padded, the padding dropped), so each distinct shape compiles once per process. The jitted apply is cached per
-config; `enable_compilation_cache` adds JAX's persistent cache so a second process skips compiling altogether.
+config and device mesh; `enable_compilation_cache` adds JAX's persistent cache so a second process skips compiling.
+
+Data parallel (`sharding.py`): by default every local device runs; params are replicated on each, every batch is
+split evenly over them along its first axis. `batch_size` is global (all devices together) and rounded up to a
+multiple of the device count; `devices=N` uses the first N local devices only. With several processes
+(`jax.distributed`), each runs on its own devices with the inputs it was given (`sharding.process_slice`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from typing import Any, TypeVar
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from beit_flax.config import DPTConfig
 from beit_flax.dpt import DPT
+from beit_flax.sharding import batch_sharded, local_mesh, pad_batch, replicated, round_up
 from beit_flax.transforms import postprocess, preprocess
 
 K = TypeVar("K", bound=Hashable)
@@ -32,23 +39,32 @@ CACHE_ENV = "BEIT_FLAX_CACHE_DIR"  # a directory, or "off" to leave JAX's persis
 _OFF = {"", "0", "off", "none", "false", "no"}
 
 
-def default_batch_size() -> int:
-    """1 on CPU (XLA already spreads one image over all cores; padding would only cost), 8 on GPU / TPU."""
-    return 1 if jax.default_backend() == "cpu" else 8
+def default_batch_size(devices: int = 1) -> int:
+    """Per device: 1 on CPU (XLA already spreads one image over all cores; padding would only cost), 8 on GPU /
+    TPU; times the number of devices."""
+    return (1 if jax.default_backend() == "cpu" else 8) * devices
 
 
-@functools.lru_cache(maxsize=16)
-def jitted_apply(config: DPTConfig) -> Callable[[Any, jax.Array], jax.Array]:
-    """`(params, images (B, H', W', 3) float32) -> (B, H', W') float32`, jitted once per config (per process).
+def jitted_apply(config: DPTConfig, devices: int | Sequence[jax.Device] | Mesh | None = None
+                 ) -> Callable[[Any, jax.Array], jax.Array]:
+    """`(params, images (B, H', W', 3) float32) -> (B, H', W') float32` on a mesh of local devices (default: all),
+    params replicated, batch and result sharded along B (B a multiple of the device count). Jitted once per
+    (config, mesh) per process; pass arrays placed with `jax.device_put(x, sharding)` (see `Batcher`).
 
     params are an argument, not a closure constant, so one compiled program serves every weights file of a config.
     """
+    return _jitted_apply(config, devices if isinstance(devices, Mesh) else local_mesh(devices))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_apply(config: DPTConfig, mesh: Mesh) -> Callable[[Any, jax.Array], jax.Array]:
     model = DPT(config)
 
     def beit_depth(params: Any, images: jax.Array) -> jax.Array:  # the name shows in the persistent cache's keys
         return model.apply({"params": params}, images)
 
-    return jax.jit(beit_depth)
+    batch = batch_sharded(mesh)
+    return jax.jit(beit_depth, in_shardings=(replicated(mesh), batch), out_shardings=batch)
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
@@ -77,12 +93,13 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     return chosen
 
 
-def check_batch_size(batch_size: int | None) -> int:
+def check_batch_size(batch_size: int | None, devices: int = 1) -> int:
+    """The global batch size: `batch_size` rounded up to a multiple of `devices`, or the default for them."""
     if batch_size is None:
-        return default_batch_size()
+        return default_batch_size(devices)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
+    return round_up(batch_size, devices)
 
 
 def check_net_size(net_size: int | None, config: DPTConfig) -> int:
@@ -94,22 +111,36 @@ def check_net_size(net_size: int | None, config: DPTConfig) -> int:
 
 
 class Batcher:
-    """Runs preprocessed images through the model in fixed-size batches, one batch shape per input shape.
+    """Runs preprocessed images through the model in fixed-size batches, one batch shape per input shape, each
+    batch split over the devices of `mesh` (params replicated on each).
 
     `run` consumes `(key, net_input (H', W', 3) float32)` pairs and yields `(key, depth (H', W') float32)` once a
     batch of that shape is full (or at the end, padded). One batch stays in flight: the host prepares and
     consumes the neighbouring batches while the device computes (JAX dispatch is asynchronous). Within one shape
     results come in input order; across shapes, in the order their batches fill up (leftovers at the end).
+
+    batch_size: global, rounded up to a multiple of the device count (default: 1 per device on CPU, 8 per device
+    on GPU / TPU). devices: None (every local device), N (the first N) or a list of local devices.
     """
 
-    def __init__(self, model: nn.Module, params: Any, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Any,
+        batch_size: int | None = None,
+        devices: int | Sequence[jax.Device] | None = None,
+    ) -> None:
         config = getattr(model, "config", None)
         if not isinstance(config, DPTConfig):
             raise ValueError(f"model must be a beit_flax DPT (from beit_flax.load), got {type(model).__name__}")
         self.config = config
-        self.batch_size = check_batch_size(batch_size)
-        self.apply = jitted_apply(config)
-        self.params = jax.device_put(params)  # once: numpy params would be copied to the device on every call
+        self.mesh = local_mesh(devices)
+        self.device_count = self.mesh.size
+        self.batch_size = check_batch_size(batch_size, self.device_count)
+        self.apply = _jitted_apply(config, self.mesh)
+        self.batch_sharding = batch_sharded(self.mesh)
+        # once: numpy params would be copied to every device on every call
+        self.params = jax.device_put(params, replicated(self.mesh))
         self.shapes: set[tuple[int, ...]] = set()  # distinct batch shapes run (each compiled at most once)
 
     def run(
@@ -136,11 +167,12 @@ class Batcher:
 
     def _launch(self, bucket: list[tuple[K, np.ndarray]], on_error) -> tuple[list[K], jax.Array | Exception]:
         keys, arrays = zip(*bucket)
-        batch = np.zeros((self.batch_size, *arrays[0].shape), np.float32)  # zero padding: its output is dropped
-        batch[: len(arrays)] = arrays
+        batch = pad_batch(arrays, self.batch_size)  # zero padding: its output is dropped
         self.shapes.add(batch.shape)
         try:
-            return list(keys), self.apply(self.params, batch)  # asynchronous: returns before the device is done
+            # placed explicitly: jit refuses to shard numpy arguments once several processes exist; the call is
+            # asynchronous and returns before the devices are done
+            return list(keys), self.apply(self.params, jax.device_put(batch, self.batch_sharding))
         except Exception as err:
             if on_error is None:
                 raise
@@ -193,19 +225,22 @@ def predict(
     batch_size: int | None = None,
     square: bool = False,
     net_size: int | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
 ) -> list[np.ndarray]:
     """Relative inverse depth for each image, at the image's own size (MiDaS run.py pre- and post-processing).
 
     images: list of (H, W, 3) RGB arrays, uint8 (or uint16 / float in [0, 1]); sizes may differ.
     Returns a list of (H, W) float32 arrays, larger = nearer. `net_size` defaults to the model's (512 or 384);
     `square` resizes to net x net instead of keeping the aspect ratio. Batches of one input shape are padded to
-    `batch_size` (default: 1 on CPU, 8 otherwise), so each shape compiles once.
+    `batch_size` (default: 1 per device on CPU, 8 per device otherwise), so each shape compiles once.
+    devices: every local device by default (params replicated, each batch split over them), N for the first N, or
+    a list of local devices; `batch_size` is global and rounded up to a multiple of the device count.
     Raises ValueError (with the shape received) for anything that is not a list of RGB images.
     """
     images = check_images(images)
     if not images:
         return []
-    batcher = Batcher(model, params, batch_size)
+    batcher = Batcher(model, params, batch_size, devices)
     net = check_net_size(net_size, batcher.config)
     inputs = ((i, preprocess(image, net, square=square)) for i, image in enumerate(images))  # lazy: overlaps
     out: list[np.ndarray | None] = [None] * len(images)

@@ -1,0 +1,134 @@
+"""Data parallelism for inference: a mesh over this process's devices, params replicated, the batch sharded.
+
+Inference is embarrassingly parallel, so each process works alone on its local devices (no cross-host collective
+ever runs): with several processes (`jax.distributed`), each one takes its own slice of the inputs
+(`process_slice`) and writes its own outputs. A program on local devices only is "fully addressable", which JAX
+allows in multi-controller mode, provided inputs are placed with `jax.device_put(x, sharding)` (jit refuses to
+shard a numpy argument itself once several processes exist).
+
+    mesh = local_mesh()                               # all local devices, axis "batch"
+    params = jax.device_put(params, replicated(mesh))
+    batch = jax.device_put(pad_batch(images, round_up(len(images), mesh.size)), batch_sharded(mesh))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+T = TypeVar("T")
+
+BATCH_AXIS = "batch"
+DISTRIBUTED_ENV = "BEIT_FLAX_DISTRIBUTED"  # "1" / "true" / "yes" / "on": call jax.distributed.initialize()
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"  # read here (jax itself reads only JAX_COORDINATOR_ADDRESS from the env)
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def check_devices(devices: int | Sequence[jax.Device] | None) -> list[jax.Device]:
+    """`devices` -> a list of this process's devices: None = all of them, N = the first N, or the devices given."""
+    local = jax.local_devices()
+    if devices is None:
+        return local
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(local):
+            raise ValueError(
+                f"devices must be between 1 and the {len(local)} local {jax.default_backend()} device"
+                f"{'s' * (len(local) != 1)}, got {devices}"
+            )
+        return local[: int(devices)]
+    if isinstance(devices, Sequence) and not isinstance(devices, (str, bytes)) and devices:
+        chosen = list(devices)
+        ids = {d.id for d in local}
+        foreign = [d for d in chosen if not isinstance(d, jax.Device) or d.id not in ids]
+        if foreign:
+            raise ValueError(f"devices must be this process's devices (jax.local_devices()); got {foreign[:3]}")
+        if len({d.id for d in chosen}) != len(chosen):
+            raise ValueError("devices lists a device twice")
+        return chosen
+    raise ValueError(f"devices must be None, a positive int or a list of jax devices; got {devices!r}")
+
+
+def local_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh (axis "batch") over this process's devices: all by default, the first N, or the ones given."""
+    return Mesh(np.array(check_devices(devices)), (BATCH_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device of `mesh` holds the whole array (the params)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) axis split evenly over the devices of `mesh`; the other axes whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n (and >= multiple)."""
+    return max(1, -(-int(n) // int(multiple))) * int(multiple)
+
+
+def pad_batch(arrays: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Stack same-shaped arrays into a (size, ...) float32 batch, zeros after the last one (outputs to be dropped)."""
+    if not 1 <= len(arrays) <= size:
+        raise ValueError(f"cannot pad {len(arrays)} arrays to a batch of {size}")
+    batch = np.zeros((size, *np.shape(arrays[0])), np.float32)
+    batch[: len(arrays)] = arrays
+    return batch
+
+
+def process_slice(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
+    """This process's share of `items`: every `count`-th item from position `index` (default: jax.process_index()
+    of jax.process_count()). Every process must pass the same `items` in the same order (sort them first); the
+    slices are then disjoint and cover everything, and their sizes differ by at most one."""
+    index = jax.process_index() if index is None else index
+    count = jax.process_count() if count is None else count
+    if not (isinstance(count, int) and count >= 1 and isinstance(index, int) and 0 <= index < count):
+        raise ValueError(f"need 0 <= index < count, got index={index!r}, count={count!r}")
+    return list(items)[index::count]
+
+
+def distributed_requested(flag: bool = False) -> bool:
+    """`flag`, or $BEIT_FLAX_DISTRIBUTED set to 1 / true / yes / on (ValueError for anything else but 0 / off)."""
+    value = os.environ.get(DISTRIBUTED_ENV, "").strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(f"{DISTRIBUTED_ENV}={os.environ[DISTRIBUTED_ENV]!r}: expected 1 or 0")
+    return flag or value in _TRUE
+
+
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected an integer") from None
+
+
+def maybe_initialize_distributed(flag: bool = False) -> bool:
+    """Call `jax.distributed.initialize()` if `flag` or $BEIT_FLAX_DISTRIBUTED asks for it; True if JAX is (now)
+    running distributed. Call it before anything touches a device.
+
+    On Cloud TPU, Slurm and Open MPI, JAX finds the coordinator, process count and id itself. Elsewhere (several
+    GPU hosts) set $JAX_COORDINATOR_ADDRESS (host:port of process 0, read by JAX) and $JAX_NUM_PROCESSES /
+    $JAX_PROCESS_ID (read here and passed on); $JAX_LOCAL_DEVICE_IDS optionally restricts a process's GPUs.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if not distributed_requested(flag):
+        return False
+    kwargs = {}
+    if (num := _env_int(NUM_PROCESSES_ENV)) is not None:
+        kwargs["num_processes"] = num
+    if (pid := _env_int(PROCESS_ID_ENV)) is not None:
+        kwargs["process_id"] = pid
+    jax.distributed.initialize(**kwargs)
+    return True

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Images/s of `Batcher` (what `beit_flax.predict` and `beit-depth predict` run) on 1 device and on N devices.
+
+    python benchmarks/data_parallel.py                      # CPU: 8 forced host devices, tiny and base_384 configs
+    python benchmarks/data_parallel.py --devices 8 --variant tiny --images 64
+    python benchmarks/data_parallel.py --real               # the machine's own devices (GPUs / TPU cores)
+
+On CPU, --devices N forces N host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, set in a child
+process before JAX starts). They share the same cores, so the CPU figure is a sanity check of the sharded path
+(it must not be much slower), not a speed-up. Random params (numpy, `param_shapes`) and random images; compile
+time is excluded (one warm-up pass over a full batch). One JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+TINY = dict(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32),
+            fusion_channels=16, head_channels=8, net_size=64)
+
+
+def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
+    import jax
+    import numpy as np
+    from flax import traverse_util
+
+    from beit_flax import DPT, PRESETS, DPTConfig
+    from beit_flax.inference import Batcher
+    from beit_flax.weights import param_shapes
+
+    config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
+    rng = np.random.default_rng(0)
+    flat = {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in param_shapes(config).items()}
+    params = traverse_util.unflatten_dict(flat, sep="/")
+    model = DPT(config)
+    side = config.net_size
+    inputs = [rng.standard_normal((side, side, 3)).astype(np.float32) for _ in range(images)]
+    for devices, batch in settings:
+        batcher = Batcher(model, params, batch, devices)
+        start = time.perf_counter()
+        for _ in batcher.run(enumerate(inputs[: batcher.batch_size])):  # compile + first batch
+            pass
+        compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        done = sum(1 for _ in batcher.run(enumerate(inputs)))
+        elapsed = time.perf_counter() - start
+        print(json.dumps({
+            "variant": variant, "net": side, "backend": jax.default_backend(), "devices": batcher.device_count,
+            "batch": batcher.batch_size, "images": done, "seconds": round(elapsed, 3),
+            "images_per_s": round(done / elapsed, 2), "first_batch_s": round(compile_s, 2),
+            "host_cores": os.cpu_count(),
+        }), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=8, help="N for the data-parallel rows (default: 8)")
+    parser.add_argument("--variant", nargs="+", default=["tiny", "dpt_beit_base_384"],
+                        choices=["tiny", "dpt_beit_large_512", "dpt_beit_large_384", "dpt_beit_base_384"])
+    parser.add_argument("--images", type=int, default=0, help="images per measurement (default: 64 tiny, 16 else)")
+    parser.add_argument("--real", action="store_true", help="use the machine's devices, do not force CPU ones")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n = args.devices
+    settings = [(1, 1), (1, n), (n, n)]  # one device batch 1 (the CPU default), one device batch N, N devices
+    if args.child or args.real:
+        for variant in args.variant:
+            measure(variant, args.images or (64 if variant == "tiny" else 16), settings)
+        return
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "BEIT_FLAX_CACHE_DIR": "off",
+           "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])}
+    subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
