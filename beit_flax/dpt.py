@@ -33,9 +33,12 @@ class DPT(nn.Module):
 
     `apply({"params": params}, images)` with images (B, H, W, 3) float, normalised as (x - 0.5) / 0.5, H and W any
     multiples of 16, returns (B, H, W) float32 relative inverse depth.
+
+    remat: gradient checkpointing per encoder block (training only; the forward pass and parameters are unchanged).
     """
 
     config: DPTConfig
+    remat: bool = False
 
     @nn.compact
     def __call__(self, images_bhwc: jnp.ndarray) -> jnp.ndarray:
@@ -44,7 +47,7 @@ class DPT(nn.Module):
         tokens_bnc, grid_hw = PatchEmbed(cfg.width, cfg.patch_size, cfg.compute_dtype, name="patch_embed")(
             images_bhwc.astype(jnp.float32)
         )
-        hooked = Encoder(cfg, name="encoder")(tokens_bnc, grid_hw)
+        hooked = Encoder(cfg, remat=self.remat, name="encoder")(tokens_bnc, grid_hw)
         l1, l2, l3, l4 = (
             Reassemble(cfg, stage, name=f"reassemble_{stage}")(tokens, grid_hw)
             for stage, tokens in zip((1, 2, 3, 4), hooked)

@@ -73,16 +73,24 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Runs `depth` blocks and returns the outputs of the four hooked blocks, each (B, N, C)."""
+    """Runs `depth` blocks and returns the outputs of the four hooked blocks, each (B, N, C).
+
+    remat: gradient checkpointing per block: only each block's input is kept for the backward pass and its
+    internals (attention logits, MLP hidden) are recomputed, for about one more forward pass of compute. Same
+    parameters and paths (`block_{i}/...`), same values.
+    """
 
     config: DPTConfig
+    remat: bool = False
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray, grid_hw: tuple[int, int]) -> list[jnp.ndarray]:
         cfg = self.config
+        # grid_hw (argument 2, counting self) sets shapes, so it must stay a static Python tuple under remat.
+        block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
         hooked = []
         for index in range(cfg.depth):
-            tokens_bnc = Block(cfg, name=f"block_{index}")(tokens_bnc, grid_hw)
+            tokens_bnc = block(cfg, name=f"block_{index}")(tokens_bnc, grid_hw)
             if index in cfg.hooks:
                 hooked.append(tokens_bnc)
         return hooked

@@ -1,0 +1,281 @@
+"""Training data: procedural scenes with exact depth, and a loader for folders of images and depth maps.
+
+Both give batches in the form `train.train_step` takes (numpy, on the host):
+
+    {"image": (B, S, S, 3) float32 normalised as (x - 0.5) / 0.5,       # like `transforms.preprocess`
+     "inverse_depth": (B, S, S) float32, 1 / depth where valid scaled to median 1 per image, 0 elsewhere,
+     "mask": (B, S, S) bool, valid ground truth}
+
+`batch_indices(n, batch_size, step, seed)` picks the items of a step as a pure function of the step (a fresh
+permutation each epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+
+User data (`DepthFolder`), paired by file stem:
+
+    DIR/images/NAME.{jpg,png,...}    RGB (any format `images.read_image` reads)
+    DIR/depth/NAME.{png,npy}         depth: 16-bit (or 8-bit) PNG, or a float (H, W) .npy; 0, negative, NaN or inf
+                                     = no ground truth. Units do not matter: `make_batch` scales each image's
+                                     inverse depth to median 1.
+    DIR/masks/NAME.{png,npy}         optional: nonzero = valid (combined with the depth's own validity)
+
+`inverse=True` reads the depth files as inverse depth / disparity instead (e.g. MiDaS outputs, stereo disparity).
+Each sample is resized (shorter side to S; bicubic for RGB, nearest for depth and mask so no depth is blended
+across edges or with invalid pixels) and centre-cropped to S x S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from beit_flax.images import IMAGE_EXTENSIONS, read_image
+from beit_flax.transforms import resize_bicubic
+
+Batch = dict[str, np.ndarray]
+DEPTH_EXTENSIONS = (".png", ".npy")
+
+
+def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray) -> Batch:
+    """uint8 images (B, H, W, 3), depth (B, H, W), mask (B, H, W) -> a train-step batch (see the module doc)."""
+    images, depth, mask = np.asarray(images), np.asarray(depth, np.float32), np.asarray(mask, bool)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"images must be (B, H, W, 3) uint8; got {images.shape} {images.dtype}")
+    if depth.shape != images.shape[:3] or mask.shape != images.shape[:3]:
+        raise ValueError(f"depth {depth.shape} and mask {mask.shape} must be {images.shape[:3]}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        valid = mask & np.isfinite(depth) & (depth > 0)
+        inverse = np.where(valid, 1.0 / np.where(valid, depth, 1.0), 0.0)
+    # Per-image median 1: the loss is invariant to the prediction's scale but not the target's, whose scale sets the
+    # balance of the (quadratic) data term and the (linear) gradient term; this makes it independent of units.
+    medians = np.array([np.median(d[v]) if v.any() else 1.0 for d, v in zip(inverse, valid)])
+    inverse = (inverse / medians[:, None, None]).astype(np.float32)
+    return {"image": (images.astype(np.float32) / 255.0 - 0.5) / 0.5, "inverse_depth": inverse, "mask": valid}
+
+
+def batch_indices(num_items: int, batch_size: int, step: int, seed: int = 0) -> np.ndarray:
+    """Indices (batch_size,) of step `step`: consecutive slices of one permutation per epoch (seeded by (seed,
+    epoch)), wrapping into the next epoch. A pure function of its arguments."""
+    if num_items < 1 or batch_size < 1 or step < 0:
+        raise ValueError(f"need num_items >= 1, batch_size >= 1, step >= 0; got {num_items}, {batch_size}, {step}")
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = np.divmod(positions, num_items)
+    perms = {e: np.random.default_rng([seed, e]).permutation(num_items) for e in np.unique(epochs)}
+    return np.array([perms[e][o] for e, o in zip(epochs, offsets)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+    """An in-memory dataset: images (N, H, W, 3) uint8, depth (N, H, W) float32, mask (N, H, W) bool."""
+
+    images: np.ndarray
+    depth: np.ndarray
+    mask: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        return make_batch(self.images[indices], self.depth[indices], self.mask[indices])
+
+
+# --- procedural scenes -------------------------------------------------------------------------------------------
+
+
+def _solid_texture(rng: np.random.Generator, points: np.ndarray) -> np.ndarray:
+    """A random procedural texture evaluated at world points (..., 3) -> RGB (..., 3) in [0, 1]."""
+    base, other = rng.uniform(0.1, 0.9, 3), rng.uniform(0.1, 0.9, 3)
+    kind = rng.integers(4)
+    if kind == 0:  # 3-D checker
+        cells = np.floor(points * rng.uniform(1.0, 4.0)).sum(-1) % 2
+        weight = cells[..., None]
+    elif kind == 1:  # stripes along a random direction
+        direction = rng.normal(size=3)
+        weight = (0.5 + 0.5 * np.sin(points @ direction * rng.uniform(2.0, 8.0)))[..., None]
+    elif kind == 2:  # smooth noise: a few random plane waves
+        waves = sum(np.sin(points @ rng.normal(0, 3.0, 3) + rng.uniform(0, 6.3)) for _ in range(4))
+        weight = (0.5 + waves / 8)[..., None]
+    else:  # nearly plain
+        weight = 0.1 * np.sin(points[..., :1] * 5.0) + 0.1
+    return base + (other - base) * weight
+
+
+def _rotation_y(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+# Ray casts from the origin. rays (..., 3) are directions with camera-frame z = 1, so the returned ray parameter t
+# (...,) is the z-depth of the hit; inf where there is none in front of the camera. Normals (..., 3) face the ray.
+
+
+def intersect_plane(rays: np.ndarray, normal: np.ndarray, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """The plane {x : normal . x = offset}, offset > 0 (the origin is on the side `normal` points away from)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = offset / (rays @ normal)
+    return np.where(t > 0, t, np.inf), np.broadcast_to(-np.asarray(normal, float), rays.shape)
+
+
+def intersect_sphere(rays: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """The nearer root of |t r - c|^2 = radius^2 (a sphere that contains the origin is not supported)."""
+    a, b = np.sum(rays * rays, -1), rays @ center
+    disc = b * b - a * (center @ center - radius**2)
+    t = np.where(disc > 0, (b - np.sqrt(np.maximum(disc, 0))) / a, np.inf)
+    t = np.where(t > 0, t, np.inf)
+    return t, (rays * np.where(np.isfinite(t), t, 0)[..., None] - center) / radius
+
+
+def intersect_box(
+    rays: np.ndarray, center: np.ndarray, half: np.ndarray, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A box of half sizes `half` (x, y, z) about `center`, rotated by `angle` about the y axis (slab method)."""
+    rot = _rotation_y(angle)
+    origin, direction = -center @ rot, rays @ rot  # in the box frame (x @ rot = rot^T x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (-half - origin) / direction, (half - origin) / direction
+    near = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf)  # 0/0: the ray lies in a slab plane, no constraint
+    far = np.nan_to_num(np.maximum(t1, t2), nan=np.inf)
+    t_in, t_out = near.max(-1), far.min(-1)
+    axis = near.argmax(-1)
+    face = -np.sign(np.take_along_axis(direction, axis[..., None], -1)) * np.eye(3)[axis]
+    return np.where((t_in <= t_out) & (t_in > 0), t_in, np.inf), face @ rot.T
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast a random room: floor, back wall, optional side wall and ceiling, boxes and spheres, each with a
+    procedural texture and Lambert shading. Pinhole camera at the origin (x right, y down, z forward), random field
+    of view and pitch.
+
+    Returns (H, W, 3) uint8 RGB and (H, W) float32 exact z-depth (distance along the optical axis) at the pixel
+    centres; inf where a ray hits nothing.
+    """
+    focal = width / (2 * np.tan(np.radians(rng.uniform(50, 75)) / 2))
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    rays_cam = np.stack([(xs - width / 2) / focal, (ys - height / 2) / focal, np.ones_like(xs)], axis=-1)
+    pitch = np.radians(rng.uniform(-8, 12))  # camera tilt about x
+    c, s = np.cos(pitch), np.sin(pitch)
+    # rotating the rays keeps t = camera-frame z-depth (the rotation preserves the camera-frame z = 1 of each ray)
+    rays = rays_cam @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]]).T
+    depth = np.full((height, width), np.inf)
+    normal = np.zeros((height, width, 3))
+    albedo = np.zeros((height, width, 3))
+
+    def composite(hit_t: tuple[np.ndarray, np.ndarray]) -> None:  # z-buffer one surface in, with its own texture
+        t, normals = hit_t
+        hit = t < depth
+        depth[hit], normal[hit] = t[hit], normals[hit]
+        albedo[hit] = _solid_texture(rng, rays[hit] * t[hit][:, None])
+
+    floor_y = rng.uniform(1.0, 1.8)
+    composite(intersect_plane(rays, np.array([0.0, 1.0, 0.0]), floor_y))
+    wall = _rotation_y(np.radians(rng.uniform(-30, 30))) @ np.array([0.0, 0.0, 1.0])
+    composite(intersect_plane(rays, wall, rng.uniform(6, 14)))
+    if rng.random() < 0.5:
+        composite(intersect_plane(rays, np.array([rng.choice([-1.0, 1.0]), 0.0, 0.0]), rng.uniform(2, 4)))
+    if rng.random() < 0.3:
+        composite(intersect_plane(rays, np.array([0.0, -1.0, 0.0]), rng.uniform(1.5, 3)))
+    for _ in range(rng.integers(0, 4)):  # boxes standing on the floor
+        half = rng.uniform(0.15, 0.6, 3)
+        center = np.array([rng.uniform(-2.5, 2.5), floor_y - half[1], rng.uniform(2.5, 8)])
+        composite(intersect_box(rays, center, half, rng.uniform(0, np.pi)))
+    for _ in range(rng.integers(0, 4)):  # spheres, most resting on the floor
+        radius = rng.uniform(0.2, 0.8)
+        y = floor_y - radius if rng.random() < 0.6 else rng.uniform(-0.5, floor_y - radius)
+        composite(intersect_sphere(rays, np.array([rng.uniform(-2.5, 2.5), y, rng.uniform(2.0, 8.0)]), radius))
+
+    light = rng.normal(size=3) * [1.0, 0.3, 1.0] + [0.0, -1.0, -0.5]  # from above, somewhat towards the camera
+    light /= np.linalg.norm(light)
+    shade = 0.3 + 0.7 * np.clip(normal @ light, 0, 1)
+    rgb = albedo * shade[..., None] * (0.95 + 0.05 * rng.random((height, width, 1)))  # a little sensor noise
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), depth.astype(np.float32)
+
+
+def synthetic_scenes(count: int, size: int, seed: int = 0) -> Arrays:
+    """`count` rendered scenes at size x size; scene i depends only on (seed, i)."""
+    if count < 1 or size < 1:
+        raise ValueError(f"need count >= 1 and size >= 1; got {count}, {size}")
+    scenes = [render_scene(np.random.default_rng([seed, i]), size, size) for i in range(count)]
+    images, depth = (np.stack(parts) for parts in zip(*scenes))
+    return Arrays(images, depth, np.isfinite(depth) & (depth > 0))
+
+
+# --- user data ---------------------------------------------------------------------------------------------------
+
+
+def _nearest(array: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of (H, W) at pixel centres."""
+    rows = np.minimum(((np.arange(size_hw[0]) + 0.5) * array.shape[0] / size_hw[0]).astype(int), array.shape[0] - 1)
+    cols = np.minimum(((np.arange(size_hw[1]) + 0.5) * array.shape[1] / size_hw[1]).astype(int), array.shape[1] - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
+def _read_map(path: Path) -> np.ndarray:
+    """A depth or mask file -> (H, W) float32: .npy as stored, an image's first channel (16 bits kept)."""
+    if path.suffix.lower() == ".npy":
+        array = np.load(path, allow_pickle=False)
+        array = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+        if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{path}: expected an (H, W) numeric array, got {array.shape} {array.dtype}")
+        return array.astype(np.float32)
+    return read_image(path)[..., 0].astype(np.float32)
+
+
+class DepthFolder:
+    """Images + depth maps (+ masks) from a folder; see the module doc for the layout. Reads lazily per batch."""
+
+    def __init__(self, root: str | os.PathLike, size: int, *, inverse: bool = False) -> None:
+        self.root, self.size, self.inverse = Path(root), size, inverse
+        if size < 16 or size % 16:
+            raise ValueError(f"size must be a positive multiple of 16, got {size}")
+        images_dir, depth_dir, masks_dir = (self.root / name for name in ("images", "depth", "masks"))
+        if not images_dir.is_dir() or not depth_dir.is_dir():
+            raise FileNotFoundError(f"{self.root}: needs images/ and depth/ folders (masks/ optional)")
+        by_stem = lambda folder, exts: {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in exts}
+        images = by_stem(images_dir, IMAGE_EXTENSIONS)
+        depth = by_stem(depth_dir, DEPTH_EXTENSIONS)
+        masks = by_stem(masks_dir, IMAGE_EXTENSIONS | {".npy"}) if masks_dir.is_dir() else {}
+        missing = sorted(images.keys() - depth.keys())
+        if missing:
+            raise FileNotFoundError(f"{depth_dir}: no depth map for {len(missing)} images, e.g. {missing[:5]}")
+        if not images:
+            raise FileNotFoundError(f"{images_dir}: no images")
+        self.items = [(images[k], depth[k], masks.get(k)) for k in sorted(images)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(S, S, 3) uint8 image, (S, S) float32 depth (inf where invalid), (S, S) bool mask."""
+        image_path, depth_path, mask_path = self.items[index]
+        image, depth = read_image(image_path), _read_map(depth_path)
+        if image.dtype != np.uint8:  # 16-bit grayscale photo
+            image = (image >> 8).astype(np.uint8)
+        if depth.shape != image.shape[:2]:
+            raise ValueError(f"{depth_path}: depth {depth.shape} does not match image {image.shape[:2]}")
+        valid = np.isfinite(depth) & (depth > 0)
+        if mask_path is not None:
+            mask = _read_map(mask_path)
+            if mask.shape != depth.shape:
+                raise ValueError(f"{mask_path}: mask {mask.shape} does not match image {image.shape[:2]}")
+            valid &= mask > 0
+        with np.errstate(divide="ignore"):
+            depth = np.where(valid, 1.0 / np.where(valid, depth, 1.0) if self.inverse else depth, np.inf)
+        height, width = depth.shape
+        scale = self.size / min(height, width)
+        resized = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
+        top, left = (resized[0] - self.size) // 2, (resized[1] - self.size) // 2
+        crop = lambda a: a[top : top + self.size, left : left + self.size]
+        image = np.clip(np.round(resize_bicubic(image.astype(np.float32), resized)), 0, 255).astype(np.uint8)
+        depth, valid = _nearest(depth, resized), _nearest(valid, resized)
+        return crop(image), crop(depth).astype(np.float32), crop(valid)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        images, depth, mask = (np.stack(parts) for parts in zip(*(self.sample(int(i)) for i in indices)))
+        return make_batch(images, depth, mask)
+
+    def to_arrays(self) -> Arrays:
+        """Everything in memory (small datasets: decoding once instead of every epoch)."""
+        images, depth, mask = (np.stack(parts) for parts in zip(*(self.sample(i) for i in range(len(self)))))
+        return Arrays(images, depth, mask)

@@ -1,0 +1,129 @@
+"""MiDaS training losses and metrics (Ranftl et al., "Towards Robust Monocular Depth Estimation"), pure JAX.
+
+All functions take batched maps (B, H, W): `pred` the network output, `target` the ground-truth inverse depth,
+`mask` 1 where the target is valid (bool or 0/1 float). Nothing is computed from invalid pixels, whatever they hold
+(inf / NaN targets are fine), and every division is guarded, so an image without valid pixels contributes 0 and
+no NaN, to the value and to the gradient.
+
+    (s, t)   = argmin  sum M (s p + t - d)^2                     per image (`align_scale_shift`)
+    data     = sum_b sum M (s p + t - d)^2 / (2 sum_b sum M)      over the batch
+    gradient = sum_{k=0..3} sum_b sum |R_x| + |R_y| over pairs of valid pixels / sum_b sum M,  R = M (s p + t - d),
+               at every 2^k-th pixel (mask subsampled the same way)
+    loss     = data + 0.5 * gradient
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+# A prediction whose spread over the valid pixels is below ~1e-6 of its magnitude is constant to float32: the fit
+# would be rounding noise, so it counts as singular (s = t = 0), like an exactly singular system.
+_SINGULAR_RTOL = 1e-12
+
+
+def _inputs(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    """Validate shapes; return float32 (pred, target with invalid pixels zeroed, mask as 0/1)."""
+    shapes = {"pred": jnp.shape(pred), "target": jnp.shape(target), "mask": jnp.shape(mask)}
+    if len(shapes["pred"]) != 3 or len(set(shapes.values())) != 1:
+        raise ValueError(f"pred, target and mask must all be (B, H, W); got {shapes}")
+    mask = (jnp.asarray(mask) > 0).astype(jnp.float32)
+    target = jnp.where(mask > 0, jnp.asarray(target, jnp.float32), 0.0)  # inf/NaN * 0 would still be NaN
+    return jnp.asarray(pred, jnp.float32), target, mask
+
+
+def _safe_div(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
+    """num / den where den > 0, else 0; the where-twice form keeps the gradient finite too."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def align_scale_shift(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-image least-squares (s, t), each (B,), minimising sum M (s pred + t - target)^2.
+
+    The solution of the 2x2 normal equations [[sum M p^2, sum M p], [sum M p, sum M]] [s, t] = [sum M p d, sum M d],
+    computed in centred form (s = cov(p, d) / var(p), t = mean d - s mean p: the same solution, without float32
+    cancellation in the determinant). Singular (no valid pixel, or constant prediction): s = t = 0.
+    Differentiable: the loss gradient flows through s and t, as in MiDaS.
+    """
+    pred, target, mask = _inputs(pred, target, mask)
+    total = lambda x: jnp.sum(x, axis=(1, 2))
+    count = total(mask)
+    mean_p, mean_d = _safe_div(total(mask * pred), count), _safe_div(total(mask * target), count)
+    # one correction pass: a float32 sum is off by ~1e-6 relative, which alone would give a constant prediction a
+    # nonzero variance; after it the mean of a constant is exact to an ulp
+    mean_p = mean_p + _safe_div(total(mask * (pred - mean_p[:, None, None])), count)
+    centred = mask * (pred - mean_p[:, None, None])
+    var = total(centred * centred)
+    cov = total(centred * (target - mean_d[:, None, None]))
+    singular = var <= _SINGULAR_RTOL * total(mask * pred * pred)  # also true without valid pixels (0 <= 0)
+    scale = jnp.where(singular, 0.0, cov / jnp.where(singular, 1.0, var))
+    shift = jnp.where(singular, 0.0, mean_d - scale * mean_p)
+    return scale, shift
+
+
+def _aligned(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    scale, shift = align_scale_shift(pred, target, mask)
+    return scale[:, None, None] * pred + shift[:, None, None]
+
+
+def gradient_matching(residual: jnp.ndarray, mask: jnp.ndarray, scales: int = 4) -> jnp.ndarray:
+    """Multi-scale gradient-matching term of a residual map (B, H, W) (aligned prediction - target) -> scalar.
+
+    At scale k (every 2^k-th pixel): sum of |dR/dx| + |dR/dy| over neighbouring pairs that are both valid, with
+    R = M * residual, divided by the batch's valid pixels at that scale; the scales are summed.
+    """
+    mask = (jnp.asarray(mask) > 0).astype(jnp.float32)
+    residual = jnp.where(mask > 0, residual, 0.0)
+    loss = jnp.zeros((), jnp.float32)
+    for k in range(scales):
+        r, m = residual[:, :: 2**k, :: 2**k], mask[:, :: 2**k, :: 2**k]
+        grad_x = jnp.abs(r[:, :, 1:] - r[:, :, :-1]) * m[:, :, 1:] * m[:, :, :-1]
+        grad_y = jnp.abs(r[:, 1:, :] - r[:, :-1, :]) * m[:, 1:, :] * m[:, :-1, :]
+        loss += _safe_div(jnp.sum(grad_x) + jnp.sum(grad_y), jnp.sum(m))
+    return loss
+
+
+def ssi_loss(
+    pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, *, alpha: float = 0.5, scales: int = 4
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """MiDaS scale-and-shift-invariant loss on inverse depth: (scalar, {"data": scalar, "gradient": scalar}).
+
+    pred, target, mask: (B, H, W). `alpha` weights the gradient-matching term (0.5 in MiDaS; 0 turns it off).
+    """
+    pred, target, mask = _inputs(pred, target, mask)
+    residual = mask * (_aligned(pred, target, mask) - target)
+    data = _safe_div(jnp.sum(residual * residual), 2.0 * jnp.sum(mask))
+    gradient = gradient_matching(residual, mask, scales) if alpha else jnp.zeros((), jnp.float32)
+    return data + alpha * gradient, {"data": data, "gradient": gradient}
+
+
+def depth_metrics(
+    pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, depth_cap: float | None = None
+) -> dict[str, jnp.ndarray]:
+    """AbsRel and delta1 per image after scale-and-shift alignment in inverse depth, evaluated in depth space.
+
+    pred, target (inverse depth), mask: (B, H, W). The aligned inverse depth is clipped below at 1 / depth_cap
+    (MiDaS' evaluation: a dataset's maximum depth, e.g. 10 for NYU, 80 for KITTI); `None` caps at each image's
+    largest valid ground-truth depth. Pixels with target <= 0 are invalid.
+    Returns {"abs_rel": (B,), "delta1": (B,), "valid": (B,) pixel counts}; images without valid pixels give 0.
+    """
+    pred, target, mask = _inputs(pred, target, mask)
+    mask = mask * (target > 0)
+    aligned = _aligned(pred, target, mask)
+    true_depth = 1.0 / jnp.where(mask > 0, target, 1.0)
+    if depth_cap is None:
+        floor = jnp.min(jnp.where(mask > 0, target, jnp.inf), axis=(1, 2), keepdims=True)
+        floor = jnp.where(jnp.isfinite(floor), floor, 1.0)
+    else:
+        if not depth_cap > 0:
+            raise ValueError(f"depth_cap must be positive, got {depth_cap}")
+        floor = jnp.full((1, 1, 1), 1.0 / depth_cap, jnp.float32)
+    pred_depth = 1.0 / jnp.maximum(aligned, floor)
+    count = jnp.sum(mask, axis=(1, 2))
+    abs_rel = jnp.abs(pred_depth - true_depth) / true_depth
+    ratio = jnp.maximum(pred_depth / true_depth, true_depth / pred_depth)
+    return {
+        "abs_rel": _safe_div(jnp.sum(mask * abs_rel, axis=(1, 2)), count),
+        "delta1": _safe_div(jnp.sum(mask * (ratio < 1.25), axis=(1, 2)), count),
+        "valid": count,
+    }

@@ -1,0 +1,47 @@
+"""Shared pieces of the fine-tuning tests: the tiny config, batches, a quick-compiling jit, and the jitted
+model-loss gradient (cached).
+
+`fast_jit` compiles with XLA's backend (LLVM) optimisation off: the same HLO and float semantics, about half the
+compile time of a tiny-model backward pass (tens of seconds on two CPU cores), which dominates these tests.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from beit_flax import DPT, DPTConfig, train
+
+TINY = DPTConfig(
+    width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32),
+    fusion_channels=16, head_channels=8, net_size=64,
+)
+SIZE = 32  # grid 2x2 against the 4x4 training grid: the relative-position tables are resized too
+
+
+def tiny_batch(seed: int, batch: int = 2, size: int = SIZE) -> dict[str, np.ndarray]:
+    """Random normalised images, a smooth random inverse-depth target and ~15% invalid pixels."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    target = np.stack([0.5 + ys * rng.uniform(0.5, 2) + 0.3 * np.sin(6 * xs + rng.uniform(0, 6)) for _ in range(batch)])
+    return {
+        "image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
+        "inverse_depth": target.astype(np.float32),
+        "mask": rng.random((batch, size, size)) > 0.15,
+    }
+
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def fast_jit(fun, **kwargs):
+    return jax.jit(fun, compiler_options=FAST_COMPILE, **kwargs)
+
+
+@functools.cache
+def loss_and_grad():
+    """jit(value_and_grad) of the MiDaS loss of DPT(TINY): (params, batch) -> (loss, grads)."""
+    model = DPT(TINY)
+    return fast_jit(jax.value_and_grad(lambda params, batch: train.loss_fn(params, model.apply, batch)[0]))
