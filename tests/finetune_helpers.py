@@ -12,12 +12,9 @@ import functools
 import jax
 import numpy as np
 
-from beit_flax import DPT, DPTConfig, train
+from beit_flax import DPT, train
+from tiny_config import TINY
 
-TINY = DPTConfig(
-    width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32),
-    fusion_channels=16, head_channels=8, net_size=64,
-)
 SIZE = 32  # grid 2x2 against the 4x4 training grid: the relative-position tables are resized too
 
 

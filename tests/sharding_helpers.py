@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 from flax import traverse_util
 
-from beit_flax import DPTConfig, save
+from beit_flax import save
 from beit_flax.weights import param_shapes
+from tiny_config import TINY
 
-TINY = DPTConfig(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3),
-                 reassemble_channels=(8, 16, 32, 32), fusion_channels=16, head_channels=8, net_size=64)
 ROOT = Path(__file__).resolve().parents[1]
 MULTIDEVICE_ENV = "BEIT_FLAX_MULTIDEVICE"  # set: tests/multidevice is collected (see its conftest.py)
 

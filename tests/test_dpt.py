@@ -7,20 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from beit_flax.config import DPTConfig
 from beit_flax.dpt import DPT
+from tiny_config import TINY as CFG
 
-CFG = DPTConfig(
-    width=32,
-    depth=4,
-    num_heads=2,
-    train_grid=(4, 4),
-    hooks=(0, 1, 2, 3),
-    reassemble_channels=(8, 16, 32, 32),
-    fusion_channels=16,
-    head_channels=8,
-    net_size=64,
-)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from beit_flax.config import DPTConfig
 from beit_flax.fusion import FeatureFusionBlock, ResidualConvUnit
 from beit_flax.head import DepthHead
 from flax_helpers import (
@@ -24,18 +23,8 @@ from flax_helpers import (
     to_numpy,
     torch_conv_to_flax,
 )
+from tiny_config import TINY as CFG
 
-CFG = DPTConfig(
-    width=32,
-    depth=4,
-    num_heads=2,
-    train_grid=(4, 4),
-    hooks=(0, 1, 2, 3),
-    reassemble_channels=(8, 16, 32, 32),
-    fusion_channels=16,
-    head_channels=8,
-    net_size=64,
-)
 F_CH = CFG.fusion_channels
 
 

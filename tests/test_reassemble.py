@@ -25,18 +25,8 @@ from flax_helpers import (
     torch_conv_to_flax,
     torch_linear_to_flax,
 )
+from tiny_config import TINY as CFG
 
-CFG = DPTConfig(
-    width=32,
-    depth=4,
-    num_heads=2,
-    train_grid=(4, 4),
-    hooks=(0, 1, 2, 3),
-    reassemble_channels=(8, 16, 32, 32),
-    fusion_channels=16,
-    head_channels=8,
-    net_size=64,
-)
 
 
 class TorchReassemble(nn.Module):

@@ -10,9 +10,8 @@ from flax import serialization, traverse_util
 
 from beit_flax import FORMAT_VERSION, DPTConfig, load, save
 from beit_flax.weights import param_shapes
+from tiny_config import TINY
 
-TINY = DPTConfig(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3),
-                 reassemble_channels=(8, 16, 32, 32), fusion_channels=16, head_channels=8, net_size=64)
 
 
 def random_params(config: DPTConfig, seed: int = 0) -> dict:
