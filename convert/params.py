@@ -40,9 +40,14 @@ class Rule:
     flax_path: str  # module path for dense/conv/norm, full leaf path for param; may contain {i}
     kind: str
 
+    @property
+    def torch_pattern(self) -> str:
+        """Regex of `torch_name` with `{i}` as the group `i` (a module prefix for dense/conv/norm)."""
+        return re.escape(self.torch_name).replace(r"\{i\}", r"(?P<i>\d+)")
+
     def match(self, key: str) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]] | None:
         """The (flax path, transform) pairs `key` feeds, or None if this rule does not cover `key`."""
-        pattern = re.escape(self.torch_name).replace(r"\{i\}", r"(?P<i>\d+)")
+        pattern = self.torch_pattern
         if self.kind in LEAVES:
             pattern += r"\.(?P<leaf>weight|bias)"
         found = re.fullmatch(pattern, key)
@@ -163,3 +168,15 @@ DROPPED: dict[str, list[str]] = {
 }
 
 LAYOUTS: dict[str, list[Rule]] = {"midas": MIDAS, "hf-v4": HF_V4, "hf-v5": HF_V5}
+
+
+def find_rule(layout: str, flax_path: str) -> tuple[Rule, str]:
+    """The rule of `layout` that fills `flax_path` (block paths spelled with `{i}`) and that tensor's torch name."""
+    for rule in LAYOUTS[layout]:
+        if rule.kind in LEAVES:
+            for torch_leaf, (flax_leaf, _) in LEAVES[rule.kind].items():
+                if f"{rule.flax_path}/{flax_leaf}" == flax_path:
+                    return rule, f"{rule.torch_name}.{torch_leaf}"
+        elif rule.flax_path == flax_path:
+            return rule, rule.torch_name
+    raise KeyError(f"no {layout} rule fills {flax_path}")

@@ -12,7 +12,7 @@ from flax import traverse_util
 
 from beit_flax.config import PRESETS, DPTConfig, default_hooks
 from convert.checkpoint import Checkpoint, ConversionError
-from convert.params import DROPPED, LAYOUTS
+from convert.params import DROPPED, LAYOUTS, find_rule
 
 # A name that only one layout has, used to tell them apart.
 _LAYOUT_MARKERS = {
@@ -66,27 +66,16 @@ def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str) -> tuple[i
 
 
 def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dict | None, source: str) -> DPTConfig:
-    """Read the architecture off the tensor shapes (and transformers' config.json where it says more)."""
-    if layout == "midas":
-        cls, block, table = "pretrained.model.cls_token", r"pretrained\.model\.blocks\.(\d+)\.", "attn.relative_position_bias_table"
-        reassemble = [f"pretrained.act_postprocess{s}.3.weight" for s in (1, 2, 3, 4)]
-        to_fusion, head2 = "scratch.layer1_rn.weight", "scratch.output_conv.2.weight"
-    else:
-        prefix = "backbone.beit." if layout == "hf-v5" else "backbone."
-        cls = prefix + "embeddings.cls_token"
-        if layout == "hf-v5":
-            block, table = r"backbone\.beit\.layers\.(\d+)\.", "relative_position_bias.relative_position_bias_table"
-        else:
-            block = r"backbone\.encoder\.layer\.(\d+)\."
-            table = "attention.attention.relative_position_bias.relative_position_bias_table"
-        reassemble = [f"neck.reassemble_stage.layers.{s}.projection.weight" for s in range(4)]
-        to_fusion, head2 = "neck.convs.0.weight", "head.head.2.weight"
+    """Read the architecture off the tensor shapes (and transformers' config.json where it says more).
 
-    width = _shape(shapes, cls, source)[-1]
-    blocks = sorted({int(m[1]) for key in shapes if (m := re.match(block, key))})
+    The names are looked up in the layout's key table, so each layout's naming lives in `convert/params.py` only.
+    """
+    shape = lambda flax_path: _shape(shapes, find_rule(layout, flax_path)[1].format(i=0), source)
+    table_rule, table_name = find_rule(layout, "encoder/block_{i}/attn/relative_position/table")
+    blocks = sorted({int(m["i"]) for key in shapes if (m := re.fullmatch(table_rule.torch_pattern, key))})
     if not blocks or blocks != list(range(len(blocks))):
         raise ConversionError(f"{source}: encoder blocks are not numbered 0..N-1 (found {blocks[:8]}...)")
-    table_key = re.sub(r"\\\.", ".", block).replace(r"(\d+)", "0") + table
+    table_key = table_name.format(i=0)
     rows, heads = _shape(shapes, table_key, source)
     side = (math.isqrt(rows - 3) + 1) // 2
     if (2 * side - 1) ** 2 + 3 != rows:
@@ -103,6 +92,9 @@ def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dic
     if "layer_norm_eps" in backbone:
         layer_norm_eps = float(backbone["layer_norm_eps"])  # transformers runs with what config.json says
 
+    width = shape("patch_embed/cls_token")[-1]
+    reassemble_channels = tuple(shape(f"reassemble_{s}/project/kernel")[0] for s in (1, 2, 3, 4))
+    fusion_channels, head_channels = shape("reassemble_1/to_fusion/kernel")[0], shape("head/conv2/kernel")[0]
     try:
         return DPTConfig(
             width=width,
@@ -110,9 +102,9 @@ def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dic
             num_heads=heads,
             train_grid=(side, side),
             hooks=hooks,
-            reassemble_channels=tuple(_shape(shapes, key, source)[0] for key in reassemble),
-            fusion_channels=_shape(shapes, to_fusion, source)[0],
-            head_channels=_shape(shapes, head2, source)[0],
+            reassemble_channels=reassemble_channels,
+            fusion_channels=fusion_channels,
+            head_channels=head_channels,
             layer_norm_eps=layer_norm_eps,
             net_size=16 * side,
         )
