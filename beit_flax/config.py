@@ -11,6 +11,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from beit_flax.relative_position import table_rows
+
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -81,8 +83,7 @@ class DPTConfig:
     @property
     def table_rows(self) -> int:
         """Rows of each block's relative-position table: (2gh-1)(2gw-1) offsets + 3 cls entries."""
-        gh, gw = self.train_grid
-        return (2 * gh - 1) * (2 * gw - 1) + 3
+        return table_rows(self.train_grid)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON / msgpack types (tuples become lists)."""

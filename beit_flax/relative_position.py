@@ -18,6 +18,11 @@ import numpy as np
 from beit_flax.resize import resize_bilinear
 
 
+def table_rows(grid_hw: tuple[int, int]) -> int:
+    """Rows of a table for `grid_hw`: (2h-1)(2w-1) offsets + the 3 cls entries (3972 for 32x32, 2212 for 24x24)."""
+    return (2 * grid_hw[0] - 1) * (2 * grid_hw[1] - 1) + 3
+
+
 @functools.lru_cache(maxsize=64)
 def relative_position_index(grid_hw: tuple[int, int]) -> np.ndarray:
     """(N, N) int32 index into a table for `grid_hw`, N = h*w + 1, the cls token at position 0.
@@ -29,7 +34,7 @@ def relative_position_index(grid_hw: tuple[int, int]) -> np.ndarray:
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     offsets = (ys[:, None] - ys[None, :] + h - 1) * (2 * w - 1) + (xs[:, None] - xs[None, :] + w - 1)
-    rows = (2 * h - 1) * (2 * w - 1) + 3
+    rows = table_rows(grid_hw)
     index = np.empty((h * w + 1, h * w + 1), dtype=np.int32)
     index[1:, 1:] = offsets
     index[0, :] = rows - 3
@@ -70,8 +75,7 @@ class RelativePositionBias(nn.Module):
 
     @nn.compact
     def __call__(self, grid_hw: tuple[int, int]) -> jnp.ndarray:
-        gh, gw = self.train_grid
-        rows = (2 * gh - 1) * (2 * gw - 1) + 3
+        rows = table_rows(self.train_grid)
         # BEiT initialises the table to zeros; pretrained tables carry the learned biases.
         table = self.param("table", nn.initializers.zeros_init(), (rows, self.num_heads), jnp.float32)
         return relative_position_bias(table, self.train_grid, grid_hw)
