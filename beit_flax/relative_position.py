@@ -4,7 +4,7 @@ Each block owns a table of shape (M, heads) with M = (2gh-1)(2gw-1) + 3 for its 
 rows [0, M-3) hold one bias per 2-D offset (dy-major), and the last three rows are the cls->token, token->cls and
 cls->cls entries. For an input grid (h, w) MiDaS (`midas/backbones/beit.py`, `_get_rel_pos_bias`) resizes the offset
 part to (2h-1, 2w-1) with bilinear interpolation (align_corners=False) - always, even when the size is unchanged,
-which is then an exact identity - and gathers a (heads, N, N) bias with N = h*w + 1.
+which is then an exact identity - and gathers a (heads, N, N) bias with N = h*w + 1 (`relative_position_index`).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from beit_flax.resize import resize_bilinear
+from beit_flax.resize import resize_bilinear_dense
 
 
 def table_rows(grid_hw: tuple[int, int]) -> int:
@@ -54,17 +55,33 @@ def resize_table(table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tu
     new_h, new_w = 2 * grid_hw[0] - 1, 2 * grid_hw[1] - 1
     heads = table_mh.shape[-1]
     offsets = table_mh[: old_h * old_w].reshape(1, old_h, old_w, heads)
-    offsets = resize_bilinear(offsets, (new_h, new_w), align_corners=False)
+    offsets = resize_bilinear_dense(offsets, (new_h, new_w), align_corners=False)
     return jnp.concatenate([offsets.reshape(new_h * new_w, heads), table_mh[old_h * old_w :]], axis=0)
 
 
 def relative_position_bias(
     table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tuple[int, int]
 ) -> jnp.ndarray:
-    """(heads, N, N) attention bias for an input of `grid_hw` patches, N = h*w + 1; shared by the whole batch."""
+    """(heads, N, N) attention bias for an input of `grid_hw` patches, N = h*w + 1; shared by the whole batch.
+
+    Equals `table[relative_position_index(grid_hw)]` (heads first), but built from the offset grid's Toeplitz
+    structure rather than N*N*heads scalar gathers: the biases of query (y, x) over all token keys are the (h, w)
+    window of the doubly flipped offset grid that starts at (h-1-y, w-1-x). XLA copies such windows as contiguous
+    slices (on CPU the gather cost ~85 ms per block at BEiT-L 512).
+    """
     table = resize_table(table_mh, train_grid, grid_hw)
-    bias_nnh = jnp.take(table, jnp.asarray(relative_position_index(tuple(grid_hw))), axis=0)
-    return jnp.transpose(bias_nnh, (2, 0, 1))
+    h, w = grid_hw
+    heads = table.shape[-1]
+    offsets = (2 * h - 1) * (2 * w - 1)
+    flipped_hyx = table[:offsets].T.reshape(heads, 2 * h - 1, 2 * w - 1)[:, ::-1, ::-1]
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    starts = jnp.asarray(np.stack([h - 1 - ys.ravel(), w - 1 - xs.ravel()], 1), jnp.int32)
+    window = lambda start: jax.lax.dynamic_slice(flipped_hyx, (0, start[0], start[1]), (heads, h, w))
+    tokens_hqk = jax.vmap(window, out_axes=1)(starts).reshape(heads, h * w, h * w)
+    cls_to_token, token_to_cls, cls_to_cls = (table[offsets + i][:, None] for i in range(3))
+    cls_row = jnp.concatenate([cls_to_cls, jnp.broadcast_to(cls_to_token, (heads, h * w))], 1)[:, None]
+    token_rows = jnp.concatenate([jnp.broadcast_to(token_to_cls[:, :, None], (heads, h * w, 1)), tokens_hqk], 2)
+    return jnp.concatenate([cls_row, token_rows], 1)
 
 
 class RelativePositionBias(nn.Module):

@@ -17,6 +17,7 @@ from beit_flax.relative_position import (
     relative_position_bias,
     relative_position_index,
     resize_table,
+    table_rows,
 )
 from flax_helpers import (
     assert_close,
@@ -92,6 +93,15 @@ def test_resized_table_and_bias_match_midas(train_grid, grid_hw):
     n = grid_hw[0] * grid_hw[1] + 1
     assert ours_bias.shape == (HEADS, n, n)
     assert_close(ours_bias, ref_bias, label + " bias")
+
+
+@pytest.mark.parametrize("grid_hw", [(1, 1), (1, 6), (3, 5), (6, 2), (4, 4)])
+def test_bias_is_exactly_the_index_gather(grid_hw):
+    """The sliding-window construction reproduces timm's gather bit for bit (it only moves values)."""
+    rng = np.random.default_rng(grid_hw[0] * 10 + grid_hw[1])
+    table = rng.standard_normal((table_rows(grid_hw), HEADS)).astype(np.float32)
+    gathered = np.transpose(table[relative_position_index(grid_hw)], (2, 0, 1))
+    np.testing.assert_array_equal(np.asarray(relative_position_bias(table, grid_hw, grid_hw)), gathered)
 
 
 def test_module_uses_its_table():

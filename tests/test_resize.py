@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beit_flax.resize import interpolation_matrix, resize_bilinear
+from beit_flax.resize import interpolation_matrix, resize_bilinear, resize_bilinear_dense
 from flax_helpers import assert_close, nchw_to_nhwc
 
 # Every new shape costs an XLA compile, so the end-to-end property test keeps few examples; the cheap numpy check of
@@ -26,14 +26,15 @@ SIZES = st.tuples(st.integers(1, 40), st.integers(1, 40))
 
 
 def _compare(in_hw, out_hw, seed=0, batch=2, channels=3):
-    """Both align_corners modes in one jitted call (one XLA compile per shape keeps the file fast)."""
+    """Both functions and both align_corners modes in one jitted call (one XLA compile per shape: a fast file)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, channels, *in_hw, generator=gen) + 0.5
-    both = jax.jit(lambda v: [resize_bilinear(v, out_hw, align_corners=ac) for ac in (True, False)])
-    for align_corners, ours in zip((True, False), both(nchw_to_nhwc(x))):
+    variants = [(resize, ac) for resize in (resize_bilinear, resize_bilinear_dense) for ac in (True, False)]
+    every = jax.jit(lambda v: [resize(v, out_hw, align_corners=ac) for resize, ac in variants])
+    for ours, (resize, align_corners) in zip(every(nchw_to_nhwc(x)), variants):
         assert ours.shape == (batch, *out_hw, channels)
         assert ours.dtype == np.float32
-        label = f"resize {in_hw}->{out_hw} align_corners={align_corners}"
+        label = f"{resize.__name__} {in_hw}->{out_hw} align_corners={align_corners}"
         ref = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=align_corners)
         assert_close(ours, nchw_to_nhwc(ref), label)
         # torch fp32 rounds its source coordinates in float32 (about 1e-5 relative at 63 -> 47); our weights come
@@ -80,7 +81,8 @@ def test_interpolation_matrices_reproduce_torch(in_hw, out_hw, align_corners):
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_unchanged_size_is_exact_identity(align_corners):
     x = np.random.default_rng(0).standard_normal((2, 9, 14, 3)).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(resize_bilinear(x, (9, 14), align_corners=align_corners)), x)
+    for resize in (resize_bilinear, resize_bilinear_dense):
+        np.testing.assert_array_equal(np.asarray(resize(x, (9, 14), align_corners=align_corners)), x)
 
 
 @MANY
