@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from beit_flax.config import DPTConfig
-from beit_flax.encoder import Block, Encoder
+from beit_flax.encoder import Block, encoder, segments
 from beit_flax.patch_embed import PatchEmbed
 from flax_helpers import (
     assert_close,
@@ -126,8 +126,19 @@ def test_relative_position_bias_matters():
     assert (with_bias - torch_block(x, weights, CFG, grid_hw)).abs().max() > 1e-2 * with_bias.abs().max()
 
 
-def test_encoder_returns_hooked_blocks():
-    cfg = CFG.replace(depth=5, hooks=(0, 1, 3, 4))
+def test_segments_end_at_the_hooks():
+    assert [list(r) for r in segments(CFG.replace(depth=5, hooks=(0, 1, 3, 4)))] == [[0], [1], [2, 3], [4]]
+    assert [list(r) for r in segments(CFG.replace(depth=6, hooks=(0, 1, 2, 3)))] == [[0], [1], [2], [3], [4, 5]]
+    released = segments(DPTConfig())  # BEiT-L: hooks 5, 11, 17, 23
+    assert [len(r) for r in released] == [6, 6, 6, 6]
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
+@pytest.mark.parametrize("hooks", [(0, 1, 3, 4), (0, 1, 2, 3)], ids=["last-hooked", "tail"])
+def test_encoder_returns_hooked_blocks(scan, hooks):
+    """Unrolled and scanned: the same parameter paths (`block_{i}`, checked against the module's init) and the
+    hooked outputs of timm's blocks; "tail" leaves block 4 after the last hook (computed, unused)."""
+    cfg = CFG.replace(depth=5, hooks=hooks)
     grid_hw = (2, 3)
     gen = torch.Generator().manual_seed(7)
     blocks = [_torch_block_weights(gen, cfg) for _ in range(cfg.depth)]
@@ -139,12 +150,12 @@ def test_encoder_returns_hooked_blocks():
             expected.append(t)
 
     params = {f"block_{i}": _flax_block_params(w, cfg) for i, w in enumerate(blocks)}
-    module = Encoder(cfg)
+    module = encoder(cfg, scan=scan)
     assert_params_match_module(module, params, to_numpy(x), grid_hw)
     ours = jax.jit(lambda p, v: module.apply({"params": p}, v, grid_hw))(params, to_numpy(x))
     assert len(ours) == 4
     for hook, got, want in zip(cfg.hooks, ours, expected):
-        assert_close(got, want, f"Encoder hook block {hook}")
+        assert_close(got, want, f"Encoder (scan={scan}) hook block {hook}")
 
 
 def test_patch_embed():
