@@ -10,7 +10,8 @@ carry `vs_best_torch` when printed (and, on a GPU, torch's cached memory is empt
 `--interleave` instead times the implementations of a group round-robin, for machines whose load changes.
 
 Parameters are random (Flax: numpy random of `param_shapes`; torch: the model's own transformers init) and images are
-random normal: the numbers are for speed only. Nothing is downloaded.
+random normal: the numbers are for speed only (`--accuracy` adds how far 16-bit rows are from float32 on the same
+random weights). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -253,7 +254,8 @@ def random_flax_params(config, seed: int = 0) -> dict:
 
 
 class FlaxBench:
-    def __init__(self, config, device: str, matmul_precision: str | None):
+    def __init__(self, config, device: str, matmul_precision: str | None, scan: bool = False,
+                 attention: str = "auto", accuracy: bool = False):
         import jax
 
         if matmul_precision:
@@ -265,17 +267,20 @@ class FlaxBench:
         self.params = jax.device_put(random_flax_params(config), self.device)
         self.device_kind = self.device.device_kind
         self.device_name = f"cpu: {cpu_name()} ({n_cores()} cores)" if backend == "cpu" else self.device_kind
+        self.scan, self.attention, self.accuracy = scan, attention, accuracy
+        self.float32_outputs: dict[tuple, np.ndarray] = {}  # (batch, hw) -> output, for --accuracy
 
     def prepare(self, impl: str, dtype: str, batch: int, hw: tuple[int, int]) -> Prepared:
         jax = self.jax
         from beit_flax.dpt import DPT
 
-        model = DPT(self.config.replace(dtype=dtype))
+        model = DPT(self.config.replace(dtype=dtype), scan=self.scan, attention=self.attention)
         images = np.random.default_rng(1).standard_normal((batch, *hw, 3), dtype=np.float32)
         images = jax.device_put(images, self.device)
         t0 = time.perf_counter()
         compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(self.params, images).compile()
         compile_s = round(time.perf_counter() - t0, 3)
+        accuracy = self.accuracy_row(model, dtype, images) if self.accuracy else {}
         xla_gflop = None
         try:  # best effort, backend dependent
             cost = compiled.cost_analysis()
@@ -297,10 +302,27 @@ class FlaxBench:
                 peak, note = max_rss_gib(), "process max RSS, cumulative over the run (includes any torch rows)"
             return {"peak_mem_gib": round(peak, 3), "peak_mem_note": note, "device": self.device_name,
                     "jax_device_kind": self.device_kind, "jax_version": jax.__version__,
-                    "xla_gflop_per_img": xla_gflop,
-                    "matmul_precision": jax.config.jax_default_matmul_precision or "default"}
+                    "xla_gflop_per_img": xla_gflop, "scan": self.scan, "attention": self.attention,
+                    "matmul_precision": jax.config.jax_default_matmul_precision
+                    or ("highest (model default for float32)" if dtype == "float32" else "default"), **accuracy}
 
         return Prepared(lambda: compiled(params, images), jax.block_until_ready, compile_s, finish)
+
+    def accuracy_row(self, model, dtype: str, images) -> dict[str, Any]:
+        """Median / 99th-percentile pointwise relative difference to the float32 model on the same input, over the
+        pixels above 10% of the float32 map's max (the final ReLU leaves many near 0, where relative error means
+        nothing). The random weights are well-scaled (kernels N(0, 1/fan_in)), not trained ones."""
+        key = (images.shape, self.scan)
+        if key not in self.float32_outputs:
+            reference = type(model)(self.config.replace(dtype="float32"), scan=self.scan, attention=self.attention)
+            self.float32_outputs[key] = np.asarray(self.jax.jit(reference.apply)({"params": self.params}, images))
+        full = self.float32_outputs[key]
+        ours = np.asarray(self.jax.jit(model.apply)({"params": self.params}, images))
+        lit = full > 0.1 * full.max()
+        relative = np.abs(ours - full)[lit] / full[lit]
+        return {"vs_float32_median_rel": float(f"{np.median(relative):.3g}"),
+                "vs_float32_p99_rel": float(f"{np.percentile(relative, 99):.3g}"),
+                "vs_float32_max_over_max": float(f"{np.abs(ours - full).max() / np.abs(full).max():.3g}")}
 
 
 # ------------------------------------------------------------------------------------------------------------- main
@@ -362,7 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-tf32", action="store_true",
                     help="allow TF32 in torch fp32 matmuls/convs on GPU (off by default, torch's own default)")
     ap.add_argument("--jax-matmul-precision", default=None,
-                    help="jax_default_matmul_precision (e.g. highest, to forbid TF32 in Flax fp32 on GPU)")
+                    help="jax_default_matmul_precision for the Flax rows (default: the model's policy, full float32 "
+                         "for float32 compute; e.g. tensorfloat32 to allow TF32 on GPU)")
+    ap.add_argument("--scan", action="store_true", help="Flax: the encoder as nn.scan loops (DPT(scan=True))")
+    ap.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
+                    help="Flax: the attention implementation (DPT(attention=...))")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="Flax rows in 16-bit dtypes also report their difference to the float32 model (one more "
+                         "compile and call per shape)")
     args = ap.parse_args(argv)
     if args.iters < 1 or args.warmup < 1 or any(b < 1 for b in args.batch):
         ap.error("--iters, --warmup and --batch must be >= 1")
@@ -432,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         report(impl, hw, b, dt, prep, load_start)
 
+    flax_options = {"scan": args.scan, "attention": args.attention, "accuracy": args.accuracy}
     uses_torch = any(i.startswith("torch") for impls in plan.values() for i in impls)
     uses_flax = any("flax" in impls for impls in plan.values())
     if args.interleave:
@@ -439,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         if uses_torch:
             benches["torch"] = TorchBench(config, device, threads, args.torch_tf32)
         if uses_flax:
-            benches["flax"] = FlaxBench(config, device, args.jax_matmul_precision)
+            benches["flax"] = FlaxBench(config, device, args.jax_matmul_precision, **flax_options)
         for hw, b, dt in groups:
             load_start = os.getloadavg()[0]
             order = sorted(plan[(hw, b, dt)], key=lambda i: i == "flax")  # torch rows first
@@ -465,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             del tb
             gc.collect()
         if uses_flax:
-            fb = FlaxBench(config, device, args.jax_matmul_precision)
+            fb = FlaxBench(config, device, args.jax_matmul_precision, **flax_options)
             for hw, b, dt in groups:
                 if "flax" in plan[(hw, b, dt)]:
                     sequential(fb, "flax", hw, b, dt)
