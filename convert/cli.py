@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -20,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
             "dpt_beit_base_384.pt) or a transformers DPT-BEiT checkpoint (model.safetensors / pytorch_model.bin, "
             "or the folder holding it and config.json) into a beit-flax .msgpack weights file."
         ),
-        epilog=f"Exit status: 0 converted, {EXIT_BAD_INPUT} bad or unsupported input, {EXIT_CANNOT_WRITE} output not writable.",
+        epilog=f"Exit status: 0 converted, {EXIT_BAD_INPUT} bad or unsupported input, "
+        f"{EXIT_CANNOT_WRITE} output not writable.",
     )
     parser.add_argument("checkpoint", help="MiDaS .pt, transformers .safetensors/.bin, or a folder with config.json")
     parser.add_argument("output", help="where to write the .msgpack (written atomically)")
@@ -58,17 +61,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert_weights: cannot write {args.output}: folder {out_dir} does not exist or is not writable",
               file=sys.stderr)
         return EXIT_CANNOT_WRITE
+    work = functools.partial(convert, args.checkpoint, args.output)
+    return run("convert_weights", work, args.output, debug=args.debug)
+
+
+def run(prog: str, work: Callable[[], str], output: str, *, debug: bool) -> int:
+    """Print `work()`'s summary line and return 0, or print one error line and return the exit status: OSError ->
+    EXIT_CANNOT_WRITE, ValueError (ConversionError, a bad weights file, params that do not fit) -> EXIT_BAD_INPUT.
+    With `debug`, errors propagate with their traceback."""
     try:
-        print(convert(args.checkpoint, args.output))
+        print(work())
     except OSError as err:
-        if args.debug:
+        if debug:
             raise
-        print(f"convert_weights: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
+        print(f"{prog}: cannot write {output}: {err.strerror or err}", file=sys.stderr)
         return EXIT_CANNOT_WRITE
-    except ValueError as err:  # ConversionError, or parameters that do not fit the inferred config
-        if args.debug:
+    except ValueError as err:
+        if debug:
             raise
-        print(f"convert_weights: {err}", file=sys.stderr)
+        print(f"{prog}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
@@ -128,19 +139,8 @@ def export(weights: str, output: str, layout: str) -> str:
 
 def export_main(argv: list[str] | None = None) -> int:
     args = build_export_parser().parse_args(argv)
-    try:
-        print(export(args.weights, args.output, EXPORT_LAYOUTS[args.format]))
-    except OSError as err:
-        if args.debug:
-            raise
-        print(f"export_weights: cannot write {args.output}: {err.strerror or err}", file=sys.stderr)
-        return EXIT_CANNOT_WRITE
-    except ValueError as err:
-        if args.debug:
-            raise
-        print(f"export_weights: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    work = functools.partial(export, args.weights, args.output, EXPORT_LAYOUTS[args.format])
+    return run("export_weights", work, args.output, debug=args.debug)
 
 
 if __name__ == "__main__":
