@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,6 @@ from beit_flax.config import DPTConfig
 from beit_flax.dpt import DPT
 
 FORMAT = "beit-flax"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 FORMAT_VERSION = 1
 
 
@@ -73,14 +71,16 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
     """Write `chunks` to a temp file beside `path`, fsync, then rename: readers never see a partial file, and an
     existing file is only replaced once the new one is complete."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # created like open() would (0666 minus the umask, applied by the kernel), unlike mkstemp's 0600; O_EXCL: never
+    # write through someone else's file or link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

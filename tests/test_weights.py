@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import jax
 import msgpack
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 from flax import serialization, traverse_util
 
 from beit_flax import FORMAT_VERSION, DPTConfig, load, save
-from beit_flax.weights import param_shapes
+from beit_flax.weights import atomic_write_bytes, param_shapes
 from tiny_config import TINY
 
 
@@ -106,3 +109,15 @@ def test_loaded_model_runs(saved):
     model, params = load(saved[0])
     depth = jax.jit(model.apply)({"params": params}, np.zeros((1, 32, 48, 3), np.float32))
     assert depth.shape == (1, 32, 48)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_file_gets_the_permissions_open_would_give(tmp_path, umask):
+    """0666 minus the umask (not the temp file's 0600), and no temp file left behind."""
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "w.bin", b"data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "w.bin").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["w.bin"]
