@@ -26,27 +26,47 @@ def attend(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: j
            implementation: AttentionImpl) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v for (B, N, heads, d) inputs and a float32 (heads, N, N) bias.
 
-    "xla": portable; logits and softmax in float32, the bias added in float32. "cudnn": the fused cuDNN kernel
-    (NVIDIA GPUs, bfloat16 / float16 only; the bias goes in the compute dtype). "auto": cuDNN where the backend is
-    a GPU, the dtype is 16-bit and jax's cuDNN checks accept the shapes (they run at trace time: head dim, sequence
-    length in training, cuDNN version), XLA otherwise.
+    "xla": portable; logits, bias and softmax in float32. "cudnn": cuDNN's fused kernel (NVIDIA GPUs, 16-bit
+    compute; see `cudnn_inputs`). "auto": cuDNN for 16-bit compute on a GPU unless jax's cuDNN checks (head dim,
+    GPU generation, cuDNN version; they run at trace time) refuse it, XLA otherwise.
     """
-    attention = lambda impl, bias: jax.nn.dot_product_attention(
-        query, key, value, bias=bias[None], scale=query.shape[-1] ** -0.5, implementation=impl
-    )
-    if implementation == "xla":
-        if query.dtype == jnp.float16 and jax.default_backend() == "cpu":
-            # XLA CPU has no f16 x f16 -> f32 dot (the algorithm jax asks for); CPUs have no f16 units to save anyway
-            query, key, value = (t.astype(jnp.float32) for t in (query, key, value))
-        return attention("xla", bias_hnn)
-    if implementation == "cudnn":
-        return attention("cudnn", bias_hnn.astype(query.dtype))
-    if jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
+    gpu_16_bit = jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+    if implementation == "cudnn" or (implementation == "auto" and gpu_16_bit):
         try:
-            return attention("cudnn", bias_hnn.astype(query.dtype))
-        except (NotImplementedError, ValueError, RuntimeError):  # what jax's cuDNN checks raise
-            pass
-    return attend(query, key, value, bias_hnn, "xla")
+            return cudnn_attention(query, key, value, bias_hnn)
+        except (NotImplementedError, ValueError, RuntimeError):
+            if implementation == "cudnn":
+                raise
+    if query.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        # XLA CPU has no f16 x f16 -> f32 dot (the algorithm jax asks for); CPUs have no f16 units to save anyway
+        query, key, value = (t.astype(jnp.float32) for t in (query, key, value))
+    scale = query.shape[-1] ** -0.5
+    return jax.nn.dot_product_attention(query, key, value, bias=bias_hnn[None], scale=scale, implementation="xla")
+
+
+def cudnn_inputs(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray
+                 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Inputs as cuDNN's fused attention takes them: the bias in the compute dtype, and an even token count (with a
+    bias, cuDNN's backward pass needs one, and BEiT's N = h*w + 1 is odd for every even grid). An odd N gets one
+    zero token that no query sees (its bias column is the dtype's minimum) and whose own output row is dropped by
+    the caller; its bias row is 0, so that row stays finite and adds no NaN to the gradients."""
+    bias = bias_hnn.astype(query.dtype)
+    n = query.shape[1]
+    if n % 2 == 0:
+        return query, key, value, bias
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    bias = jnp.pad(bias, ((0, 0), (0, 1), (0, 1))).at[:, :, n].set(jnp.finfo(bias.dtype).min)
+    return pad(query), pad(key), pad(value), bias
+
+
+def cudnn_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray) -> jnp.ndarray:
+    """`attend` through cuDNN: (B, N, heads, d) -> (B, N, heads, d)."""
+    n = query.shape[1]
+    query, key, value, bias = cudnn_inputs(query, key, value, bias_hnn)
+    out = jax.nn.dot_product_attention(
+        query, key, value, bias=bias[None], scale=query.shape[-1] ** -0.5, implementation="cudnn"
+    )
+    return out[:, :n]
 
 
 class Attention(nn.Module):

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from beit_flax.config import DPTConfig
-from beit_flax.encoder import Block, encoder, segments
+from beit_flax.encoder import Block, attend, cudnn_inputs, encoder, segments
 from beit_flax.patch_embed import PatchEmbed
 from flax_helpers import (
     assert_close,
@@ -176,3 +178,27 @@ def test_patch_embed():
     assert tuple(int(g) for g in grid_hw) == (3, 5)
     assert tokens.shape == (2, 16, c)
     assert_close(tokens, expected, "PatchEmbed 48x80")
+
+
+@pytest.mark.parametrize("tokens", [7, 8])  # odd: padded to 8; even: as is
+def test_cudnn_padding_changes_nothing(tokens):
+    """cuDNN's input layout (an odd token count padded with one ignored token), checked through XLA on CPU: the
+    same outputs and the same gradients for q, k, v and the bias, with no NaN from the padded row."""
+    rng = np.random.default_rng(tokens)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, tokens, 3, 8)), jnp.float32) for _ in range(3))
+    bias = jnp.asarray(rng.standard_normal((3, tokens, tokens)), jnp.float32)
+
+    def loss(fn):
+        return lambda *args: jnp.sum(jnp.sin(fn(*args)))
+
+    def padded(q, k, v, b):  # cudnn_attention's steps, with XLA in place of cuDNN
+        q, k, v, b = cudnn_inputs(q, k, v, b)
+        return jax.nn.dot_product_attention(q, k, v, bias=b[None], scale=8**-0.5, implementation="xla")[:, :tokens]
+
+    plain = lambda q, k, v, b: attend(q, k, v, b, "xla")
+    np.testing.assert_allclose(padded(q, k, v, bias), plain(q, k, v, bias), rtol=1e-6, atol=1e-6)
+    grads = [jax.grad(loss(fn), argnums=(0, 1, 2, 3))(q, k, v, bias) for fn in (padded, plain)]
+    for ours, want in zip(*grads):
+        assert ours.shape == want.shape and np.isfinite(ours).all()
+        np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-6)
+    assert cudnn_inputs(q, k, v, bias)[0].shape[1] == tokens + tokens % 2
