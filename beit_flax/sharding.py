@@ -9,13 +9,25 @@ shard a numpy argument itself once several processes exist).
     mesh = local_mesh()                               # all local devices, axis "batch"
     params = jax.device_put(params, replicated(mesh))
     batch = jax.device_put(pad_batch(images, round_up(len(images), mesh.size)), batch_sharded(mesh))
+
+Training (`train.sharded_steps`) is different: a step reduces the gradients over the global batch, so its mesh
+(`train_mesh`) spans every process's devices. The state is replicated (data parallel) or, with `fsdp=True`, its
+large arrays are split over the same "batch" axis (FSDP / ZeRO-3 style: XLA gathers each weight where it is used,
+and each device updates only its slice); either way the gradient reduction comes from the shardings, not from a
+hand-written all-reduce.
+
+    mesh = train_mesh()                               # all devices of all processes, axis "batch"
+    shardings = state_shardings(state, mesh, fsdp=True)
+    state = place(state, shardings)
+    batch = shard_batch(host_batch, mesh)             # this process's rows -> one global batch
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -27,6 +39,10 @@ BATCH_AXIS = "batch"
 DISTRIBUTED_ENV = "BEIT_FLAX_DISTRIBUTED"  # "1" / "true" / "yes" / "on": call jax.distributed.initialize()
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"  # read here (jax itself reads only JAX_COORDINATOR_ADDRESS from the env)
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
+# FSDP splits arrays of at least this many elements: BEiT's matrices and conv kernels (99.9% of the parameters) but
+# none of its vectors (biases, norms, layer scales: at most 4096 elements in BEiT-large), which would each cost a
+# collective to save a few KiB per device
+FSDP_MIN_SIZE = 2**14
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -132,3 +148,75 @@ def maybe_initialize_distributed(flag: bool = False) -> bool:
         kwargs["process_id"] = pid
     jax.distributed.initialize(**kwargs)
     return True
+
+
+# --- training: one mesh over every process, state replicated or split (FSDP), the global batch split ----------------
+
+
+def train_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh (axis "batch") to train on. One process: as `local_mesh` (all devices, the first N or the ones
+    given). Several processes (`jax.distributed`): every device of every process (`devices` must be None), since a
+    train step reduces its gradients over the global batch, unlike inference where each process works alone."""
+    if jax.process_count() == 1:
+        return local_mesh(devices)
+    if devices is not None:
+        raise ValueError(f"devices={devices!r}: with {jax.process_count()} processes, training uses all devices")
+    # grouped by process: each process's rows of the global batch are then one contiguous block (`shard_batch`)
+    return Mesh(np.array(sorted(jax.devices(), key=lambda d: (d.process_index, d.id))), (BATCH_AXIS,))
+
+
+def fsdp_spec(shape: Sequence[int], devices: int, min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
+    """How FSDP lays out an array of `shape` over `devices`: split along its largest axis that `devices` divides
+    (the first of equals) if it has at least `min_size` elements, else (scalars, vectors, odd shapes) replicated."""
+    if devices > 1 and math.prod(shape) >= min_size:
+        axes = [axis for axis, size in enumerate(shape) if size % devices == 0]
+        if axes:
+            axis = max(axes, key=lambda a: shape[a])
+            return PartitionSpec(*[None] * axis, BATCH_AXIS)
+    return PartitionSpec()
+
+
+def state_shardings(tree: T, mesh: Mesh, *, fsdp: bool = False, min_size: int = FSDP_MIN_SIZE) -> T:
+    """A NamedSharding for every array of `tree` (a train state; arrays or ShapeDtypeStructs), in its structure
+    (static fields such as a TrainState's apply_fn are kept, so it serves as jit's in / out shardings).
+
+    Data parallel (default): everything replicated. FSDP: each array by `fsdp_spec`, the optimizer state included
+    (Adam's moments have their parameter's shape, so they split the same way); step counts replicated.
+    """
+    devices = mesh.shape[BATCH_AXIS]
+    spec = lambda x: fsdp_spec(tuple(x.shape), devices, min_size) if fsdp else PartitionSpec()
+    return jax.tree.map(lambda x: NamedSharding(mesh, spec(x)), tree)
+
+
+def place(tree: T, shardings: Any) -> T:
+    """Put a tree of arrays (a fresh train state: the same values in every process) onto `shardings`."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x: Any, sharding: NamedSharding) -> jax.Array:  # each process fills its own devices' shards
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a global batch ({name: (b, ...) array}, on the host) -> global arrays split along
+    the batch axis over `mesh`. One process: b is the global batch size. Several: each passes its own b rows (the
+    same b everywhere) and the global batch is their concatenation in process order.
+
+    Raises ValueError unless b is a multiple of this process's devices in the mesh (one equal share per device).
+    """
+    rows = {name: np.shape(x)[0] if np.ndim(x) else None for name, x in batch.items()}
+    if len(set(rows.values())) != 1 or None in rows.values():
+        raise ValueError(f"batch arrays need one common leading (batch) size, got {rows}")
+    size = next(iter(rows.values()))
+    local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+    if size % local:
+        where = " of this process" if jax.process_count() > 1 else ""
+        raise ValueError(
+            f"batch size {size} is not a multiple of the {local} devices{where} in the mesh: each device takes an "
+            f"equal share (use {round_up(size, local)})"
+        )
+    sharding = batch_sharded(mesh)
+    return {name: jax.make_array_from_process_local_data(sharding, np.asarray(x)) for name, x in batch.items()}

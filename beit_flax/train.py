@@ -8,14 +8,22 @@
 
 bfloat16 is the reduced precision to train in: float16 would need loss scaling, which this module does not do.
 
-`train_step` / `eval_step` are pure functions of (state, batch): `jit_train_step` is just `jax.jit` of them, and a
-sharded run can wrap them with its own in/out shardings. The model has no dropout, so the state carries no rng.
+`train_step` / `eval_step` are pure functions of (state, batch): `jit_train_step` is just `jax.jit` of them, and
+`sharded_steps` jits them with in / out shardings for several devices and hosts (data parallel or FSDP):
+
+    mesh = sharding.train_mesh()                                   # every device of every process
+    shardings = sharding.state_shardings(state, mesh, fsdp=False)  # fsdp=True: split the large arrays too
+    state = sharding.place(state, shardings)
+    step, evaluate = sharded_steps(shardings, mesh)
+    state, metrics = step(state, sharding.shard_batch(batch, mesh))  # batch: this process's rows
+
+The model has no dropout, so the state carries no rng.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -29,6 +37,7 @@ from flax.training import train_state
 
 from beit_flax.config import DPTConfig
 from beit_flax.losses import depth_metrics, ssi_loss
+from beit_flax.sharding import batch_sharded, replicated
 from beit_flax.weights import check_params, param_shapes
 
 Batch = Mapping[str, jnp.ndarray]
@@ -225,6 +234,27 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jnp.ndarray]:
 # jax.jit(train_step, donate_argnums=0) and drop the old state.
 jit_train_step = jax.jit(train_step)
 jit_eval_step = jax.jit(eval_step)
+
+
+def sharded_steps(
+    shardings: TrainState, mesh: jax.sharding.Mesh, *, donate: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> tuple[Callable[..., tuple[TrainState, dict[str, jnp.ndarray]]], Callable[..., dict[str, jnp.ndarray]]]:
+    """(train_step, eval_step) jitted for a state laid out as `shardings` (`sharding.state_shardings`, same mesh)
+    and batches split over `mesh` (`sharding.shard_batch`); the new state keeps `shardings`, metrics replicated.
+
+    The loss is one value of the whole global batch (its sums run over every device's pixels), so the gradient
+    that XLA's partitioner derives from these shardings is already reduced over all devices: it inserts the
+    collectives (all-reduces of the gradients; with FSDP also all-gathers of each split weight where it is used,
+    and each device keeps its slice of the reduced gradient), and no psum is written here. `donate=True` reuses the
+    old state's buffers for the new one (the old state is then invalid).
+    """
+    data, metrics = batch_sharded(mesh), replicated(mesh)
+    options = dict(compiler_options) if compiler_options else None
+    step = jax.jit(train_step, in_shardings=(shardings, data), out_shardings=(shardings, metrics),
+                   donate_argnums=(0,) if donate else (), compiler_options=options)
+    evaluate = jax.jit(eval_step, in_shardings=(shardings, data), out_shardings=metrics, compiler_options=options)
+    return step, evaluate
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
