@@ -1,5 +1,6 @@
-"""sharding.py: padding, the per-process slice, the distributed switch; the 8-device suite (tests/multidevice) in
-a subprocess with 8 forced CPU devices; two processes of a jax.distributed job splitting the CLI's inputs."""
+"""sharding.py: padding, the per-process slice, the distributed switch, the FSDP layout rule (on an abstract mesh);
+the 8-device suite (tests/multidevice) in a subprocess with 8 forced CPU devices; two processes of a
+jax.distributed job splitting the CLI's inputs."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
+from flax import traverse_util
+from jax.sharding import AbstractMesh, PartitionSpec
 from PIL import Image
 
 import beit_flax
+from beit_flax import DPT, PRESETS, train
 from beit_flax.sharding import (
-    DISTRIBUTED_ENV, check_devices, distributed_requested, local_mesh, maybe_initialize_distributed, pad_batch,
-    process_slice, round_up,
+    DISTRIBUTED_ENV, FSDP_MIN_SIZE, check_devices, distributed_requested, fsdp_spec, local_mesh,
+    maybe_initialize_distributed, pad_batch, process_slice, round_up, state_shardings, train_mesh,
 )
+from beit_flax.weights import param_shapes
 from sharding_helpers import MULTIDEVICE_ENV, ROOT, forced_devices_env, picture, tiny_weights
 
 
@@ -49,6 +55,46 @@ def test_check_devices():
                          ("cpu", "must be None"), ([], "must be None"), (["gpu:0"], "this process's devices")):
         with pytest.raises(ValueError, match=message):
             check_devices(bad)
+
+
+def test_fsdp_spec_splits_the_largest_axis_that_the_devices_divide():
+    split = lambda axis: PartitionSpec(*[None] * axis, "batch")
+    assert fsdp_spec((768, 3072), 8) == split(1) and fsdp_spec((3072, 768), 8) == split(0)
+    assert fsdp_spec((3, 3, 768, 768), 8) == split(2)  # the first of equals
+    assert fsdp_spec((16, 16, 3, 768), 8) == split(3)
+    assert fsdp_spec((2212, 12), 8) == PartitionSpec()  # no axis that 8 divides: replicated
+    assert fsdp_spec((2212, 12), 4) == split(0)
+    assert fsdp_spec((4096,), 8) == PartitionSpec() == fsdp_spec((), 8)  # under FSDP_MIN_SIZE; a scalar
+    assert fsdp_spec((4096,), 8, min_size=1024) == split(0) and fsdp_spec((768, 3072), 1) == PartitionSpec()
+
+
+def test_state_shardings_of_a_base_model_on_8_devices():
+    """The default rule on BEiT-base's real shapes (an abstract state and mesh: nothing allocated or compiled)."""
+    config = PRESETS["dpt_beit_base_384"]
+    params = traverse_util.unflatten_dict(
+        {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in param_shapes(config).items()}, sep="/"
+    )
+    state = jax.eval_shape(lambda p: train.create_train_state(DPT(config), p, optax.adamw(1e-3)), params)
+    mesh = AbstractMesh((8,), ("batch",))
+    shardings = state_shardings(state, mesh, fsdp=True)
+    assert type(shardings) is type(state) and shardings.apply_fn is state.apply_fn  # usable as jit's shardings
+    specs = {k: s.spec for k, s in traverse_util.flatten_dict(shardings.params, sep="/").items()}
+    shapes = param_shapes(config)
+    size = lambda k: int(np.prod(shapes[k]))
+    assert all(not specs[k] for k in specs if len(shapes[k]) == 1)  # biases, norms, layer scales: replicated
+    split = sum(size(k) for k in specs if specs[k])
+    assert split / sum(size(k) for k in specs) > 0.995  # matrices and kernels; not the 12 (2212, 12) tables
+    assert specs["encoder/block_0/mlp/fc1/kernel"] == PartitionSpec(None, "batch")  # (768, 3072)
+    assert specs["encoder/block_0/attn/relative_position/table"] == PartitionSpec()  # (2212, 12): 8 divides neither
+    assert all(size(k) >= FSDP_MIN_SIZE for k in specs if specs[k])
+
+    adam = jax.tree.leaves(shardings.opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+    (adam,) = [a for a in adam if hasattr(a, "mu")]
+    for moments in (adam.mu, adam.nu):  # split like the params
+        assert {k: s.spec for k, s in traverse_util.flatten_dict(moments, sep="/").items()} == specs
+    assert adam.count.spec == shardings.step.spec == PartitionSpec()
+    assert not any(s.spec for s in jax.tree.leaves(state_shardings(state, mesh)))  # data parallel: all replicated
+    assert train_mesh().size == jax.local_device_count()  # one process: the local mesh
 
 
 def test_distributed_switch(monkeypatch):
@@ -87,7 +133,7 @@ def test_multidevice_suite_with_8_forced_cpu_devices():
     )
     print(run.stdout[-3000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
-    assert "4 passed" in run.stdout  # not skipped: the subprocess saw its 8 devices
+    assert "8 passed" in run.stdout  # not skipped: the subprocess saw its 8 devices
 
 
 def free_port() -> int:
@@ -133,3 +179,41 @@ def test_two_processes_split_the_inputs(tmp_path):
         got = np.load(tmp_path / "out" / f"{name}.npy")
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), name
+
+
+def test_two_processes_train_like_one_device(tmp_path):
+    """tests/multiprocess_train.py as two processes of one jax.distributed job (4 CPU devices each): one FSDP mesh
+    over all 8 devices, each process feeding its half of every batch; two steps equal the one-device run."""
+    from finetune_helpers import fast_jit, tiny_batch
+    from multiprocess_train import GLOBAL_BATCH, SEEDS, initial_state
+
+    address = f"127.0.0.1:{free_port()}"
+    out = tmp_path / "result.npz"
+    procs = [
+        subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiprocess_train.py"), str(out)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=forced_devices_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                                                JAX_PROCESS_ID=str(i), **{DISTRIBUTED_ENV: "1"}))
+        for i in range(2)
+    ]
+    try:
+        state0 = state = initial_state()  # the reference, on one device, while the two run
+        step = fast_jit(train.train_step)
+        for seed in SEEDS:
+            state, metrics = step(state, tiny_batch(seed, batch=GLOBAL_BATCH))
+        results = [proc.communicate(timeout=400) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for i, (proc, (stdout, err)) in enumerate(zip(procs, results)):
+        assert proc.returncode == 0, err[-3000:]
+        assert f"process {i}: " in stdout and "split over 8 devices" in stdout, stdout
+
+    got = np.load(out)
+    assert int(got["mesh"]) == 8 and int(got["split"]) > 40
+    assert float(got["loss"]) == pytest.approx(float(metrics["loss"]), rel=2e-5)
+    before, after = (traverse_util.flatten_dict(s.params, sep="/") for s in (state0, state))
+    for path in before:  # the tolerance of tests/multidevice/test_sharded_training.py
+        if path not in state0.frozen:
+            moved = np.abs(np.asarray(after[path]) - before[path]).max()
+            assert np.abs(got[f"params/{path}"] - after[path]).max() <= 5e-3 * moved, path

@@ -2,7 +2,8 @@
 
 One train state (tiny model; a frozen block and a frozen reassemble stage, layer decay, clipping) serves every
 model-level test, so the train step compiles once. The steps are `train.train_step` / `train.eval_step` (what
-`train.jit_train_step` / `jit_eval_step` wrap) compiled with `fast_jit`; examples/finetune.py runs the public ones.
+`train.jit_train_step` / `jit_eval_step` wrap) compiled with `fast_jit`; examples/finetune.py runs them through
+`train.sharded_steps` (tests/multidevice/test_sharded_training.py: on 8 devices).
 """
 
 from __future__ import annotations
