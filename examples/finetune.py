@@ -4,12 +4,18 @@
     python examples/finetune.py --steps 600 --out runs/a --resume # continue runs/a to 600 steps
     python examples/finetune.py --weights dpt_beit_base_384.msgpack --data my_data --size 384 \
         --batch-size 4 --lr 1e-5 --layer-decay 0.9 --bf16 --remat  # real fine-tuning (a GPU)
+    python examples/finetune.py --weights dpt_beit_large_512.msgpack --data my_data --size 512 \
+        --batch-size 16 --bf16 --remat --fsdp                       # 8 GPUs, params and Adam state split
 
 Prints the loss and AbsRel / delta1 (after scale-and-shift alignment, on held-out data) before and after training,
 keeps orbax checkpoints of the train state in OUT/checkpoints (--resume continues from the newest one, exactly as if
 never interrupted), and writes the final parameters as a beit-flax weights file OUT/finetuned.msgpack
 (`beit_flax.load` / `beit-depth predict --weights`). --data DIR: see `beit_flax.data` for the folder layout; the
 last 10% of the files (sorted by name) are held out for evaluation.
+
+Every local device trains (data parallel: the batch is split over them, the gradients reduced by the sharding), so
+--batch-size must be a multiple of the device count; --fsdp also splits the large parameters and their optimizer
+state over the devices instead of replicating them (`beit_flax.sharding.state_shardings`), for when memory is tight.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import optax
 import beit_flax
 from beit_flax import DPT, DPTConfig, train
 from beit_flax.data import DepthFolder, batch_indices, synthetic_scenes
+from beit_flax.sharding import place, shard_batch, state_shardings, train_mesh
 
 
 def small_config(size: int) -> DPTConfig:
@@ -50,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer-decay", type=float, help="encoder block i gets lr * decay^(depth - i)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
     parser.add_argument("--remat", action="store_true", help="recompute encoder blocks in the backward pass")
+    parser.add_argument("--fsdp", action="store_true", help="split the large params and optimizer state over the "
+                        "devices (default: replicated, only the batch is split)")
     parser.add_argument("--scenes", type=int, default=512, help="generated training scenes (without --data)")
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,12 +72,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def evaluate(state: train.TrainState, dataset, indices: np.ndarray, batch_size: int) -> dict[str, float]:
-    """Mean of the eval-step metrics over `indices` in batches (the last partial batch is dropped when there is a
-    full one: a new shape would compile again)."""
+def evaluate(
+    eval_step, state: train.TrainState, dataset, indices: np.ndarray, batch_size: int, mesh
+) -> dict[str, float]:
+    """Mean of the eval-step metrics over `indices` in full batches only (another shape would compile again, and
+    might not split over the devices): the last partial batch is dropped, or repeated to a full one if it is all."""
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    chunks = [c for c in chunks if len(c) == batch_size] or chunks[:1]
-    results = [jax.device_get(train.jit_eval_step(state, dataset.batch(c))) for c in chunks]
+    chunks = [c for c in chunks if len(c) == batch_size] or [np.resize(indices, batch_size)]
+    results = [jax.device_get(eval_step(state, shard_batch(dataset.batch(c), mesh))) for c in chunks]
     return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
@@ -110,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     log(f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.config.dtype}"
         f"{', remat' if args.remat else ''}")
+    mesh = train_mesh()
+    if args.batch_size % mesh.size:
+        raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {mesh.size} devices")
+    shardings = state_shardings(state, mesh, fsdp=args.fsdp)
+    state = place(state, shardings)  # before a restore: the restored arrays take the same layout
+    # donate: the old state's buffers hold the new one (the loop never looks back), which matters on a GPU
+    train_step, eval_step = train.sharded_steps(shardings, mesh, donate=True)
+    log(f"{mesh.size} {jax.default_backend()} device{'s' * (mesh.size > 1)}, batch {args.batch_size // mesh.size} "
+        f"each, {'FSDP' if args.fsdp else 'data parallel'}")
 
     checkpoints = args.out / "checkpoints"
     meta = {"config": config.to_dict(), "seed": args.seed, "size": args.size, "batch_size": args.batch_size}
@@ -123,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.resume:
         log(f"no checkpoint in {checkpoints}; starting from step 0")
 
-    before = evaluate(state, dataset, eval_idx, args.batch_size)
+    before = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
     log(f"before: loss {before['loss']:.4f}  AbsRel {before['abs_rel']:.4f}  delta1 {before['delta1']:.4f}")
     first = int(state.step)
     for step in range(first, args.steps):
         batch = dataset.batch(train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)])
-        state, metrics = train.jit_train_step(state, batch)
+        state, metrics = train_step(state, shard_batch(batch, mesh))
         done = step + 1
         if done % 25 == 0 or done == args.steps:
             m = jax.device_get(metrics)
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}")
         if done % args.save_every == 0 or done == args.steps:
             train.save_checkpoint(checkpoints, state, meta)
-    after = evaluate(state, dataset, eval_idx, args.batch_size)
+    after = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
     log(f"after:  loss {after['loss']:.4f}  AbsRel {after['abs_rel']:.4f}  delta1 {after['delta1']:.4f}")
 
     weights = args.out / "finetuned.msgpack"
