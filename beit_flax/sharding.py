@@ -39,9 +39,10 @@ BATCH_AXIS = "batch"
 DISTRIBUTED_ENV = "BEIT_FLAX_DISTRIBUTED"  # "1" / "true" / "yes" / "on": call jax.distributed.initialize()
 NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"  # read here (jax itself reads only JAX_COORDINATOR_ADDRESS from the env)
 PROCESS_ID_ENV = "JAX_PROCESS_ID"
-# FSDP splits arrays of at least this many elements: BEiT's matrices and conv kernels (99.9% of the parameters) but
-# none of its vectors (biases, norms, layer scales: at most 4096 elements in BEiT-large), which would each cost a
-# collective to save a few KiB per device
+# FSDP splits arrays of at least this many elements: BEiT's matrices and conv kernels (99.9% of the parameters; on 8
+# devices all but BEiT-B's (2212, 12) relative-position tables have an axis to split, 99.6%) but none of its vectors
+# (biases, norms, layer scales: at most 4096 elements in BEiT-L), each of which would cost a collective per use to
+# save a few KiB per device
 FSDP_MIN_SIZE = 2**14
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
