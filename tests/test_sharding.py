@@ -142,6 +142,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_two_processes(argv: list[str]) -> list[subprocess.Popen]:
+    """`argv` as processes 0 and 1 of one jax.distributed job, 4 CPU devices each, the coordinator on localhost,
+    configured through the environment as on GPU hosts."""
+    address = f"127.0.0.1:{free_port()}"
+    return [
+        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=forced_devices_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
+                                                JAX_PROCESS_ID=str(i), **{DISTRIBUTED_ENV: "1"}))
+        for i in range(2)
+    ]
+
+
 def test_two_processes_split_the_inputs(tmp_path):
     """`beit-depth predict --distributed` as two processes of one jax.distributed job (4 CPU devices each, the
     coordinator on localhost, configured through the environment as on GPU hosts): each writes every other input
@@ -153,13 +165,7 @@ def test_two_processes_split_the_inputs(tmp_path):
         Image.fromarray(picture(*size, seed)).save(tmp_path / f"{name}.png")
     argv = [sys.executable, "-m", "beit_flax.cli", "predict", "--weights", str(weights), "--out", str(tmp_path / "out"),
             *(str(tmp_path / f"{name}.png") for name in names), "-q"]  # not sorted on the command line
-    address = f"127.0.0.1:{free_port()}"
-    procs = [
-        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=forced_devices_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                                                JAX_PROCESS_ID=str(i), **{DISTRIBUTED_ENV: "1"}))
-        for i in range(2)
-    ]
+    procs = start_two_processes(argv)
     try:
         model, params = beit_flax.load(weights)  # the reference, on one device, while the two start up
         images = [picture(*size, seed) for seed, size in enumerate(sizes)]
@@ -187,15 +193,8 @@ def test_two_processes_train_like_one_device(tmp_path):
     from finetune_helpers import fast_jit, tiny_batch
     from multiprocess_train import GLOBAL_BATCH, SEEDS, initial_state
 
-    address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "result.npz"
-    procs = [
-        subprocess.Popen([sys.executable, str(ROOT / "tests" / "multiprocess_train.py"), str(out)], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=forced_devices_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                                                JAX_PROCESS_ID=str(i), **{DISTRIBUTED_ENV: "1"}))
-        for i in range(2)
-    ]
+    procs = start_two_processes([sys.executable, str(ROOT / "tests" / "multiprocess_train.py"), str(out)])
     try:
         state0 = state = initial_state()  # the reference, on one device, while the two run
         step = fast_jit(train.train_step)
