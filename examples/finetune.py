@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer-decay", type=float, help="encoder block i gets lr * decay^(depth - i)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
     parser.add_argument("--remat", action="store_true", help="recompute encoder blocks in the backward pass")
+    parser.add_argument("--scan", action="store_true", help="the encoder as nn.scan loops (compiles faster)")
     parser.add_argument("--fsdp", action="store_true", help="split the large params and optimizer state over the "
                         "devices (default: replicated, only the batch is split)")
     parser.add_argument("--scenes", type=int, default=512, help="generated training scenes (without --data)")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = small_config(args.size)
         params = train.init_params(config, seed=args.seed)
-    model = DPT(config.replace(dtype="bfloat16") if args.bf16 else config, remat=args.remat)
+    model = DPT(config.replace(dtype="bfloat16") if args.bf16 else config, remat=args.remat, scan=args.scan)
 
     if args.data:
         dataset = DepthFolder(args.data, args.size)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     log(f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.config.dtype}"
-        f"{', remat' if args.remat else ''}")
+        f"{', remat' if args.remat else ''}{', scan' if args.scan else ''}")
     mesh = train_mesh()
     if args.batch_size % mesh.size:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the {mesh.size} devices")
