@@ -1,12 +1,14 @@
 """sharding.py: padding, the per-process slice, the distributed switch, the FSDP layout rule (on an abstract mesh);
 the 8-device suite (tests/multidevice) in a subprocess with 8 forced CPU devices; two processes of a
-jax.distributed job splitting the CLI's inputs."""
+jax.distributed job splitting the CLI's inputs, and training FSDP-split over both."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -142,16 +144,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_two_processes(argv: list[str]) -> list[subprocess.Popen]:
+@contextlib.contextmanager
+def two_processes(argv: list[str]) -> Iterator[Callable[[float], list[str]]]:
     """`argv` as processes 0 and 1 of one jax.distributed job, 4 CPU devices each, the coordinator on localhost,
-    configured through the environment as on GPU hosts."""
+    configured through the environment as on GPU hosts. Yields `wait(timeout)`: both stdouts, once both exited 0.
+    The processes are killed on leaving the block, whatever happened."""
     address = f"127.0.0.1:{free_port()}"
-    return [
+    procs = [
         subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=forced_devices_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
                                                 JAX_PROCESS_ID=str(i), **{DISTRIBUTED_ENV: "1"}))
         for i in range(2)
     ]
+
+    def wait(timeout: float) -> list[str]:
+        results = [proc.communicate(timeout=timeout) for proc in procs]
+        for proc, (_, err) in zip(procs, results):
+            assert proc.returncode == 0, err[-3000:]
+        return [out for out, _ in results]
+
+    try:
+        yield wait
+    finally:
+        for proc in procs:
+            proc.kill()
 
 
 def test_two_processes_split_the_inputs(tmp_path):
@@ -165,17 +181,12 @@ def test_two_processes_split_the_inputs(tmp_path):
         Image.fromarray(picture(*size, seed)).save(tmp_path / f"{name}.png")
     argv = [sys.executable, "-m", "beit_flax.cli", "predict", "--weights", str(weights), "--out", str(tmp_path / "out"),
             *(str(tmp_path / f"{name}.png") for name in names), "-q"]  # not sorted on the command line
-    procs = start_two_processes(argv)
-    try:
+    with two_processes(argv) as wait:
         model, params = beit_flax.load(weights)  # the reference, on one device, while the two start up
         images = [picture(*size, seed) for seed, size in enumerate(sizes)]
         expected = beit_flax.predict(model, params, images, devices=1)
-        results = [proc.communicate(timeout=300) for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for i, (proc, (out, err)) in enumerate(zip(procs, results)):
-        assert proc.returncode == 0, err[-3000:]
+        outputs = wait(300)
+    for i, out in enumerate(outputs):
         share = 3 - i  # sorted a, b, c, d, e: process 0 takes a, c, e; process 1 takes b, d
         assert f"process {i} of 2: {share} images in" in out and "batch 4 on 4 cpu devices" in out, out
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -194,18 +205,13 @@ def test_two_processes_train_like_one_device(tmp_path):
     from multiprocess_train import GLOBAL_BATCH, SEEDS, initial_state
 
     out = tmp_path / "result.npz"
-    procs = start_two_processes([sys.executable, str(ROOT / "tests" / "multiprocess_train.py"), str(out)])
-    try:
+    with two_processes([sys.executable, str(ROOT / "tests" / "multiprocess_train.py"), str(out)]) as wait:
         state0 = state = initial_state()  # the reference, on one device, while the two run
         step = fast_jit(train.train_step)
         for seed in SEEDS:
             state, metrics = step(state, tiny_batch(seed, batch=GLOBAL_BATCH))
-        results = [proc.communicate(timeout=400) for proc in procs]
-    finally:
-        for proc in procs:
-            proc.kill()
-    for i, (proc, (stdout, err)) in enumerate(zip(procs, results)):
-        assert proc.returncode == 0, err[-3000:]
+        outputs = wait(400)
+    for i, stdout in enumerate(outputs):
         assert f"process {i}: " in stdout and "split over 8 devices" in stdout, stdout
 
     got = np.load(out)
