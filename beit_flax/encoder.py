@@ -26,7 +26,7 @@ def attend(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: j
            implementation: AttentionImpl) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v for (B, N, heads, d) inputs and a float32 (heads, N, N) bias.
 
-    "xla": portable; logits, bias and softmax in float32. "cudnn": cuDNN's fused kernel (NVIDIA GPUs, 16-bit
+    "xla": portable (`xla_attention`); logits, bias and softmax in float32. "cudnn": cuDNN's fused kernel (NVIDIA GPUs, 16-bit
     compute; see `cudnn_inputs`). "auto": cuDNN for 16-bit compute on a GPU unless jax's cuDNN checks (head dim,
     GPU generation, cuDNN version; they run at trace time) refuse it, XLA otherwise.
     """
@@ -37,11 +37,19 @@ def attend(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: j
         except (NotImplementedError, ValueError, RuntimeError):
             if implementation == "cudnn":
                 raise
-    if query.dtype == jnp.float16 and jax.default_backend() == "cpu":
-        # XLA CPU has no f16 x f16 -> f32 dot (the algorithm jax asks for); CPUs have no f16 units to save anyway
-        query, key, value = (t.astype(jnp.float32) for t in (query, key, value))
-    scale = query.shape[-1] ** -0.5
-    return jax.nn.dot_product_attention(query, key, value, bias=bias_hnn[None], scale=scale, implementation="xla")
+    return xla_attention(query, key, value, bias_hnn)
+
+
+def xla_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray) -> jnp.ndarray:
+    """`attend` as plain XLA ops, heads first: the math of `jax.nn.dot_product_attention(implementation="xla")`
+    (logits accumulated and softmaxed in float32, probabilities cast back to the compute dtype for the second
+    product), which contracts in the (B, N, heads, d) layout instead: on XLA CPU one BEiT-L 512 block's attention
+    took 150 ms this way against 220-270 ms (BEiT-B 384: 22 vs 34 ms)."""
+    q_bhnd, k_bhnd, v_bhnd = (jnp.transpose(t, (0, 2, 1, 3)) for t in (query, key, value))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q_bhnd, k_bhnd, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits * query.shape[-1] ** -0.5 + bias_hnn[None], axis=-1)
+    out_bhnd = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(value.dtype), v_bhnd, preferred_element_type=jnp.float32)
+    return jnp.transpose(out_bhnd, (0, 2, 1, 3)).astype(value.dtype)
 
 
 def cudnn_inputs(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from beit_flax.config import DPTConfig
-from beit_flax.encoder import Block, attend, cudnn_inputs, encoder, segments
+from beit_flax.encoder import (
+    Block, cudnn_inputs, encoder, segments, xla_attention,
+)
 from beit_flax.patch_embed import PatchEmbed
 from flax_helpers import (
     assert_close,
@@ -195,10 +197,31 @@ def test_cudnn_padding_changes_nothing(tokens):
         q, k, v, b = cudnn_inputs(q, k, v, b)
         return jax.nn.dot_product_attention(q, k, v, bias=b[None], scale=8**-0.5, implementation="xla")[:, :tokens]
 
-    plain = lambda q, k, v, b: attend(q, k, v, b, "xla")
+    def plain(q, k, v, b):  # jax.nn.dot_product_attention as the reference of both layouts
+        return jax.nn.dot_product_attention(q, k, v, bias=b[None], scale=8**-0.5, implementation="xla")
     np.testing.assert_allclose(padded(q, k, v, bias), plain(q, k, v, bias), rtol=1e-6, atol=1e-6)
     grads = [jax.grad(loss(fn), argnums=(0, 1, 2, 3))(q, k, v, bias) for fn in (padded, plain)]
     for ours, want in zip(*grads):
         assert ours.shape == want.shape and np.isfinite(ours).all()
         np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-6)
     assert cudnn_inputs(q, k, v, bias)[0].shape[1] == tokens + tokens % 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_xla_attention_is_jax_dot_product_attention(dtype):
+    """The heads-first XLA attention computes what jax.nn.dot_product_attention(implementation="xla") does, in
+    float32 and bfloat16 (same rounding points: float32 logits and softmax, probabilities in the compute dtype)."""
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 9, 3, 8)), dtype) for _ in range(3))
+    bias = jnp.asarray(rng.standard_normal((3, 9, 9)), jnp.float32)
+    ours = xla_attention(q, k, v, bias)
+    want = jax.nn.dot_product_attention(q, k, v, bias=bias[None], scale=8**-0.5, implementation="xla")
+    assert ours.dtype == want.dtype == jnp.dtype(dtype)
+    tolerance = 1e-6 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(want, np.float32), atol=tolerance)
+    if dtype == "float32":
+        loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))
+        reference = lambda q, k, v, b: jax.nn.dot_product_attention(q, k, v, bias=b[None], scale=8**-0.5)
+        for ours_g, want_g in zip(jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias),
+                                  jax.grad(loss(reference), argnums=(0, 1, 2, 3))(q, k, v, bias)):
+            np.testing.assert_allclose(ours_g, want_g, rtol=1e-5, atol=1e-6)
