@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from beit_flax.config import DPTConfig
 from beit_flax.encoder import (
-    Block, cudnn_inputs, encoder, segments, xla_attention,
+    Block, attend, cudnn_inputs, encoder, segments, xla_attention,
 )
 from beit_flax.patch_embed import PatchEmbed
 from flax_helpers import (
@@ -225,3 +225,28 @@ def test_xla_attention_is_jax_dot_product_attention(dtype):
         for ours_g, want_g in zip(jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias),
                                   jax.grad(loss(reference), argnums=(0, 1, 2, 3))(q, k, v, bias)):
             np.testing.assert_allclose(ours_g, want_g, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_attention_picks_cudnn_for_16_bit_on_gpu_and_falls_back(monkeypatch):
+    """"auto" on a GPU tries cuDNN for 16-bit compute only, and when jax refuses it at trace time (an unsupported
+    GPU or cuDNN raises RuntimeError / NotImplementedError) runs the XLA path; an explicit "cudnn" lets the refusal
+    through. The cuDNN call is a stand-in here (this machine has no GPU)."""
+    import beit_flax.encoder as encoder_module
+
+    tried = []
+
+    def refusing_cudnn(*args):
+        tried.append(args[0].dtype)
+        raise RuntimeError("cuDNN is not detected.")
+
+    monkeypatch.setattr(encoder_module.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(encoder_module, "cudnn_attention", refusing_cudnn)
+    rng = np.random.default_rng(5)
+    bias = jnp.asarray(rng.standard_normal((2, 9, 9)), jnp.float32)
+    for dtype in (jnp.bfloat16, jnp.float32):
+        q, k, v = (jnp.asarray(rng.standard_normal((1, 9, 2, 8)), dtype) for _ in range(3))
+        np.testing.assert_array_equal(np.asarray(attend(q, k, v, bias, "auto"), np.float32),
+                                      np.asarray(xla_attention(q, k, v, bias), np.float32))
+    assert tried == [jnp.bfloat16]  # float32 never goes to cuDNN
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), bias, "cudnn")
