@@ -55,7 +55,7 @@ class DPT(nn.Module):
 
     Execution switches (same parameters, same values):
       remat: gradient checkpointing per encoder block (for training).
-      scan: the encoder as `nn.scan` loops (compiles several times faster; see `encoder.encoder`).
+      scan: the encoder as `nn.scan` loops (compiles faster; see `encoder.encoder`).
       attention: "auto" (cuDNN for 16-bit compute on NVIDIA GPUs, else XLA), "xla" or "cudnn"; see `encoder.attend`.
     """
 

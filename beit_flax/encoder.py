@@ -222,8 +222,9 @@ def unstack_blocks(config: DPTConfig, collections: dict[str, Any]) -> dict[str, 
 def encoder(config: DPTConfig, *, remat: bool = False, scan: bool = False, attention: AttentionImpl = "auto",
             name: str = "encoder") -> nn.Module:
     """The encoder module: unrolled (`Encoder`), or with `scan` a `ScannedEncoder` whose parameters are mapped
-    (`nn.map_variables`) to the unrolled paths, so one weights file serves both. Scanning compiles several times
-    faster but stacks the encoder's parameters on every call (a copy of them: 1.2 GB at BEiT-L in float32)."""
+    (`nn.map_variables`) to the unrolled paths, so one weights file serves both. Scanning compiles faster (BEiT-L
+    512 on CPU: the remat gradient in 21.5 s instead of 33 s, the forward pass 4.9 instead of 5.5 s) but stacks the
+    encoder's parameters on every call (a copy of them: 1.2 GB at BEiT-L in float32)."""
     if not scan:
         return Encoder(config, remat, attention, name=name)
     mapped = nn.map_variables(
