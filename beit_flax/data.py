@@ -267,7 +267,7 @@ class DepthFolder:
         resized = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
         top, left = (resized[0] - self.size) // 2, (resized[1] - self.size) // 2
         crop = lambda a: a[top : top + self.size, left : left + self.size]
-        image = np.clip(np.round(resize_bicubic(image.astype(np.float32), resized)), 0, 255).astype(np.uint8)
+        image = np.clip(np.round(resize_bicubic(image, resized)), 0, 255).astype(np.uint8)
         depth, valid = _nearest(depth, resized), _nearest(valid, resized)
         return crop(image), crop(depth).astype(np.float32), crop(valid)
 

@@ -74,26 +74,15 @@ def resize_bicubic(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarra
     return out.astype(np.float32, copy=False)
 
 
-def to_float_rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 / uint16 / float (H, W, 3) -> float32 RGB in [0, 1]. Floats are taken to be in [0, 1] already."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image; got shape {image.shape}")
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    return image.astype(np.float32)
-
-
 def preprocess(image: np.ndarray, net_size: int, *, square: bool = False) -> np.ndarray:
     """(H, W, 3) RGB image -> (H', W', 3) float32 network input normalised to [-1, 1] (MiDaS run.py)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image; got shape {image.shape}")
     size = target_size(*image.shape[:2], net_size, square=square)
-    if np.issubdtype(image.dtype, np.integer):  # resize, then scale to [0, 1]: linear, so the same up to rounding
-        resized = resize_bicubic(image, size) / np.float32(np.iinfo(image.dtype).max)
-    else:
-        resized = resize_bicubic(to_float_rgb(image), size)
+    resized = resize_bicubic(image, size)  # float32; floats are taken to be in [0, 1] already
+    if np.issubdtype(image.dtype, np.integer):  # resized, then scaled to [0, 1]: linear, the same up to rounding
+        resized = resized / np.float32(np.iinfo(image.dtype).max)
     return (resized - 0.5) / 0.5
 
 
