@@ -78,14 +78,13 @@ def test_exported_folder_loads_into_transformers_and_matches(source):
 
 
 def test_midas_export_runs_in_the_functional_midas_forward(source):
-    folder, model, _, _ = source
+    folder, model, _, midas = source
     flax_model, params = load(folder / "tiny.msgpack")
     state = {k: torch.from_numpy(v) for k, v in flax_to_torch(params, flax_model.config, "midas").items()}
     images = ref.random_images(1, 64, 64, seed=2)
     expected = ref.reference_depth(model, images)
     ref.assert_nondegenerate(expected)
-    assert torch.equal(ref.midas_forward(state, ref.TINY, images), ref.midas_forward(
-        ref.to_midas_layout(ref.state_dict_v5(model), ref.TINY), ref.TINY, images))
+    assert torch.equal(ref.midas_forward(state, ref.TINY, images), ref.midas_forward(midas, ref.TINY, images))
 
 
 def test_bad_output_name_and_bad_weights(source, tmp_path, capsys):
