@@ -39,16 +39,13 @@ TINY = dict(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3
 def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
     import jax
     import numpy as np
-    from flax import traverse_util
 
-    from beit_flax import DPT, PRESETS, DPTConfig
+    from beit_flax import DPT, PRESETS, DPTConfig, train
     from beit_flax.inference import Batcher
-    from beit_flax.weights import param_shapes
 
     config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
     rng = np.random.default_rng(0)
-    flat = {k: (0.02 * rng.standard_normal(s)).astype(np.float32) for k, s in param_shapes(config).items()}
-    params = traverse_util.unflatten_dict(flat, sep="/")
+    params = train.init_params(config)
     model = DPT(config)
     side = config.net_size
     inputs = [rng.standard_normal((side, side, 3)).astype(np.float32) for _ in range(images)]

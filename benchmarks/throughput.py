@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-VARIANTS = ("dpt_beit_large_512", "dpt_beit_large_384", "dpt_beit_base_384")
 GFLOP_PER_IMAGE = {"dpt_beit_large_512": 963.0, "dpt_beit_large_384": 516.0, "dpt_beit_base_384": 224.0}
 """torch flop counter, one image at the variant's net size (shared/reference/midas-v31-beit.md)."""
+VARIANTS = tuple(GFLOP_PER_IMAGE)  # the released presets (beit_flax.PRESETS), each with its FLOP anchor
 DTYPES = ("float32", "bfloat16", "float16")
 IMPLS = ("flax", "torch-eager", "torch-autocast", "torch-compile")
 
