@@ -20,9 +20,10 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,8 @@ from beit_flax.inference import Batcher, enable_compilation_cache, prefetch
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
 from beit_flax.transforms import postprocess, preprocess
 from beit_flax.weights import atomic_write_bytes, load
+
+R = TypeVar("R")
 
 PROG = "beit-depth"
 EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
@@ -244,6 +247,18 @@ def start_distributed(flag: bool) -> tuple[int, int] | None:
     return jax.process_index(), jax.process_count()
 
 
+def in_order(pool: ThreadPoolExecutor, fn: Callable[..., R], items: Iterable[tuple], limit: int) -> Iterator[R]:
+    """`fn(*item)` for every item on `pool`, results yielded in input order as soon as each is done; at most `limit`
+    wait at once (results hold whole images, so the backlog stays bounded)."""
+    pending: collections.deque[Future[R]] = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, *item))
+        while pending and (pending[0].done() or len(pending) > limit):
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def run_predict(args: argparse.Namespace) -> int:
     started = start_distributed(args.distributed)  # first: it must run before anything touches a device
     if started is None:
@@ -308,9 +323,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 report(f"error: {error}")
                 bar.update()
 
-    def finish(future: Future) -> None:
+    def finish(error: str | None) -> None:
         nonlocal done
-        error = future.result()
         if error is None:
             done += 1
         else:
@@ -326,13 +340,8 @@ def run_predict(args: argparse.Namespace) -> int:
             bar.update()
 
     with bar, ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="beit-write") as writer:
-        queue: collections.deque[Future] = collections.deque()
-        for job, depth in batcher.run(decoded(), on_error=device_failed):
-            queue.append(writer.submit(write, job, depth))
-            while queue and (queue[0].done() or len(queue) > 2 * args.workers):
-                finish(queue.popleft())
-        while queue:
-            finish(queue.popleft())
+        for error in in_order(writer, write, batcher.run(decoded(), on_error=device_failed), 2 * args.workers):
+            finish(error)
     elapsed = time.perf_counter() - start
     who = f"process {index} of {count}: " if count > 1 else ""
     print(
@@ -412,15 +421,9 @@ def run_video(args: argparse.Namespace) -> int:
                                     macro_block_size=1, ffmpeg_log_level="error")
         # one render thread keeps the frames in order; the batcher yields one shape's results in input order
         with progress(total, "frame", args.quiet) as bar, ThreadPoolExecutor(1, "beit-render") as pool:
-            queue: collections.deque[Future] = collections.deque()
-            for index, depth in batcher.run(prefetch(prepare, read(), args.workers, 2 * args.workers + 8)):
-                queue.append(pool.submit(render, index, depth))
-                while queue and (queue[0].done() or len(queue) > 4):
-                    writer.append_data(queue.popleft().result())
-                    count += 1
-                    bar.update()
-            while queue:
-                writer.append_data(queue.popleft().result())
+            results = batcher.run(prefetch(prepare, read(), args.workers, 2 * args.workers + 8))
+            for picture in in_order(pool, render, results, 4):
+                writer.append_data(picture)
                 count += 1
                 bar.update()
         writer.close()
