@@ -71,6 +71,7 @@ def torch_run_py(path: Path, sd_midas: dict, net: int = TINY_NET, square: bool =
     x = F.interpolate(x, size=midas_size(height, width, net, square), mode="bicubic", align_corners=False)
     x = ((x - 0.5) / 0.5).to(torch.float32)  # NormalizeImage, then PrepareForNet's astype(np.float32)
     prediction = ref.midas_forward(sd_midas, ref.TINY, x)
+    ref.assert_nondegenerate(prediction)  # at the network's size: a comparison with an all-zero map proves nothing
     prediction = F.interpolate(prediction.unsqueeze(1), size=(height, width), mode="bicubic", align_corners=False)
     return prediction.squeeze().numpy().reshape(height, width)
 

@@ -215,6 +215,7 @@ def test_model_loss_gradients_match_torch_autograd(reference):
     with torch.no_grad():  # the chained pieces are exactly ref.midas_forward
         np.testing.assert_array_equal(torch_depth(sd, ref.TINY, images), ref.midas_forward(sd, ref.TINY, images))
     depth = torch_depth(sd, ref.TINY, images)
+    ref.assert_nondegenerate(depth)
     mask = torch.from_numpy(batch["mask"].astype(np.float32))
     loss_t = torch_midas_loss(depth, torch.from_numpy(batch["inverse_depth"]), mask)[0]
     loss_t.backward()

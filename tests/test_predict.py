@@ -71,7 +71,9 @@ def test_predict_matches_opencv_run_py(tiny, images):
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) / 255.0
         x = cv2.resize(rgb, midas_size(*size, TINY_NET)[::-1], interpolation=cv2.INTER_CUBIC)
         x = torch.from_numpy(((x - 0.5) / 0.5).transpose(2, 0, 1).astype(np.float32))[None]
-        expected = F.interpolate(ref.midas_forward(sd_midas, ref.TINY, x).unsqueeze(1), size=size, mode="bicubic",
+        network_output = ref.midas_forward(sd_midas, ref.TINY, x)
+        ref.assert_nondegenerate(network_output)
+        expected = F.interpolate(network_output.unsqueeze(1), size=size, mode="bicubic",
                                  align_corners=False).numpy().reshape(size)
         depth = beit_flax.predict(model, params, [read_image(path)], batch_size=BATCH)[0]
         err = float(np.abs(depth - expected).max() / max(np.abs(expected).max(), 0.1))
