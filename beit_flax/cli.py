@@ -27,14 +27,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from beit_flax.config import COMPUTE_DTYPES
+from beit_flax.models.precision import COMPUTE_DTYPES
 from beit_flax.images import (
     COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, colorize, encode_npy, encode_png, read_image, to_png16,
 )
-from beit_flax.inference import Batcher, enable_compilation_cache, prefetch
+from beit_flax.pipeline import Batcher, enable_compilation_cache, prefetch
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
 from beit_flax.transforms import postprocess, preprocess
-from beit_flax.weights import atomic_write_bytes, load
+from beit_flax.files import atomic_write_bytes
+from beit_flax.weights import load
 
 R = TypeVar("R")
 
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "multiple of the device count (default: 1 per device on CPU, 8 per device on GPU / TPU)")
     model.add_argument("--devices", type=positive_int, metavar="N",
                        help="use the first N local devices (default: all; params replicated, batches split)")
-    model.add_argument("--dtype", choices=COMPUTE_DTYPES, help="compute dtype (default: the weights file's)")
+    model.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
+                       help="compute dtype; parameters stay float32 (default: %(default)s)")
     model.add_argument("--colormap", choices=COLORMAPS, default="inferno",
                        help="colormap of the PNGs / video (default: %(default)s, as MiDaS)")
     model.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1), metavar="N",

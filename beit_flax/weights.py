@@ -1,94 +1,36 @@
 """The beit-flax weights file: one msgpack (flax.serialization) holding a format tag, the config and the parameters.
 
-    {"format": "beit-flax", "format_version": 1, "config": {...DPTConfig fields...}, "params": {...float32 tree...}}
+    {"format": "beit-flax", "format_version": 2, "config": {...DPTConfig fields...}, "params": {...float32 tree...}}
 
-`load` checks every parameter's path and shape against the config before anything is traced, so a bad file fails
-with the file name and the offending path instead of deep inside XLA.
+Version 1 files also stored the compute dtype in the config; they still load (the dtype is ignored: it is chosen
+when loading, `load(path, dtype=...)`). `load` checks every parameter's path and shape against the config before
+anything is traced, so a bad file fails with the file name and the offending path instead of deep inside XLA.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import msgpack
 import numpy as np
-from flax import serialization, traverse_util
+from flax import serialization
 
-from beit_flax.config import DPTConfig
-from beit_flax.dpt import DPT
+from beit_flax.files import atomic_write
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.dpt import DPT
+from beit_flax.models.precision import check_dtype
+from beit_flax.params import check_params
 
 FORMAT = "beit-flax"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
-
-@functools.lru_cache(maxsize=8)
-def _param_shapes(config: DPTConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    # Tracing BEiT-L takes seconds (converting and saving both need the shapes, hence the cache). Shapes do not
-    # depend on the input size; a 2x2 patch grid traces the smallest attention and relative-position gathers.
-    side = 2 * config.patch_size
-    images = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
-    variables = jax.eval_shape(DPT(config).init, jax.random.key(0), images)
-    flat = traverse_util.flatten_dict(variables["params"], sep="/")
-    return tuple((path, tuple(leaf.shape)) for path, leaf in flat.items())
-
-
-def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
-    """{"patch_embed/proj/kernel": (16, 16, 3, C), ...}: every parameter the model with `config` has."""
-    return dict(_param_shapes(config.replace(dtype="float32")))
-
-
-def check_params(config: DPTConfig, params: Any, source: str = "params") -> None:
-    """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path."""
-    expected = param_shapes(config)
-    flat = traverse_util.flatten_dict(params, sep="/")
-    got = {path: tuple(np.shape(leaf)) for path, leaf in flat.items()}
-    problems = [f"missing {p} {expected[p]}" for p in sorted(expected.keys() - got.keys())]
-    problems += [f"unexpected {p} {got[p]}" for p in sorted(got.keys() - expected.keys())]
-    problems += [
-        f"{p} has shape {got[p]}, config needs {expected[p]}"
-        for p in sorted(expected.keys() & got.keys())
-        if got[p] != expected[p]
-    ]
-    problems += [
-        f"{p} has dtype {leaf.dtype}, not a float type"
-        for p, leaf in flat.items()
-        if not jnp.issubdtype(getattr(leaf, "dtype", np.dtype(object)), jnp.floating)
-    ]
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ValueError(f"{source}: parameters do not match the config: {shown}")
-
-
-def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
-    """Write `chunks` to a temp file beside `path`, fsync, then rename: readers never see a partial file, and an
-    existing file is only replaced once the new one is complete."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # created like open() would (0666 minus the umask, applied by the kernel), unlike mkstemp's 0600; O_EXCL: never
-    # write through someone else's file or link
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, [data])
+# First bytes of the PyTorch / safetensors files users may hand us instead (they need `convert_weights` first).
+_CHECKPOINT_MAGIC = ((b"PK\x03\x04", "a PyTorch checkpoint (zip)"), (b"\x80", "a pickled PyTorch checkpoint"))
 
 
 def _msgpack_chunks(tree: Any) -> Iterator[bytes]:
@@ -114,33 +56,49 @@ def save(path: str | os.PathLike, config: DPTConfig, params: Any) -> None:
     atomic_write(path, _msgpack_chunks(payload))
 
 
-def load(path: str | os.PathLike, dtype: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def _not_weights_file(path: Path, data: bytes) -> str:
+    """Why `data` (which msgpack could not read) is not a weights file, with the fix when it is a checkpoint."""
+    convert = f"convert it first: convert_weights {path} {path.with_suffix('.msgpack').name}"
+    for magic, what in _CHECKPOINT_MAGIC:
+        if data.startswith(magic):
+            return f"{path}: {what}, not a beit-flax weights file; {convert}"
+    header = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if 0 < header <= len(data) - 8 and data[8:9] == b"{":
+        return f"{path}: a safetensors checkpoint, not a beit-flax weights file; {convert}"
+    return f"{path}: not a beit-flax weights file (not readable as msgpack; convert_weights writes them)"
+
+
+def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[DPT, dict[str, Any]]:
     """Read a file written by `save` (or `convert_weights`) and return `(model, params)`.
 
-    dtype: optional compute dtype override ("float32", "bfloat16", "float16"); parameters stay float32.
-    Raises ValueError naming the file and the reason for anything that is not a valid beit-flax weights file.
+    dtype: the model's compute dtype ("float32", "bfloat16", "float16"); parameters stay float32.
+    Raises ValueError naming the file and the reason for anything that is not a valid beit-flax weights file (a
+    PyTorch or safetensors checkpoint is named as such, with the `convert_weights` command to run).
     """
+    check_dtype(dtype)
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path}: a folder, not a beit-flax weights file (a transformers checkpoint folder? convert it first: "
+            f"convert_weights {path} {path.name}.msgpack)"
+        )
+    data = path.read_bytes()
     try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-    except OSError:
-        raise
-    except Exception as err:  # msgpack raises a zoo of types on corrupt input
-        raise ValueError(f"{path}: not a readable beit-flax weights file ({type(err).__name__}: {err})") from None
+        payload = serialization.msgpack_restore(data)
+    except Exception:  # msgpack raises a zoo of types on corrupt input
+        raise ValueError(_not_weights_file(path, data)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a beit-flax weights file (no '{FORMAT}' format tag)")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: format version {payload.get('format_version')!r}, this beit-flax reads {FORMAT_VERSION}"
+            f"{path}: format version {payload.get('format_version')!r}, this beit-flax reads {READABLE_VERSIONS}"
         )
     try:
         config = DPTConfig.from_dict(dict(payload["config"]))
-        if dtype is not None:
-            config = config.replace(dtype=dtype)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad config: {err}") from None
     params = payload.get("params")
     if not isinstance(params, dict):
         raise ValueError(f"{path}: no parameter tree")
     check_params(config, params, source=str(path))
-    return DPT(config), params
+    return DPT(config, dtype=dtype), params

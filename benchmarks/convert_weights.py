@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from beit_flax.config import PRESETS
-from convert.synthetic import as_spec, build_model
+from beit_flax.models.dpt.config import PRESETS
+from beit_flax.demo.torch_model import as_spec, build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from torch_reference import state_dict_v5, to_midas_layout  # noqa: E402  (test support code, torch only)
@@ -31,7 +31,7 @@ from torch_reference import state_dict_v5, to_midas_layout  # noqa: E402  (test 
 
 def measure(checkpoint: Path, out: Path) -> tuple[float, float]:
     """(wall seconds, peak RSS GiB) of one `convert_weights` process."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "convert.cli", str(checkpoint), str(out)]
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "beit_flax.convert.cli", str(checkpoint), str(out)]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     seconds = time.perf_counter() - start

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Images/s of `Batcher` (what `beit_flax.predict` and `beit-depth predict` run) on 1 device and on N devices;
-with --train, steps/s of the sharded train step (`train.sharded_steps`): 1 device, N data parallel, N FSDP.
+with --train, steps/s of the sharded train step (`training.sharded_steps`): 1 device, N data parallel, N FSDP.
 
     python benchmarks/data_parallel.py                      # CPU: 8 forced host devices, tiny and base_384 configs
     python benchmarks/data_parallel.py --devices 8 --variant tiny --images 64
@@ -13,7 +13,7 @@ process before JAX starts). They share the same cores, so the CPU figure is a sa
 (it must not be much slower), not a speed-up. Random params (numpy, `param_shapes`) and random images; compile
 time is excluded (one warm-up pass over a full batch). One JSON line per measurement.
 
---train: `train.init_params`, Adam, rendered scenes (`data.synthetic_scenes`) at the net size; the global batch
+--train: `training.init_params`, Adam, rendered scenes (`data.synthetic_scenes`) at the net size; the global batch
 (--batch, default N) is the same in every row, split over the devices; one untimed step compiles. FSDP splits the
 arrays of at least --min-size elements (default `sharding.FSDP_MIN_SIZE`; the tiny config has one that large, try
 --min-size 1024).
@@ -40,12 +40,12 @@ def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
     import jax
     import numpy as np
 
-    from beit_flax import DPT, PRESETS, DPTConfig, train
-    from beit_flax.inference import Batcher
+    from beit_flax import DPT, PRESETS, DPTConfig, training
+    from beit_flax.pipeline import Batcher
 
     config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
     rng = np.random.default_rng(0)
-    params = train.init_params(config)
+    params = init_params(config)
     model = DPT(config)
     side = config.net_size
     inputs = [rng.standard_normal((side, side, 3)).astype(np.float32) for _ in range(images)]
@@ -72,20 +72,20 @@ def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | 
     import numpy as np
     import optax
 
-    from beit_flax import DPT, PRESETS, DPTConfig, train
-    from beit_flax.data import synthetic_scenes
+    from beit_flax import DPT, PRESETS, DPTConfig, training
+    from beit_flax.training.data import synthetic_scenes
     from beit_flax.sharding import FSDP_MIN_SIZE, place, shard_batch, state_shardings, train_mesh
 
     config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
-    model = DPT(config.replace(dtype="bfloat16") if bf16 else config, remat=remat)
+    model = DPT(config, dtype="bfloat16" if bf16 else "float32", remat=remat)
     min_size = FSDP_MIN_SIZE if min_size is None else min_size
-    state0 = train.create_train_state(model, train.init_params(config), optax.adam(1e-4))
+    state0 = training.create_train_state(model, init_params(config), optax.adam(1e-4))
     scenes = synthetic_scenes(batch, config.net_size)
     host_batch = scenes.batch(np.arange(batch))
     for devices, fsdp in ((1, False), (n, False), (n, True)):
         mesh = train_mesh(devices)
         shardings = state_shardings(state0, mesh, fsdp=fsdp, min_size=min_size)
-        step, _ = train.sharded_steps(shardings, mesh, donate=True)
+        step, _ = training.sharded_steps(shardings, mesh, donate=True)
         state = place(jax.tree.map(jax.numpy.copy, state0), shardings)  # a copy: the step donates its input
         start = time.perf_counter()
         state, metrics = step(state, shard_batch(host_batch, mesh))  # compile + first step
@@ -100,7 +100,7 @@ def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | 
         print(json.dumps({
             "mode": "train", "variant": variant, "net": config.net_size, "backend": jax.default_backend(),
             "devices": devices, "layout": "fsdp" if fsdp else "replicated", "split_param_arrays": split,
-            "min_size": min_size if fsdp else None, "batch": batch, "dtype": model.config.dtype, "remat": remat,
+            "min_size": min_size if fsdp else None, "batch": batch, "dtype": model.dtype, "remat": remat,
             "steps": steps, "seconds": round(elapsed, 3), "steps_per_s": round(steps / elapsed, 3),
             "images_per_s": round(steps * batch / elapsed, 2), "first_step_s": round(compile_s, 2),
             "loss": round(float(metrics["loss"]), 5), "host_cores": os.cpu_count(),

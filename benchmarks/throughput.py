@@ -142,7 +142,7 @@ class TorchBench:
     def __init__(self, config, device: str, threads: int, tf32: bool):
         import torch
 
-        from convert.synthetic import build_model
+        from beit_flax.demo.torch_model import build_model
 
         self.torch = torch
         torch.set_num_threads(threads)
@@ -232,7 +232,7 @@ def random_flax_params(config, seed: int = 0) -> dict:
     kernels N(0, 1/fan_in), biases 0, LayerNorm scales 1, layer scales 0.1, tables and cls token N(0, 0.02^2)."""
     from flax import traverse_util
 
-    from beit_flax.weights import param_shapes
+    from beit_flax.params import param_shapes
 
     rng = np.random.default_rng(seed)
     flat = {}
@@ -272,9 +272,9 @@ class FlaxBench:
 
     def prepare(self, impl: str, dtype: str, batch: int, hw: tuple[int, int]) -> Prepared:
         jax = self.jax
-        from beit_flax.dpt import DPT
+        from beit_flax.models.dpt.dpt import DPT
 
-        model = DPT(self.config.replace(dtype=dtype), scan=self.scan, attention=self.attention)
+        model = DPT(self.config, dtype=dtype, scan=self.scan, attention=self.attention)
         images = np.random.default_rng(1).standard_normal((batch, *hw, 3), dtype=np.float32)
         images = jax.device_put(images, self.device)
         t0 = time.perf_counter()
@@ -313,7 +313,7 @@ class FlaxBench:
         """Median / 99th-percentile pointwise relative difference of a 16-bit output `ours` to the float32 model on
         the same input, over the pixels above 10% of the float32 map's max (the final ReLU leaves many near 0, where
         relative error means nothing). The random weights are well-scaled (kernels N(0, 1/fan_in)), not trained."""
-        from beit_flax.dpt import DPT
+        from beit_flax.models.dpt.dpt import DPT
 
         if images.shape not in self.float32_outputs:
             reference = DPT(self.config, scan=self.scan, attention=self.attention)
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--iters, --warmup and --batch must be >= 1")
 
     device = detect_device(args.device)
-    from beit_flax.config import PRESETS
+    from beit_flax.models.dpt.config import PRESETS
 
     config = PRESETS[args.variant]
     net = config.net_size

@@ -10,7 +10,7 @@
 Prints the loss and AbsRel / delta1 (after scale-and-shift alignment, on held-out data) before and after training,
 keeps orbax checkpoints of the train state in OUT/checkpoints (--resume continues from the newest one, exactly as if
 never interrupted), and writes the final parameters as a beit-flax weights file OUT/finetuned.msgpack
-(`beit_flax.load` / `beit-depth predict --weights`). --data DIR: see `beit_flax.data` for the folder layout; the
+(`beit_flax.load` / `beit-depth predict --weights`). --data DIR: see `beit_flax.training.data` for the folder layout; the
 last 10% of the files (sorted by name) are held out for evaluation.
 
 Every local device trains (data parallel: the batch is split over them, the gradients reduced by the sharding), so
@@ -30,8 +30,9 @@ import numpy as np
 import optax
 
 import beit_flax
-from beit_flax import DPT, DPTConfig, train
-from beit_flax.data import DepthFolder, batch_indices, synthetic_scenes
+from beit_flax import DPT, DPTConfig, training
+from beit_flax.params import init_params
+from beit_flax.training.data import DepthFolder, batch_indices, synthetic_scenes
 from beit_flax.sharding import place, shard_batch, state_shardings, train_mesh
 
 
@@ -74,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def evaluate(
-    eval_step, state: train.TrainState, dataset, indices: np.ndarray, batch_size: int, mesh
+    eval_step, state: training.TrainState, dataset, indices: np.ndarray, batch_size: int, mesh
 ) -> dict[str, float]:
     """Mean of the eval-step metrics over `indices` in full batches only (another shape would compile again, and
     might not split over the devices): the last partial batch is dropped, or repeated to a full one if it is all."""
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         config = model.config
     else:
         config = small_config(args.size)
-        params = train.init_params(config, seed=args.seed)
-    model = DPT(config.replace(dtype="bfloat16") if args.bf16 else config, remat=args.remat, scan=args.scan)
+        params = init_params(config, seed=args.seed)
+    model = DPT(config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan)
 
     if args.data:
         dataset = DepthFolder(args.data, args.size)
@@ -115,12 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     # no weight decay on biases, norms, layer scales and position tables (the usual BEiT / ViT recipe)
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     optimizer = optax.adamw(schedule, weight_decay=0.05, mask=decay_mask)
-    state = train.create_train_state(
-        model, params, optimizer, freeze=train.BACKBONE if args.freeze_encoder else (),
+    state = training.create_train_state(
+        model, params, optimizer, freeze=training.BACKBONE if args.freeze_encoder else (),
         layer_decay=args.layer_decay, clip_norm=1.0,
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    log(f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.config.dtype}"
+    log(f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.dtype}"
         f"{', remat' if args.remat else ''}{', scan' if args.scan else ''}")
     mesh = train_mesh()
     if args.batch_size % mesh.size:
@@ -128,18 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     shardings = state_shardings(state, mesh, fsdp=args.fsdp)
     state = place(state, shardings)  # before a restore: the restored arrays take the same layout
     # donate: the old state's buffers hold the new one (the loop never looks back), which matters on a GPU
-    train_step, eval_step = train.sharded_steps(shardings, mesh, donate=True)
+    train_step, eval_step = training.sharded_steps(shardings, mesh, donate=True)
     log(f"{mesh.size} {jax.default_backend()} device{'s' * (mesh.size > 1)}, batch {args.batch_size // mesh.size} "
         f"each, {'FSDP' if args.fsdp else 'data parallel'}")
 
     checkpoints = args.out / "checkpoints"
     meta = {"config": config.to_dict(), "seed": args.seed, "size": args.size, "batch_size": args.batch_size}
-    if args.resume and train.latest_step(checkpoints) is not None:
-        saved = train.checkpoint_metadata(checkpoints)
+    if args.resume and training.latest_step(checkpoints) is not None:
+        saved = training.checkpoint_metadata(checkpoints)
         if saved != meta:
             changed = sorted(k for k in meta.keys() | saved.keys() if meta.get(k) != saved.get(k))
             raise SystemExit(f"{checkpoints} was saved with other settings ({', '.join(changed)}); use another --out")
-        state, _ = train.restore_checkpoint(checkpoints, state)
+        state, _ = training.restore_checkpoint(checkpoints, state)
         log(f"resumed from step {int(state.step)}")
     elif args.resume:
         log(f"no checkpoint in {checkpoints}; starting from step 0")
@@ -156,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"step {done:5d}  loss {m['loss']:.4f} (data {m['data']:.4f}, gradient {m['gradient']:.4f})  "
                 f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}")
         if done % args.save_every == 0 or done == args.steps:
-            train.save_checkpoint(checkpoints, state, meta)
+            training.save_checkpoint(checkpoints, state, meta)
     after = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
     log(f"after:  loss {after['loss']:.4f}  AbsRel {after['abs_rel']:.4f}  delta1 {after['delta1']:.4f}")
 
     weights = args.out / "finetuned.msgpack"
-    beit_flax.save(weights, config.replace(dtype="float32"), state.params)
+    beit_flax.save(weights, config, state.params)
     log(f"{args.steps - first} steps; wrote {weights} and checkpoints up to step {int(state.step)} in {checkpoints}")
     print(f"summary: loss {before['loss']:.4f} -> {after['loss']:.4f}, AbsRel {before['abs_rel']:.4f} -> "
           f"{after['abs_rel']:.4f}, delta1 {before['delta1']:.4f} -> {after['delta1']:.4f}")

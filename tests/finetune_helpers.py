@@ -12,7 +12,7 @@ import functools
 import jax
 import numpy as np
 
-from beit_flax import DPT, train
+from beit_flax import DPT, training
 from tiny_config import TINY
 
 SIZE = 32  # grid 2x2 against the 4x4 training grid: the relative-position tables are resized too
@@ -41,4 +41,4 @@ def fast_jit(fun, **kwargs):
 def loss_and_grad():
     """jit(value_and_grad) of the MiDaS loss of DPT(TINY): (params, batch) -> (loss, grads)."""
     model = DPT(TINY)
-    return fast_jit(jax.value_and_grad(lambda params, batch: train.loss_fn(params, model.apply, batch)[0]))
+    return fast_jit(jax.value_and_grad(lambda params, batch: training.loss_fn(params, model.apply, batch)[0]))

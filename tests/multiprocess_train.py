@@ -16,7 +16,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from beit_flax import DPT, train
+from beit_flax import DPT, training
+from beit_flax.params import init_params
 from beit_flax.sharding import (
     maybe_initialize_distributed, place, replicated, shard_batch, state_shardings, train_mesh,
 )
@@ -28,8 +29,8 @@ FREEZE = ("head/conv3/bias",)  # as in tests/multidevice/test_sharded_training.p
 MIN_SIZE = 1024
 
 
-def initial_state() -> train.TrainState:
-    return train.create_train_state(DPT(TINY), train.init_params(TINY), optax.sgd(0.1, momentum=0.9), freeze=FREEZE)
+def initial_state() -> training.TrainState:
+    return training.create_train_state(DPT(TINY), init_params(TINY), optax.sgd(0.1, momentum=0.9), freeze=FREEZE)
 
 
 def main(out: str) -> None:
@@ -38,7 +39,7 @@ def main(out: str) -> None:
     mesh = train_mesh()
     state0 = initial_state()
     shardings = state_shardings(state0, mesh, fsdp=True, min_size=MIN_SIZE)
-    step, _ = train.sharded_steps(shardings, mesh, donate=True, compiler_options=FAST_COMPILE)
+    step, _ = training.sharded_steps(shardings, mesh, donate=True, compiler_options=FAST_COMPILE)
     rows = slice(index * GLOBAL_BATCH // count, (index + 1) * GLOBAL_BATCH // count)  # this process's share
     local = lambda seed: {k: v[rows] for k, v in tiny_batch(seed, batch=GLOBAL_BATCH).items()}
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 import torch_reference as ref
 from beit_flax import save
-from convert import open_checkpoint, torch_to_flax
+from beit_flax.convert import open_checkpoint, torch_to_flax
 
 TINY_NET = 64  # the converter's net size for TINY: 16 x its 4 x 4 training grid
 

@@ -10,7 +10,7 @@ import numpy as np
 from flax import traverse_util
 
 from beit_flax import save
-from beit_flax.weights import param_shapes
+from beit_flax.params import param_shapes
 from tiny_config import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

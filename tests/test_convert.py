@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 import torch_reference as ref
 from beit_flax import DPT, PRESETS, load
-from convert import ConversionError, open_checkpoint, torch_to_flax
-from convert.cli import EXIT_BAD_INPUT, main as convert_main
+from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
+from beit_flax.convert.cli import EXIT_BAD_INPUT, main as convert_main
 
 TOLERANCE = 1e-4
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import torch_reference as ref
-from convert.cli import EXIT_BAD_INPUT, EXIT_CANNOT_WRITE, main as convert_main
+from beit_flax.convert.cli import EXIT_BAD_INPUT, EXIT_CANNOT_WRITE, main as convert_main
 
 
 @pytest.fixture(scope="module")

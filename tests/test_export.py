@@ -12,9 +12,9 @@ from transformers import DPTForDepthEstimation
 
 import torch_reference as ref
 from beit_flax import load
-from convert.cli import EXIT_BAD_INPUT, export_main, main as convert_main
-from convert.flax_to_torch import flax_to_torch
-from convert.params import DROPPED
+from beit_flax.convert.cli import EXIT_BAD_INPUT, export_main, main as convert_main
+from beit_flax.convert.flax_to_torch import flax_to_torch
+from beit_flax.convert.keys import DROPPED
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_bad_output_name_and_bad_weights(source, tmp_path, capsys):
 
 
 def test_inverse_transforms_undo_the_import():
-    from convert.flax_to_torch import _INVERSE
-    from convert.params import LEAVES
+    from beit_flax.convert.flax_to_torch import _INVERSE
+    from beit_flax.convert.keys import LEAVES
 
     rng = np.random.default_rng(0)
     for kind, leaves in LEAVES.items():

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from beit_flax.fusion import FeatureFusionBlock, ResidualConvUnit
-from beit_flax.head import DepthHead
+from beit_flax.models.dpt.fusion import FeatureFusionBlock, ResidualConvUnit
+from beit_flax.models.dpt.head import DepthHead
 from flax_helpers import (
     assert_close,
     assert_params_match_module,

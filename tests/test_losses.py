@@ -1,4 +1,4 @@
-"""beit_flax.losses against an inline torch autograd version of the MiDaS loss, and its invariances.
+"""beit_flax.training.losses against an inline torch autograd version of the MiDaS loss, and its invariances.
 
 The torch loss below is written from the definitions (MiDaS `loss.py`: normal-equation alignment with a singular
 system giving s = t = 0, batch-based MSE / (2 sum M), gradient matching at 4 scales, alpha = 0.5). Tolerance:
@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torch_reference as ref
-from beit_flax import losses
-from convert import open_checkpoint, torch_to_flax
+from beit_flax.training import losses
+from beit_flax.convert import open_checkpoint, torch_to_flax
 from finetune_helpers import TINY, fast_jit, loss_and_grad, tiny_batch
 from flax_helpers import assert_close
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import beit_flax
 from beit_flax.images import ImageError, colorize, colormap_lut, depth_range, read_image, to_png16
-from beit_flax.inference import Batcher, enable_compilation_cache, jitted_apply
+from beit_flax.pipeline import Batcher, enable_compilation_cache, jitted_apply
 from predict_helpers import TINY_NET, scene, tiny_files, torch_run_py, write_images
 
 BATCH = 2  # every test uses it, so each input shape compiles once for the whole session
@@ -222,7 +222,7 @@ def test_png16_and_colormap_follow_midas_write_depth():
 
 def test_import_never_imports_torch():
     code = (
-        "import sys, beit_flax, beit_flax.cli, beit_flax.images, beit_flax.inference\n"
+        "import sys, beit_flax, beit_flax.cli, beit_flax.images, beit_flax.pipeline\n"
         "assert callable(beit_flax.predict) and callable(beit_flax.preprocess) and callable(beit_flax.postprocess)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'imageio', 'cv2'))\n"
         "assert not bad, bad\n"

@@ -1,4 +1,4 @@
-"""`beit_flax.reassemble.Reassemble` vs MiDaS's `act_postprocess{k}` + `scratch.layer{k}_rn` built from torch modules.
+"""`beit_flax.models.dpt.reassemble.Reassemble` vs MiDaS's `act_postprocess{k}` + `scratch.layer{k}_rn` built from torch modules.
 
 Params are made from the torch tensors with the converter's layout transforms (`flax_helpers.py`): Conv2d and
 ConvTranspose2d weights -> `w.transpose(2, 3, 1, 0)`, Linear -> `w.T`. The resample layers are checked in isolation
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit_flax.config import DPTConfig
-from beit_flax.reassemble import Reassemble
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.reassemble import Reassemble
 from flax_helpers import (
     assert_close,
     assert_params_match_module,

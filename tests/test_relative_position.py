@@ -1,4 +1,4 @@
-"""`beit_flax.relative_position` vs direct torch versions of timm's `gen_relative_position_index` and MiDaS v3.1's
+"""`beit_flax.models.dpt.relative_position` vs direct torch versions of timm's `gen_relative_position_index` and MiDaS v3.1's
 `_get_rel_pos_bias` (both in `flax_helpers.py`), on square and non-square grids.
 
 The training grid is square here, as in every released model (for a non-square training grid MiDaS reshapes the old
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from beit_flax.relative_position import (
+from beit_flax.models.dpt.relative_position import (
     RelativePositionBias,
     relative_position_bias,
     relative_position_index,

@@ -1,4 +1,4 @@
-"""`beit_flax.resize` vs `torch.nn.functional.interpolate(mode="bilinear")`, both align_corners settings.
+"""`beit_flax.models.dpt.resize` vs `torch.nn.functional.interpolate(mode="bilinear")`, both align_corners settings.
 
 Covers upsampling, downsampling (torch does no antialiasing), non-integer ratios, size 1 on either side and
 different ratios on the two axes; `interpolation_matrix` rows must sum to 1 and an unchanged size must be an exact
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beit_flax.resize import interpolation_matrix, resize_bilinear, resize_bilinear_dense
+from beit_flax.models.dpt.resize import interpolation_matrix, resize_bilinear, resize_bilinear_dense
 from flax_helpers import assert_close, nchw_to_nhwc
 
 # Every new shape costs an XLA compile, so the end-to-end property test keeps few examples; the cheap numpy check of

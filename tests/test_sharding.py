@@ -19,12 +19,12 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from PIL import Image
 
 import beit_flax
-from beit_flax import DPT, PRESETS, train
+from beit_flax import DPT, PRESETS, training
 from beit_flax.sharding import (
     DISTRIBUTED_ENV, FSDP_MIN_SIZE, check_devices, distributed_requested, fsdp_spec, local_mesh,
     maybe_initialize_distributed, pad_batch, process_slice, round_up, state_shardings, train_mesh,
 )
-from beit_flax.weights import param_shapes
+from beit_flax.params import param_shapes
 from sharding_helpers import MULTIDEVICE_ENV, ROOT, forced_devices_env, picture, tiny_weights
 
 
@@ -76,7 +76,7 @@ def test_state_shardings_of_a_base_model_on_8_devices():
     params = traverse_util.unflatten_dict(
         {k: jax.ShapeDtypeStruct(s, np.float32) for k, s in param_shapes(config).items()}, sep="/"
     )
-    state = jax.eval_shape(lambda p: train.create_train_state(DPT(config), p, optax.adamw(1e-3)), params)
+    state = jax.eval_shape(lambda p: training.create_train_state(DPT(config), p, optax.adamw(1e-3)), params)
     mesh = AbstractMesh((8,), ("batch",))
     shardings = state_shardings(state, mesh, fsdp=True)
     assert type(shardings) is type(state) and shardings.apply_fn is state.apply_fn  # usable as jit's shardings
@@ -207,7 +207,7 @@ def test_two_processes_train_like_one_device(tmp_path):
     out = tmp_path / "result.npz"
     with two_processes([sys.executable, str(ROOT / "tests" / "multiprocess_train.py"), str(out)]) as wait:
         state0 = state = initial_state()  # the reference, on one device, while the two run
-        step = fast_jit(train.train_step)
+        step = fast_jit(training.train_step)
         for seed in SEEDS:
             state, metrics = step(state, tiny_batch(seed, batch=GLOBAL_BATCH))
         outputs = wait(400)

@@ -1,9 +1,9 @@
-"""beit_flax.train: optimizer wrapping (freeze, layer decay, clipping), train / eval steps, remat, orbax resume.
+"""beit_flax.training.train: optimizer wrapping (freeze, layer decay, clipping), train / eval steps, remat, orbax resume.
 
 One train state (tiny model; a frozen block and a frozen reassemble stage, layer decay, clipping) serves every
-model-level test, so the train step compiles once. The steps are `train.train_step` / `train.eval_step` (what
-`train.jit_train_step` / `jit_eval_step` wrap) compiled with `fast_jit`; examples/finetune.py runs them through
-`train.sharded_steps` (tests/multidevice/test_sharded_training.py: on 8 devices).
+model-level test, so the train step compiles once. The steps are `training.train_step` / `training.eval_step` (what
+`training.jit_train_step` / `jit_eval_step` wrap) compiled with `fast_jit`; examples/finetune.py runs them through
+`training.sharded_steps` (tests/multidevice/test_sharded_training.py: on 8 devices).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import optax
 import pytest
 from flax import traverse_util
 
-from beit_flax import DPT, train
-from beit_flax.encoder import Encoder
+from beit_flax import DPT, training
+from beit_flax.params import init_params
+from beit_flax.models.dpt.encoder import Encoder
 from finetune_helpers import TINY, fast_jit, tiny_batch
 
 FROZEN = ("encoder/block_0", "reassemble_1")
@@ -28,12 +29,12 @@ def flat(tree) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def params():
-    return train.init_params(TINY, seed=0)
+    return init_params(TINY, seed=0)
 
 
 @pytest.fixture(scope="module")
 def state0(params):
-    return train.create_train_state(
+    return training.create_train_state(
         DPT(TINY), params, optax.adamw(1e-3, weight_decay=1e-4), freeze=FROZEN, layer_decay=0.8, clip_norm=1.0
     )
 
@@ -42,7 +43,7 @@ def state0(params):
 
 
 def test_layer_decay_values(params):
-    scales = flat(train.layer_decay_scales(params, depth=4, decay=0.5))
+    scales = flat(training.layer_decay_scales(params, depth=4, decay=0.5))
     for path, scale in scales.items():
         if path.startswith("patch_embed/"):
             assert scale == 0.5**5, path
@@ -53,12 +54,12 @@ def test_layer_decay_values(params):
     assert scales["encoder/block_3/mlp/fc1/kernel"] == 0.5 and scales["encoder/block_0/gamma_1"] == 0.5**4
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="layer_decay"):
-            train.layer_decay_scales(params, 4, bad)
+            training.layer_decay_scales(params, 4, bad)
 
 
 def test_sgd_update_is_lr_times_layer_scale_and_zero_when_frozen(params):
-    tx, frozen = train.build_optimizer(
-        optax.sgd(0.1), params, freeze=train.BACKBONE, layer_decay=0.5, depth=4, clip_norm=None
+    tx, frozen = training.build_optimizer(
+        optax.sgd(0.1), params, freeze=training.BACKBONE, layer_decay=0.5, depth=4, clip_norm=None
     )
     grads = jax.tree.map(jnp.ones_like, params)
     updates = flat(fast_jit(tx.update)(grads, tx.init(params), params)[0])
@@ -67,7 +68,7 @@ def test_sgd_update_is_lr_times_layer_scale_and_zero_when_frozen(params):
         expected = 0.0 if path in frozen else -0.1
         np.testing.assert_array_equal(update, np.full(update.shape, expected, np.float32), err_msg=path)
 
-    tx, _ = train.build_optimizer(optax.sgd(0.1), params, layer_decay=0.5, depth=4, clip_norm=None)
+    tx, _ = training.build_optimizer(optax.sgd(0.1), params, layer_decay=0.5, depth=4, clip_norm=None)
     updates = flat(fast_jit(tx.update)(grads, tx.init(params), params)[0])
     np.testing.assert_allclose(updates["encoder/block_1/attn/proj/kernel"], -0.1 * 0.5**3, rtol=1e-7)
     np.testing.assert_allclose(updates["patch_embed/cls_token"], -0.1 * 0.5**5, rtol=1e-7)
@@ -76,7 +77,7 @@ def test_sgd_update_is_lr_times_layer_scale_and_zero_when_frozen(params):
 
 def test_frozen_params_have_no_optimizer_state(params):
     n_params = len(flat(params))
-    tx, frozen = train.build_optimizer(optax.adam(1e-3), params, freeze=train.BACKBONE)
+    tx, frozen = training.build_optimizer(optax.adam(1e-3), params, freeze=training.BACKBONE)
     n_frozen = len(frozen)
     assert 0 < n_frozen < n_params
     # adam keeps mu and nu per trainable leaf, plus one step count; nothing for frozen leaves (MaskedNode)
@@ -84,7 +85,7 @@ def test_frozen_params_have_no_optimizer_state(params):
 
 
 def test_clipping_sees_only_trainable_gradients(params):
-    tx, _ = train.build_optimizer(optax.sgd(1.0), params, freeze=("encoder",), clip_norm=1.0)
+    tx, _ = training.build_optimizer(optax.sgd(1.0), params, freeze=("encoder",), clip_norm=1.0)
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e-4, jnp.float32), params)
     grads["encoder"] = jax.tree.map(lambda g: g + 1e6, grads["encoder"])  # huge, but frozen
     updates = flat(fast_jit(tx.update)(grads, tx.init(params), params)[0])  # jit: one compile, not one per op
@@ -93,22 +94,22 @@ def test_clipping_sees_only_trainable_gradients(params):
 
 def test_bad_arguments_are_refused(params):
     with pytest.raises(ValueError, match=r"freeze: \['encoder/block_9'\] match no parameter"):
-        train.build_optimizer(optax.sgd(0.1), params, freeze=["encoder/block_9"])
+        training.build_optimizer(optax.sgd(0.1), params, freeze=["encoder/block_9"])
     with pytest.raises(ValueError, match="clip_norm"):
-        train.build_optimizer(optax.sgd(0.1), params, clip_norm=0.0)
+        training.build_optimizer(optax.sgd(0.1), params, clip_norm=0.0)
     broken = dict(params, head={})
     with pytest.raises(ValueError, match="missing head/conv1/kernel"):
-        train.create_train_state(DPT(TINY), broken, optax.sgd(0.1))
+        training.create_train_state(DPT(TINY), broken, optax.sgd(0.1))
     with pytest.raises(ValueError, match="missing"):
-        train.train_step(None, {"image": np.zeros((1, 32, 32, 3), np.float32)})
+        training.train_step(None, {"image": np.zeros((1, 32, 32, 3), np.float32)})
     with pytest.raises(ValueError, match="multiple of the patch size"):
-        train.check_batch(tiny_batch(0, size=40))
+        training.check_batch(tiny_batch(0, size=40))
 
 
 # --- the model: train / eval steps -------------------------------------------------------------------------------
 
 
-train_step, eval_step = fast_jit(train.train_step), fast_jit(train.eval_step)
+train_step, eval_step = fast_jit(training.train_step), fast_jit(training.eval_step)
 
 
 def run(state, batches):
@@ -143,9 +144,9 @@ def test_resume_from_orbax_is_bit_identical(state0, tmp_path):
     straight, _ = run(state0, batches)
 
     first, _ = run(state0, batches[:2])
-    assert train.save_checkpoint(tmp_path, first, {"note": "half way"}) == 2
-    assert train.latest_step(tmp_path) == 2
-    restored, meta = train.restore_checkpoint(tmp_path, state0)  # a fresh state is the template
+    assert training.save_checkpoint(tmp_path, first, {"note": "half way"}) == 2
+    assert training.latest_step(tmp_path) == 2
+    restored, meta = training.restore_checkpoint(tmp_path, state0)  # a fresh state is the template
     assert meta == {"note": "half way"} and int(restored.step) == 2
     resumed, _ = run(restored, batches[2:])
 
@@ -154,16 +155,16 @@ def test_resume_from_orbax_is_bit_identical(state0, tmp_path):
         a, b = jax.tree.leaves(getattr(straight, name)), jax.tree.leaves(getattr(resumed, name))
         assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b)), name
     with pytest.raises(FileNotFoundError):
-        train.restore_checkpoint(tmp_path / "empty", state0)
+        training.restore_checkpoint(tmp_path / "empty", state0)
 
 
 def test_checkpoint_metadata_and_a_mismatched_state(state0, params, tmp_path):
-    train.save_checkpoint(tmp_path, state0, {"config": TINY.to_dict()})
-    assert train.checkpoint_metadata(tmp_path) == {"config": TINY.to_dict()}  # readable before restoring
-    other = train.create_train_state(DPT(TINY), params, optax.adamw(1e-3, weight_decay=1e-4), freeze=("encoder",))
+    training.save_checkpoint(tmp_path, state0, {"config": TINY.to_dict()})
+    assert training.checkpoint_metadata(tmp_path) == {"config": TINY.to_dict()}  # readable before restoring
+    other = training.create_train_state(DPT(TINY), params, optax.adamw(1e-3, weight_decay=1e-4), freeze=("encoder",))
     with pytest.raises(ValueError, match="does not fit this train state"):
-        train.restore_checkpoint(tmp_path, other)
-    assert train.latest_step(tmp_path / "missing") is None
+        training.restore_checkpoint(tmp_path, other)
+    assert training.latest_step(tmp_path / "missing") is None
 
 
 def test_eval_step_reports_the_train_loss_and_bounded_metrics(state0):

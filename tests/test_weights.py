@@ -12,7 +12,8 @@ import pytest
 from flax import serialization, traverse_util
 
 from beit_flax import FORMAT_VERSION, DPTConfig, load, save
-from beit_flax.weights import atomic_write_bytes, param_shapes
+from beit_flax.files import atomic_write_bytes
+from beit_flax.params import param_shapes
 from tiny_config import TINY
 
 
@@ -42,9 +43,23 @@ def test_round_trip_is_exact(saved):
         assert flat_loaded[key].dtype == np.float32
 
 
-def test_dtype_override(saved):
+def test_dtype_is_chosen_when_loading(saved):
     model, _ = load(saved[0], dtype="bfloat16")
-    assert model.config.dtype == "bfloat16"
+    assert model.dtype == "bfloat16" and load(saved[0])[0].dtype == "float32"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load(saved[0], dtype="int8")
+
+
+def test_version_1_files_with_a_stored_dtype_still_load(saved, tmp_path):
+    """Before the compute dtype became a module attribute, files were format version 1 and stored it; they load
+    (the stored dtype is ignored), and what `save` writes now stores none."""
+    path, params = saved
+    _rewrite(path, lambda p: (p.update(format_version=1), p["config"].update(dtype="bfloat16")))
+    model, _ = load(path)
+    assert model.config == TINY and model.dtype == "float32"
+    save(tmp_path / "new.msgpack", TINY, params)
+    payload = serialization.msgpack_restore((tmp_path / "new.msgpack").read_bytes())
+    assert payload["format_version"] == FORMAT_VERSION == 2 and "dtype" not in payload["config"]
 
 
 def test_save_refuses_params_that_do_not_fit(tmp_path):
@@ -71,7 +86,7 @@ def _rewrite(path, mutate):
         (lambda p: p.pop("format"), "not a beit-flax weights file"),
         (lambda p: p["config"].update(width=64), "parameters do not match the config"),
         (lambda p: p["config"].pop("depth"), "bad config"),
-        (lambda p: p["config"].update(dtype="int4"), "bad config"),
+        (lambda p: p["config"].update(width="wide"), "bad config"),
         (lambda p: p["params"]["head"].pop("conv1"), "missing head/conv1/bias"),
         (lambda p: p["params"]["head"]["conv1"].update(bias=np.zeros(3, np.float32)), "head/conv1/bias has shape (3,)"),
         (lambda p: p["params"]["head"]["conv1"].update(bias=np.zeros(8, np.int32)), "head/conv1/bias has dtype int32"),

@@ -5,13 +5,13 @@ Nothing here downloads anything: models are built from configs and filled with s
 Contents
 --------
 * ``PRESETS`` / ``TINY``: specs (plain dicts, stated here independently of ``beit_flax.PRESETS``) for
-  ``convert.synthetic.hf_config(spec)``, a transformers ``DPTConfig`` with a BEiT backbone that reproduces the
+  ``beit_flax.demo.torch_model.hf_config(spec)``, a transformers ``DPTConfig`` with a BEiT backbone that reproduces the
   MiDaS v3.1 BEiT-DPT architecture::
 
       {"width": C, "depth": L, "num_heads": nH, "train_grid": (gh, gw), "hooks": (b1, b2, b3, b4),   # 0-based blocks
        "reassemble_channels": (D1, D2, D3, D4), "fusion_channels": F, "head_channels": 32, "layer_norm_eps": 1e-6}
 
-* re-exported from ``convert.synthetic``: ``build_reference(spec, seed)``, a ``DPTForDepthEstimation`` (eval, fp32, eager attention) with *every* parameter
+* re-exported from ``beit_flax.demo.torch_model``: ``build_reference(spec, seed)``, a ``DPTForDepthEstimation`` (eval, fp32, eager attention) with *every* parameter
   perturbed so that the final ReLU output is far from zero (``assert_nondegenerate`` checks that).
 * State-dict layouts: ``state_dict_v5`` (this venv's transformers names), ``to_v4_names`` / ``to_v5_names`` (the
   transformers 4 names used by the ``Intel/dpt-beit-*`` hub files, and back) and ``to_midas_layout`` (the MiDaS
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convert.synthetic import (  # the transformers reference model lives in the package (the demo uses it too)
+from beit_flax.demo.torch_model import (  # the transformers reference model lives in the package (the demo uses it too)
     PATCH,
     REASSEMBLE_FACTORS,
     _check_spec,

@@ -14,7 +14,7 @@ from PIL import Image
 
 import beit_flax
 from beit_flax.cli import main
-from beit_flax.inference import Batcher, jitted_apply
+from beit_flax.pipeline import Batcher, jitted_apply
 from sharding_helpers import picture, tiny_weights
 
 DEVICES = 8

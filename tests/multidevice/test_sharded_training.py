@@ -5,7 +5,7 @@ step keeps it, and a batch that does not split over the devices is refused.
 The optimizer is SGD with momentum: its update is linear in the gradient, so a param difference measures the
 gradient difference, which is what the sharding changes (the reduction order). Adam's first updates are about
 lr * sign(g), which turns rounding noise in near-zero gradient elements into lr-sized differences. The head's last
-bias is frozen: the loss is blind to it (see `train.init_params`), so its gradient is rounding noise.
+bias is frozen: the loss is blind to it (see `training.init_params`), so its gradient is rounding noise.
 
 Compiles four train / eval programs of the tiny model (one device, 8 devices x data parallel, x FSDP): about a
 minute on two cores."""
@@ -19,7 +19,8 @@ import pytest
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 
-from beit_flax import DPT, train
+from beit_flax import DPT, training
+from beit_flax.params import init_params
 from beit_flax.sharding import fsdp_spec, place, shard_batch, state_shardings, train_mesh
 from finetune_helpers import FAST_COMPILE, TINY, fast_jit, tiny_batch
 
@@ -42,8 +43,8 @@ def flat(tree) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def state0():
-    params = train.init_params(TINY, seed=0)
-    return train.create_train_state(DPT(TINY), params, optax.sgd(0.1, momentum=0.9), freeze=FREEZE)
+    params = init_params(TINY, seed=0)
+    return training.create_train_state(DPT(TINY), params, optax.sgd(0.1, momentum=0.9), freeze=FREEZE)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def batches():
 @pytest.fixture(scope="module")
 def reference(state0, batches):
     """Two steps on one device (the whole batch): [state after 1, after 2], [metrics of step 1, of step 2]."""
-    step = fast_jit(train.train_step)
+    step = fast_jit(training.train_step)
     states, metrics = [], []
     state = state0
     for batch in batches:
@@ -79,7 +80,7 @@ def test_sharded_step_equals_one_device(state0, batches, reference, fsdp):
     mesh = train_mesh()
     assert mesh.size == DEVICES and mesh.axis_names == ("batch",)
     shardings = state_shardings(state0, mesh, fsdp=fsdp, min_size=MIN_SIZE)
-    step, evaluate = train.sharded_steps(shardings, mesh, compiler_options=FAST_COMPILE)
+    step, evaluate = training.sharded_steps(shardings, mesh, compiler_options=FAST_COMPILE)
     state = place(state0, shardings)
     metrics = []
     for batch in batches:
@@ -106,13 +107,13 @@ def test_sharded_step_equals_one_device(state0, batches, reference, fsdp):
 
     if fsdp:  # the harder layout: eval_step too (forward only, cheap to compile)
         ours = jax.device_get(evaluate(state, shard_batch(batches[0], mesh)))
-        theirs = jax.device_get(fast_jit(train.eval_step)(ref2, batches[0]))
+        theirs = jax.device_get(fast_jit(training.eval_step)(ref2, batches[0]))
         assert max(abs(float(ours[k]) / float(theirs[k]) - 1) for k in theirs) <= METRIC_TOLERANCE
 
 
 def test_fsdp_splits_large_params_and_adam_moments():
     mesh = train_mesh()
-    state = train.create_train_state(DPT(TINY), train.init_params(TINY), optax.adam(1e-3), freeze=FREEZE)
+    state = training.create_train_state(DPT(TINY), init_params(TINY), optax.adam(1e-3), freeze=FREEZE)
     placed = place(state, state_shardings(state, mesh, fsdp=True, min_size=MIN_SIZE))
     params = traverse_util.flatten_dict(placed.params, sep="/")
     split = 0

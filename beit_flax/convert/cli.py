@@ -36,7 +36,7 @@ def convert(checkpoint: str, output: str) -> str:
     import jax
 
     from beit_flax.weights import save
-    from convert import ConversionError, open_checkpoint, torch_to_flax
+    from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
 
     start = time.perf_counter()
     try:
@@ -111,15 +111,16 @@ def export(weights: str, output: str, layout: str) -> str:
     import torch
     from safetensors.torch import save as safetensors_bytes
 
-    from beit_flax.weights import atomic_write, atomic_write_bytes, load
-    from convert.flax_to_torch import flax_to_torch
+    from beit_flax.files import atomic_write, atomic_write_bytes
+    from beit_flax.weights import load
+    from beit_flax.convert.flax_to_torch import flax_to_torch
 
     start = time.perf_counter()
     model, params = load(weights)
     state = {name: torch.from_numpy(array) for name, array in flax_to_torch(params, model.config, layout).items()}
     out = Path(output)
     if out.suffix == "" and layout != "midas":  # a transformers folder
-        from convert.synthetic import hf_config
+        from beit_flax.demo.torch_model import hf_config
 
         out.mkdir(exist_ok=True)
         atomic_write_bytes(out / "config.json", hf_config(model.config).to_json_string().encode())

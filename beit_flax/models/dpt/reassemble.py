@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from beit_flax.config import DPTConfig
+from beit_flax.models.dpt.config import DPTConfig
 
 # Upsampling factor of each stage relative to the patch grid (DPT: 1/4, 1/8, 1/16, 1/32 of the image).
 STAGE_SCALES = (4, 2, 1, 0.5)
@@ -26,11 +26,12 @@ class Reassemble(nn.Module):
 
     config: DPTConfig
     stage: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray, grid_hw: tuple[int, int]) -> jnp.ndarray:
         cfg = self.config
-        dtype = cfg.compute_dtype
+        dtype = self.dtype
         channels = cfg.reassemble_channels[self.stage - 1]
         b, _, c = tokens_bnc.shape
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from beit_flax.config import DPTConfig
-from beit_flax.resize import resize_bilinear
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.resize import resize_bilinear
 
 
 class ResidualConvUnit(nn.Module):
@@ -40,13 +40,14 @@ class FeatureFusionBlock(nn.Module):
 
     config: DPTConfig
     stage: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(
         self, path_bhwc: jnp.ndarray, skip_bhwc: jnp.ndarray | None, size_hw: tuple[int, int]
     ) -> jnp.ndarray:
         cfg = self.config
-        channels, dtype = cfg.fusion_channels, cfg.compute_dtype
+        channels, dtype = cfg.fusion_channels, self.dtype
         if skip_bhwc is not None:
             path_bhwc = path_bhwc + ResidualConvUnit(channels, dtype, name="rcu1")(skip_bhwc)
         path_bhwc = ResidualConvUnit(channels, dtype, name="rcu2")(path_bhwc)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.config import DPTConfig
-from beit_flax.relative_position import relative_position_index
-from convert.params import LAYOUTS, Rule
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.relative_position import relative_position_index
+from beit_flax.convert.keys import LAYOUTS, Rule
 
-# flax leaf -> (torch leaf, flax -> torch transform), per kind: the inverse of `convert.params.LEAVES`.
+# flax leaf -> (torch leaf, flax -> torch transform), per kind: the inverse of `beit_flax.convert.keys.LEAVES`.
 _INVERSE: dict[str, dict[str, tuple[str, Any]]] = {
     "dense": {"kernel": ("weight", lambda k: k.T), "bias": ("bias", lambda b: b)},
     "conv": {"kernel": ("weight", lambda k: k.transpose(3, 2, 0, 1)), "bias": ("bias", lambda b: b)},

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BeitConfig, DPTConfig, DPTForDepthEstimation
 
-from beit_flax.config import DPTConfig as FlaxConfig
+from beit_flax.models.dpt.config import DPTConfig as FlaxConfig
 
 PATCH = 16
 """Patch size of every released model."""

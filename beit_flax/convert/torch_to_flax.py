@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.config import PRESETS, DPTConfig, default_hooks
-from convert.checkpoint import Checkpoint, ConversionError
-from convert.params import DROPPED, LAYOUTS, find_rule
+from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
+from beit_flax.convert.checkpoint import Checkpoint, ConversionError
+from beit_flax.convert.keys import DROPPED, LAYOUTS, find_rule
 
 # A name that only one layout has, used to tell them apart.
 _LAYOUT_MARKERS = {
@@ -141,7 +141,7 @@ def torch_to_flax(checkpoint: Checkpoint) -> Converted:
     if unknown:
         raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
 
-    from beit_flax.weights import param_shapes
+    from beit_flax.params import param_shapes
 
     missing = sorted(param_shapes(config).keys() - flat.keys())
     if missing:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from beit_flax.resize import resize_bilinear_dense
+from beit_flax.models.dpt.resize import resize_bilinear_dense
 
 
 def table_rows(grid_hw: tuple[int, int]) -> int:

@@ -13,19 +13,20 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from beit_flax.config import DPTConfig
-from beit_flax.resize import resize_bilinear
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.resize import resize_bilinear
 
 
 class DepthHead(nn.Module):
     """(B, H/2, W/2, F) -> (B, H, W) float32."""
 
     config: DPTConfig
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, features_bhwc: jnp.ndarray) -> jnp.ndarray:
         cfg = self.config
-        conv = lambda features, kernel, name, dtype=cfg.compute_dtype: nn.Conv(
+        conv = lambda features, kernel, name, dtype=self.dtype: nn.Conv(
             features, (kernel, kernel), padding=((kernel // 2,) * 2,) * 2, dtype=dtype, name=name
         )
         x = conv(cfg.fusion_channels // 2, 3, "conv1")(features_bhwc)

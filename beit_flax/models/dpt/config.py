@@ -1,7 +1,8 @@
-"""The one configuration of a BEiT-DPT model, and the three released presets.
+"""The one configuration of a BEiT-DPT model (its architecture), and the three released presets.
 
-Field names follow the DPT paper (Ranftl et al. 2021, figure 1) and MiDaS v3.1; the table of released models is in
-`shared/reference/midas-v31-beit.md`.
+Field names follow the DPT paper (Ranftl et al. 2021, figure 1) and MiDaS v3.1 (`midas/dpt_depth.py`,
+`midas/backbones/beit.py`; the released models' table is in the MiDaS v3.1 README). How the model runs (compute
+dtype, remat, scan, attention) is not configuration: those are attributes of the `DPT` module.
 """
 
 from __future__ import annotations
@@ -9,11 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-
-from beit_flax.relative_position import table_rows
-
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+from beit_flax.models.dpt.relative_position import table_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +29,7 @@ class DPTConfig:
       fusion_channels: channels of the fusion stage (256 in every released model).
       head_channels: channels of the head's last hidden conv (32 in every released model).
       layer_norm_eps: LayerNorm epsilon (1e-6 in MiDaS/timm; transformers' BEiT default is 1e-12).
-      net_size: the side the model was trained at; preprocessing resizes towards it (issue 3).
-      dtype: compute dtype, one of COMPUTE_DTYPES. Parameters are always stored in float32.
+      net_size: the side the model was trained at; preprocessing resizes towards it.
     """
 
     width: int = 1024
@@ -47,7 +43,6 @@ class DPTConfig:
     head_channels: int = 32
     layer_norm_eps: float = 1e-6
     net_size: int = 512
-    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         # Lists arrive from JSON / msgpack; keep the dataclass hashable (flax modules hash their fields).
@@ -71,14 +66,8 @@ class DPTConfig:
             _positive_int(self.depth) and all(0 <= h < self.depth for h in self.hooks)
         ):
             problems.append(f"hooks {self.hooks} must be increasing block indices in [0, depth={self.depth})")
-        if self.dtype not in COMPUTE_DTYPES:
-            problems.append(f"dtype {self.dtype!r} is not one of {COMPUTE_DTYPES}")
         if problems:
             raise ValueError("invalid DPTConfig: " + "; ".join(problems))
-
-    @property
-    def compute_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
 
     @property
     def table_rows(self) -> int:
@@ -91,7 +80,11 @@ class DPTConfig:
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "DPTConfig":
-        """Inverse of `to_dict`; every field must be present (a partial config would silently mean another model)."""
+        """Inverse of `to_dict`; every field must be present (a partial config would silently mean another model).
+
+        Files written before the compute dtype became a module attribute also store "dtype"; it is ignored.
+        """
+        fields = {k: v for k, v in fields.items() if k not in LEGACY_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown, missing = sorted(set(fields) - known), sorted(known - set(fields))
         if unknown or missing:
@@ -100,6 +93,10 @@ class DPTConfig:
 
     def replace(self, **changes: Any) -> "DPTConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Fields that older weights files store but that are no longer architecture (read and ignored).
+LEGACY_FIELDS = frozenset({"dtype"})
 
 
 def _positive_int(value: Any) -> bool:

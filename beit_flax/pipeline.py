@@ -26,8 +26,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from beit_flax.config import DPTConfig
-from beit_flax.dpt import DPT
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.dpt import DPT
 from beit_flax.sharding import batch_sharded, local_mesh, pad_batch, replicated, round_up
 from beit_flax.transforms import postprocess, preprocess
 
@@ -45,7 +45,7 @@ def default_batch_size(devices: int = 1) -> int:
     return (1 if jax.default_backend() == "cpu" else 8) * devices
 
 
-def jitted_apply(config: DPTConfig, devices: int | Sequence[jax.Device] | Mesh | None = None
+def jitted_apply(model: DPT, devices: int | Sequence[jax.Device] | Mesh | None = None
                  ) -> Callable[[Any, jax.Array], jax.Array]:
     """`(params, images (B, H', W', 3) float32) -> (B, H', W') float32` on a mesh of local devices (default: all),
     params replicated, batch and result sharded along B (B a multiple of the device count). Jitted once per
@@ -53,13 +53,11 @@ def jitted_apply(config: DPTConfig, devices: int | Sequence[jax.Device] | Mesh |
 
     params are an argument, not a closure constant, so one compiled program serves every weights file of a config.
     """
-    return _jitted_apply(config, devices if isinstance(devices, Mesh) else local_mesh(devices))
+    return _jitted_apply(model, devices if isinstance(devices, Mesh) else local_mesh(devices))
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_apply(config: DPTConfig, mesh: Mesh) -> Callable[[Any, jax.Array], jax.Array]:
-    model = DPT(config)
-
+def _jitted_apply(model: DPT, mesh: Mesh) -> Callable[[Any, jax.Array], jax.Array]:
     def beit_depth(params: Any, images: jax.Array) -> jax.Array:  # the name shows in the persistent cache's keys
         return model.apply({"params": params}, images)
 
@@ -137,7 +135,7 @@ class Batcher:
         self.mesh = local_mesh(devices)
         self.device_count = self.mesh.size
         self.batch_size = check_batch_size(batch_size, self.device_count)
-        self.apply = _jitted_apply(config, self.mesh)
+        self.apply = _jitted_apply(model, self.mesh)
         self.batch_sharding = batch_sharded(self.mesh)
         # once: numpy params would be copied to every device on every call
         self.params = jax.device_put(params, replicated(self.mesh))

@@ -24,7 +24,7 @@ DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "scene.jpg"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from beit_flax.config import PRESETS
+    from beit_flax.models.dpt.config import PRESETS
 
     parser = argparse.ArgumentParser(prog="beit-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", choices=sorted(PRESETS), default="dpt_beit_base_384")
@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     import beit_flax
     from beit_flax.images import colorize, encode_png, read_image
     from beit_flax.transforms import postprocess, preprocess
-    from beit_flax.weights import atomic_write_bytes
-    from convert.cli import main as convert_weights
-    from convert.synthetic import build_reference
+    from beit_flax.files import atomic_write_bytes
+    from beit_flax.convert.cli import main as convert_weights
+    from beit_flax.demo.torch_model import build_reference
 
     args.out.mkdir(parents=True, exist_ok=True)
     config = PRESETS[args.variant]

@@ -1,0 +1,35 @@
+"""Compute precision, an execution choice shared by every model: the dtype list and the matmul precision policy.
+
+Parameters are always stored in float32 and cast per op; the compute dtype is a module attribute (`DPT(config,
+dtype="bfloat16")`), not part of the architecture, so one weights file serves every precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype: str | jnp.dtype) -> jnp.dtype:
+    """`dtype` (a name in COMPUTE_DTYPES, or that numpy / jnp dtype) as a jnp dtype; ValueError for anything else."""
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+    return resolved
+
+
+def matmul_precision(dtype: jnp.dtype) -> contextlib.AbstractContextManager:
+    """The matmul precision a model is traced under: full float32 ("highest") for float32 compute, so GPUs and
+    TPUs match the original to 1e-5 instead of rounding matmul inputs to TF32 / bf16 passes; the backend's default
+    for 16-bit compute. Setting jax's own `jax_default_matmul_precision` (e.g. to "tensorfloat32", or the env var
+    JAX_DEFAULT_MATMUL_PRECISION) overrides this. No effect on CPU, which computes float32 matmuls in float32."""
+    if dtype != jnp.float32 or jax.config.jax_default_matmul_precision is not None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision("highest")
