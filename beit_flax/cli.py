@@ -20,10 +20,9 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
@@ -31,13 +30,12 @@ from beit_flax.models.precision import COMPUTE_DTYPES
 from beit_flax.images import (
     COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, colorize, encode_npy, encode_png, read_image, to_png16,
 )
-from beit_flax.pipeline import Batcher, enable_compilation_cache, prefetch
+from beit_flax.compile_cache import enable_compilation_cache
+from beit_flax.pipeline import Batcher, ordered_map
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
-from beit_flax.transforms import postprocess, preprocess
+from beit_flax.transforms import check_net_size, postprocess, preprocess, size_text
 from beit_flax.files import atomic_write_bytes
 from beit_flax.weights import load
-
-R = TypeVar("R")
 
 PROG = "beit-depth"
 EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
@@ -55,10 +53,10 @@ def positive_int(text: str) -> int:
 
 
 def net_size_arg(text: str) -> int:
-    value = positive_int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"net size must be at least 32, got {value}")
-    return value
+    try:
+        return check_net_size(positive_int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,6 +229,7 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 class Job:
     source: Path
     stem: str  # output files: out/<stem>.npy, out/<stem>.png
+    size_hw: tuple[int, int] | None = None  # the decoded image's own size (set by decoding)
 
 
 def start_distributed(flag: bool) -> tuple[int, int] | None:
@@ -247,18 +246,6 @@ def start_distributed(flag: bool) -> tuple[int, int] | None:
         print(f"{PROG}: error: cannot start distributed JAX: {err}{hint}", file=sys.stderr)
         return None
     return jax.process_index(), jax.process_count()
-
-
-def in_order(pool: ThreadPoolExecutor, fn: Callable[..., R], items: Iterable[tuple], limit: int) -> Iterator[R]:
-    """`fn(*item)` for every item on `pool`, results yielded in input order as soon as each is done; at most `limit`
-    wait at once (results hold whole images, so the backlog stays bounded)."""
-    pending: collections.deque[Future[R]] = collections.deque()
-    for item in items:
-        pending.append(pool.submit(fn, *item))
-        while pending and (pending[0].done() or len(pending) > limit):
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -291,19 +278,19 @@ def run_predict(args: argparse.Namespace) -> int:
     batcher, net = loaded
     # stems from the whole list, so that processes never write the same name; then this process's share
     jobs = process_slice([Job(path, stem) for path, stem in zip(paths, output_stems(paths))], index, count)
-    sizes: dict[Job, tuple[int, int]] = {}
 
     def decode(job: Job) -> tuple[Job, np.ndarray | None, str | None]:
+        """-> (the job with its image's size, network input or None, error or None)."""
         try:
             image = read_image(job.source, args.max_pixels)
-            sizes[job] = image.shape[:2]
-            return job, preprocess(image, net, square=args.square), None
+            return dataclasses.replace(job, size_hw=image.shape[:2]), preprocess(image, net, square=args.square), None
         except (ImageError, MemoryError) as err:
             return job, None, str(err) if isinstance(err, ImageError) else f"{job.source}: out of memory"
 
-    def write(job: Job, depth: np.ndarray) -> str | None:
+    def write(result: tuple[Job, np.ndarray]) -> str | None:
+        job, depth = result
         try:
-            full = postprocess(depth, sizes.pop(job))
+            full = postprocess(depth, job.size_hw)
             atomic_write_bytes(args.out / f"{job.stem}.npy", encode_npy(full))
             if not args.no_png:
                 picture = to_png16(full) if args.grayscale16 else colorize(full, args.colormap)
@@ -316,8 +303,8 @@ def run_predict(args: argparse.Namespace) -> int:
     bar = progress(len(jobs), "img", args.quiet)
     start = time.perf_counter()
 
-    def decoded() -> Iterator[tuple[Job, np.ndarray]]:
-        for job, net_input, error in prefetch(decode, jobs, args.workers, depth=2 * args.workers + batcher.batch_size):
+    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[Job, np.ndarray]]:
+        for job, net_input, error in ordered_map(decode, jobs, pool, limit=2 * args.workers + batcher.batch_size):
             if error is None:
                 yield job, net_input
             else:
@@ -336,13 +323,14 @@ def run_predict(args: argparse.Namespace) -> int:
 
     def device_failed(failed: list[Job], err: Exception) -> None:  # e.g. out of device memory for a panorama
         for job in failed:
-            sizes.pop(job, None)
             failures.append(f"{job.source}: inference failed ({type(err).__name__}: {str(err)[:300]})")
             report(f"error: {failures[-1]}")
             bar.update()
 
-    with bar, ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="beit-write") as writer:
-        for error in in_order(writer, write, batcher.run(decoded(), on_error=device_failed), 2 * args.workers):
+    with (bar, ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
+          ThreadPoolExecutor(args.workers, "beit-write") as writer):
+        results = batcher.run(decoded(decoder), on_error=device_failed)
+        for error in ordered_map(write, results, writer, limit=2 * args.workers):
             finish(error)
     elapsed = time.perf_counter() - start
     who = f"process {index} of {count}: " if count > 1 else ""
@@ -397,22 +385,20 @@ def run_video(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: cannot create {args.out.parent}: {err}", file=sys.stderr)
         return EXIT_USAGE
     temp = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")  # ffmpeg picks the container by suffix
-    frames: dict[int, np.ndarray] = {}
 
-    def read() -> Iterator[tuple[int, np.ndarray]]:
+    def read() -> Iterator[np.ndarray]:
         for index, frame in enumerate(reader):
             if args.max_frames and index >= args.max_frames:
                 break
-            yield index, frame
+            yield frame
 
-    def prepare(item: tuple[int, np.ndarray]) -> tuple[int, np.ndarray]:
-        index, frame = item
+    def prepare(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """-> (the frame, as the metadata that travels with it; its network input)."""
         frame = np.asarray(frame)[:, :, :3]
-        frames[index] = frame
-        return index, preprocess(frame, net, square=args.square)
+        return frame, preprocess(frame, net, square=args.square)
 
-    def render(index: int, depth: np.ndarray) -> np.ndarray:
-        frame = frames.pop(index)
+    def render(result: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        frame, depth = result
         picture = colorize(postprocess(depth, frame.shape[:2]), args.colormap)
         return even(np.concatenate([frame, picture], axis=1) if args.side_by_side else picture)
 
@@ -422,9 +408,10 @@ def run_video(args: argparse.Namespace) -> int:
         writer = imageio.get_writer(temp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
                                     macro_block_size=1, ffmpeg_log_level="error")
         # one render thread keeps the frames in order; the batcher yields one shape's results in input order
-        with progress(total, "frame", args.quiet) as bar, ThreadPoolExecutor(1, "beit-render") as pool:
-            results = batcher.run(prefetch(prepare, read(), args.workers, 2 * args.workers + 8))
-            for picture in in_order(pool, render, results, 4):
+        with (progress(total, "frame", args.quiet) as bar, ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
+              ThreadPoolExecutor(1, "beit-render") as renderer):
+            results = batcher.run(ordered_map(prepare, read(), decoder, limit=2 * args.workers + 8))
+            for picture in ordered_map(render, results, renderer, limit=4):
                 writer.append_data(picture)
                 count += 1
                 bar.update()
@@ -445,7 +432,7 @@ def run_video(args: argparse.Namespace) -> int:
                 pass
         temp.unlink(missing_ok=True)
     elapsed = time.perf_counter() - start
-    shapes = ", ".join(f"{h}x{w}" for _, h, w, _ in sorted(batcher.shapes))
+    shapes = ", ".join(size_text(h, w) for _, h, w, _ in sorted(batcher.shapes))
     print(f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
           f"{shapes}, {describe(batcher)}; wrote {args.out}")
     return 0

@@ -16,6 +16,19 @@ import functools
 import numpy as np
 
 MULTIPLE = 32  # MiDaS `ensure_multiple_of` for these models
+MIN_NET_SIZE = MULTIPLE  # the smallest net size: one multiple on each side
+
+
+def check_net_size(net_size: int) -> int:
+    """A net size to resize towards (`predict(net_size=)`, `--size`): an int of at least MIN_NET_SIZE."""
+    if isinstance(net_size, bool) or not isinstance(net_size, (int, np.integer)) or net_size < MIN_NET_SIZE:
+        raise ValueError(f"net size must be an int >= {MIN_NET_SIZE}, got {net_size!r}")
+    return int(net_size)
+
+
+def size_text(height: int, width: int) -> str:
+    """How every message states an image or network size: width x height, as image tools do ("640x480")."""
+    return f"{width}x{height}"
 
 
 def target_size(height: int, width: int, net_size: int, *, square: bool = False) -> tuple[int, int]:
