@@ -9,7 +9,7 @@ Prints one JSON line per measurement (see benchmarks/README.md for the fields), 
 carry `vs_best_torch` when printed (and, on a GPU, torch's cached memory is emptied before JAX allocates).
 `--interleave` instead times the implementations of a group round-robin, for machines whose load changes.
 
-Parameters are random (Flax: numpy random of `param_shapes`; torch: the model's own transformers init) and images are
+Parameters are random (Flax: `beit_flax.params.init_params` with every leaf spread; torch: the model's own transformers init) and images are
 random normal: the numbers are for speed only (`--accuracy` adds how far 16-bit rows are from float32 on the same
 random weights). Nothing is downloaded.
 """
@@ -20,7 +20,6 @@ import argparse
 import copy
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -37,10 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
+from beit_flax.models.dpt.attention import ATTENTION_IMPLS  # noqa: E402
+from beit_flax.models.precision import COMPUTE_DTYPES  # noqa: E402
+
 GFLOP_PER_IMAGE = {"dpt_beit_large_512": 963.0, "dpt_beit_large_384": 516.0, "dpt_beit_base_384": 224.0}
-"""torch flop counter, one image at the variant's net size (shared/reference/midas-v31-beit.md)."""
+"""torch's flop counter on transformers' DPTForDepthEstimation, one image at the variant's net size."""
 VARIANTS = tuple(GFLOP_PER_IMAGE)  # the released presets (beit_flax.PRESETS), each with its FLOP anchor
-DTYPES = ("float32", "bfloat16", "float16")
 IMPLS = ("flax", "torch-eager", "torch-autocast", "torch-compile")
 
 
@@ -227,36 +228,12 @@ class TorchBench:
 # ------------------------------------------------------------------------------------------------------------- flax
 
 
-def random_flax_params(config, seed: int = 0) -> dict:
-    """Random float32 params with the model's exact tree (numpy, so nothing has to be traced or compiled):
-    kernels N(0, 1/fan_in), biases 0, LayerNorm scales 1, layer scales 0.1, tables and cls token N(0, 0.02^2)."""
-    from flax import traverse_util
-
-    from beit_flax.params import param_shapes
-
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, shape in param_shapes(config).items():
-        leaf = path.rsplit("/", 1)[-1]
-        if leaf == "kernel":
-            fan_in = max(1, math.prod(shape[:-1]))
-            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(fan_in**-0.5)
-        elif leaf == "bias":
-            value = np.zeros(shape, np.float32)
-        elif leaf == "scale":
-            value = np.ones(shape, np.float32)
-        elif leaf.startswith("gamma"):
-            value = np.full(shape, 0.1, np.float32)
-        else:  # relative position tables, cls token
-            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
-        flat[path] = value
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
 class FlaxBench:
     def __init__(self, config, device: str, matmul_precision: str | None, scan: bool = False,
                  attention: str = "auto", accuracy: bool = False):
         import jax
+
+        from beit_flax.params import init_params
 
         if matmul_precision:
             jax.config.update("jax_default_matmul_precision", matmul_precision)
@@ -264,7 +241,8 @@ class FlaxBench:
         self.config = config
         backend = "gpu" if device == "gpu" else "cpu"
         self.device = jax.devices(backend)[0]
-        self.params = jax.device_put(random_flax_params(config), self.device)
+        # every leaf random (spread), so the accuracy rows exercise the tables, norms and biases too
+        self.params = jax.device_put(init_params(config, spread=0.02), self.device)
         self.device_kind = self.device.device_kind
         self.device_name = f"cpu: {cpu_name()} ({n_cores()} cores)" if backend == "cpu" else self.device_kind
         self.scan, self.attention, self.accuracy = scan, attention, accuracy
@@ -373,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=parse_size, nargs="+", default=None,
                     help="N or HxW, one or more (default: the variant's net size)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
-    ap.add_argument("--dtype", choices=DTYPES, nargs="+", default=["float32"])
+    ap.add_argument("--dtype", choices=COMPUTE_DTYPES, nargs="+", default=["float32"])
     ap.add_argument("--impl", choices=IMPLS, nargs="+", default=None,
                     help="default: flax + torch-eager (fp32) / torch-autocast (bf16, fp16); on GPU also torch-compile "
                          "and pure-dtype torch-eager")
@@ -390,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="jax_default_matmul_precision for the Flax rows (default: the model's policy, full float32 "
                          "for float32 compute; e.g. tensorfloat32 to allow TF32 on GPU)")
     ap.add_argument("--scan", action="store_true", help="Flax: the encoder as nn.scan loops (DPT(scan=True))")
-    ap.add_argument("--attention", choices=("auto", "xla", "cudnn"), default="auto",
+    ap.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
                     help="Flax: the attention implementation (DPT(attention=...))")
     ap.add_argument("--accuracy", action="store_true",
                     help="Flax rows in 16-bit dtypes also report their difference to the float32 model (one more "

@@ -4,7 +4,7 @@
   Conv2d (out, in, kh, kw) and ConvTranspose2d (in, out, kh, kw) -> `w.transpose(2, 3, 1, 0)`;
   Linear (out, in) -> `w.T`.
 * Direct torch versions of the two relative-position rules (timm's `gen_relative_position_index` and MiDaS v3.1's
-  `_get_rel_pos_bias`), written from `shared/reference/midas-v31-beit.md`.
+  `_get_rel_pos_bias` in `midas/backbones/beit.py`), written from the original code.
 * `rel_err` / `assert_close`: max|ours - torch| / max|torch|, printed so `pytest -s` shows the observed figures.
 """
 

@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from flax import traverse_util
 
 from beit_flax import save
-from beit_flax.params import param_shapes
+from beit_flax.params import init_params
 from tiny_config import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,14 +17,8 @@ MULTIDEVICE_ENV = "BEIT_FLAX_MULTIDEVICE"  # set: tests/multidevice is collected
 
 
 def tiny_weights(path: Path, seed: int = 0) -> Path:
-    """Random params of the shapes TINY needs (LayerNorm scales near 1), saved with beit_flax.save."""
-    rng = np.random.default_rng(seed)
-    flat = {
-        name: (1.0 + 0.1 * rng.standard_normal(shape) if name.endswith("scale") else 0.1 * rng.standard_normal(shape))
-        for name, shape in sorted(param_shapes(TINY).items())
-    }
-    flat["head/conv3/bias"] = np.ones(1)  # the head ends in a ReLU: keep random depth maps above 0
-    save(path, TINY, traverse_util.unflatten_dict(flat, sep="/"))
+    """Random TINY params (every leaf spread, the head's last bias near 1), saved with beit_flax.save."""
+    save(path, TINY, init_params(TINY, seed, spread=0.1))
     return path
 
 

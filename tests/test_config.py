@@ -1,4 +1,4 @@
-"""`DPTConfig` and the three presets vs the table in `shared/reference/midas-v31-beit.md`.
+"""`DPTConfig` and the three presets vs the released models' table (MiDaS v3.1 README and `midas/dpt_depth.py`).
 
 Also: validation errors, dict/JSON round trips, and the parameter counts of `params.param_shapes` against the
 published totals (345.0M / 344.3M / 111.5M) minus the checkpoint weights the model never uses.
@@ -13,6 +13,7 @@ import pytest
 
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
 from beit_flax.params import param_shapes
+from tiny_config import TINY
 
 # name: (width, depth, heads, patch, train grid, hooks, reassemble channels, net size, table rows)
 TABLE = {
@@ -41,9 +42,7 @@ def unused_params(config: DPTConfig) -> int:
 
 
 def tiny(**changes) -> DPTConfig:
-    fields = dict(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3))
-    fields.update(changes)
-    return DPTConfig(**fields)
+    return TINY.replace(**changes)
 
 
 @pytest.mark.parametrize("name", sorted(TABLE))

@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 
 from beit_flax.models.dpt.dpt import DPT
+from beit_flax.params import init_params
 from tiny_config import TINY as CFG
 
 
 
 @pytest.fixture(scope="module")
 def params():
-    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-    shapes = jax.eval_shape(lambda x: DPT(CFG).init(jax.random.key(0), x), images)["params"]
-    rng = np.random.default_rng(1)
-    # small random values everywhere (init would leave the relative-position tables at zero); numpy, because an
-    # eager jax.random call per leaf compiles once per shape
-    return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), shapes)
+    # spread: every parameter random (the plain init leaves the relative-position tables at zero)
+    return init_params(CFG, seed=1, spread=0.2)
 
 
 @pytest.mark.parametrize(

@@ -11,23 +11,17 @@ import numpy as np
 import pytest
 from flax import serialization, traverse_util
 
-from beit_flax import FORMAT_VERSION, DPTConfig, load, save
+from beit_flax import FORMAT_VERSION, load, save
 from beit_flax.files import atomic_write_bytes
-from beit_flax.params import param_shapes
+from beit_flax.params import init_params
 from tiny_config import TINY
 
-
-
-def random_params(config: DPTConfig, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    flat = {path: rng.standard_normal(shape).astype(np.float32) for path, shape in param_shapes(config).items()}
-    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 @pytest.fixture()
 def saved(tmp_path):
     path = tmp_path / "tiny.msgpack"
-    params = random_params(TINY)
+    params = init_params(TINY, spread=1.0)
     save(path, TINY, params)
     return path, params
 
@@ -63,7 +57,7 @@ def test_version_1_files_with_a_stored_dtype_still_load(saved, tmp_path):
 
 
 def test_save_refuses_params_that_do_not_fit(tmp_path):
-    params = random_params(TINY)
+    params = init_params(TINY, spread=1.0)
     params["head"]["conv3"]["kernel"] = np.zeros((1, 1, 8, 2), np.float32)
     del params["fusion_1"]["out_conv"]["bias"]
     with pytest.raises(ValueError) as info:

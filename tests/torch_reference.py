@@ -4,7 +4,7 @@ Nothing here downloads anything: models are built from configs and filled with s
 
 Contents
 --------
-* ``PRESETS`` / ``TINY``: specs (plain dicts, stated here independently of ``beit_flax.PRESETS``) for
+* ``PRESETS``: specs (plain dicts, stated here independently of ``beit_flax.PRESETS``), and ``TINY`` for
   ``beit_flax.demo.torch_model.hf_config(spec)``, a transformers ``DPTConfig`` with a BEiT backbone that reproduces the
   MiDaS v3.1 BEiT-DPT architecture::
 
@@ -39,10 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tiny_config import TINY as TINY_CONFIG
+
 from beit_flax.demo.torch_model import (  # the transformers reference model lives in the package (the demo uses it too)
     PATCH,
     REASSEMBLE_FACTORS,
     _check_spec,
+    as_spec,
     assert_nondegenerate,
     build_model,
     build_reference,
@@ -120,18 +123,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """The three released MiDaS v3.1 BEiT models (see the table in ``midas-v31-beit.md``)."""
 
-TINY: dict[str, Any] = {
-    "width": 32,
-    "depth": 4,
-    "num_heads": 2,
-    "train_grid": (4, 4),
-    "hooks": (0, 1, 2, 3),
-    "reassemble_channels": (8, 16, 32, 32),
-    "fusion_channels": 16,
-    "head_channels": 8,
-    "layer_norm_eps": 1e-6,
-}
-"""A tiny model for fast tests. ``head_channels`` is 8 on purpose (transformers hard-codes 32, see ``build_model``)."""
+TINY: dict[str, Any] = as_spec(TINY_CONFIG)
+"""The fast tests' tiny model (`tiny_config.TINY`) as a spec. ``head_channels`` is 8 on purpose (transformers
+hard-codes 32, see ``build_model``)."""
 
 NUM_CLASSES = 1000
 """Rows of the unused ImageNet classifier ``pretrained.model.head`` in the MiDaS release files."""
