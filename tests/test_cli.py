@@ -125,15 +125,51 @@ def test_console_script_and_persistent_cache(weights, tmp_path):
 def test_video(weights, tmp_path, capsys):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
-    frames = [scene(48, 64, seed) for seed in range(5)]
+    frames = [scene(48, 96, seed) for seed in range(5)]  # network input 128 wide, 64 high
     imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1,
                      ffmpeg_log_level="error")
-    for extra, width in (([], 64), (["--side-by-side"], 128)):
+    for extra, width in (([], 96), (["--side-by-side"], 192)):
         out = tmp_path / f"out{width}.mp4"
         assert main(["video", str(tmp_path / "in.mp4"), "--weights", str(weights), "--out", str(out),
                      "--batch-size", BATCH, "-q", *extra]) == 0
         written = imageio.mimread(out, format="FFMPEG")
         assert len(written) == 5 and written[0].shape == (48, width, 3)
         assert not list(tmp_path.glob(".*partial*"))  # the temp file was renamed
-    assert "5 frames in" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert "5 frames in" in summary and "network input 128x64" in summary  # width x height, as everywhere
     assert main(["video", str(tmp_path / "missing.mp4"), "--weights", str(weights), "--out", str(out)]) == 1
+
+
+def _unconverted(kind: str, path: Path) -> Path:
+    """A checkpoint a user may pass to --weights before converting it."""
+    import torch
+    from safetensors.numpy import save_file
+
+    tensors = {"pretrained.model.cls_token": np.zeros((1, 1, 8), np.float32)}
+    if kind == "torch zip":
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path / "model.pt")
+        return path / "model.pt"
+    if kind == "torch legacy pickle":
+        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path / "model.pth",
+                   _use_new_zipfile_serialization=False)
+        return path / "model.pth"
+    if kind == "safetensors":
+        save_file(tensors, str(path / "model.safetensors"))
+        return path / "model.safetensors"
+    (path / "hub").mkdir()
+    save_file(tensors, str(path / "hub" / "model.safetensors"))
+    (path / "hub" / "config.json").write_text("{}")
+    return path / "hub"
+
+
+@pytest.mark.parametrize("kind", ["torch zip", "torch legacy pickle", "safetensors", "hub folder"])
+def test_unconverted_checkpoint_as_weights_names_the_fix(kind, tmp_path, capsys):
+    """Every kind of PyTorch checkpoint passed to --weights: exit 2, one line that says what the file is and the
+    convert_weights command, no traceback, nothing written."""
+    weights = _unconverted(kind, tmp_path)
+    Image.fromarray(scene(40, 40)).save(tmp_path / "a.png")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["predict", "--weights", str(weights), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a beit-flax weights file" in err[0] and f"convert_weights {weights}" in err[0], err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import beit_flax
     from beit_flax.images import colorize, encode_png, read_image
-    from beit_flax.transforms import postprocess, preprocess
+    from beit_flax.transforms import postprocess, preprocess, size_text
     from beit_flax.files import atomic_write_bytes
     from beit_flax.convert.cli import main as convert_weights
     from beit_flax.demo.torch_model import build_reference
@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     depth = postprocess(raw[0], image.shape[:2])
     np.save(args.out / "depth.npy", depth)
     atomic_write_bytes(args.out / "depth.png", encode_png(colorize(depth)))
-    print(f"[3/4] {args.image.name} {image.shape[1]}x{image.shape[0]} -> network {network_input.shape[2]}x"
-          f"{network_input.shape[1]}: flax {seconds * 1e3:.0f} ms (first call incl. compile {compiled:.1f} s); "
+    print(f"[3/4] {args.image.name} {size_text(*image.shape[:2])} -> network {size_text(*network_input.shape[1:3])}: flax {seconds * 1e3:.0f} ms (first call incl. compile {compiled:.1f} s); "
           f"wrote {args.out / 'depth.npy'} and {args.out / 'depth.png'}")
 
     with torch.inference_mode():
