@@ -8,7 +8,7 @@ whatever the compute dtype.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import flax.linen as nn
 import jax
@@ -18,15 +18,15 @@ from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.relative_position import RelativePositionBias
 
 AttentionImpl = Literal["auto", "xla", "cudnn"]
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
 
 
 def attend(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray,
            implementation: AttentionImpl) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v for (B, N, heads, d) inputs and a float32 (heads, N, N) bias.
 
-    "xla": portable (`xla_attention`); logits, bias and softmax in float32. "cudnn": cuDNN's fused kernel (NVIDIA GPUs, 16-bit
-    compute; see `cudnn_inputs`). "auto": cuDNN for 16-bit compute on a GPU unless jax's cuDNN checks (head dim,
+    "xla": portable (`xla_attention`); logits, bias and softmax in float32. "cudnn": cuDNN's fused kernel (NVIDIA
+    GPUs, 16-bit compute; see `cudnn_inputs`). "auto": cuDNN for 16-bit compute on a GPU unless jax's cuDNN checks (head dim,
     GPU generation, cuDNN version; they run at trace time) refuse it, XLA otherwise.
     """
     gpu_16_bit = jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)

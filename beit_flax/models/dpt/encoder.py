@@ -3,8 +3,8 @@
 Block (pre-norm, layer scale):  x += gamma_1 * attn(LN1(x));  x += gamma_2 * mlp(LN2(x)),  LayerNorm eps 1e-6.
 Attention adds each block's own relative-position bias to the logits; the key projection has no bias (BEiT).
 
-Precision: the residual stream stays float32 whatever the compute dtype; LayerNorm statistics (flax promotes them)
-and the attention logits and softmax (`jax.nn.dot_product_attention`) are float32 too.
+Precision: the residual stream stays float32 whatever the compute dtype (the `dtype` attribute); LayerNorm
+statistics (flax promotes them) and the attention logits and softmax (`attention.py`) are float32 too.
 """
 
 from __future__ import annotations
