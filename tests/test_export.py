@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+import torch_reference as ref
 from safetensors.torch import load_file
 from transformers import DPTForDepthEstimation
 
-import torch_reference as ref
 from beit_flax import load
-from beit_flax.convert.cli import EXIT_BAD_INPUT, export_main, main as convert_main
+from beit_flax.convert import open_checkpoint, torch_to_flax
+from beit_flax.convert.cli import EXIT_BAD_INPUT, export_main
+from beit_flax.convert.cli import main as convert_main
 from beit_flax.convert.flax_to_torch import flax_to_torch
-from beit_flax.convert.keys import DROPPED
+from beit_flax.convert.hf_config import hf_config_dict
+from beit_flax.convert.keys import DROPPED, KINDS
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +81,7 @@ def test_exported_folder_loads_into_transformers_and_matches(source):
         expected, got = ref.reference_depth(model, images), ref.reference_depth(reloaded, images)
     ref.assert_nondegenerate(expected)
     assert torch.equal(expected, got)
+    assert torch_to_flax(open_checkpoint(folder / "hf-out")).config == load(folder / "h32.msgpack")[0].config
 
 
 def test_midas_export_runs_in_the_functional_midas_forward(source):
@@ -97,15 +104,49 @@ def test_bad_output_name_and_bad_weights(source, tmp_path, capsys):
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_inverse_transforms_undo_the_import():
-    from beit_flax.convert.flax_to_torch import _INVERSE
-    from beit_flax.convert.keys import LEAVES
+# A torch tensor shape per (kind, torch leaf), and the flax shape(s) it must become: the table's layout conventions.
+_SHAPES = {
+    ("dense", "weight"): ((4, 3), [(3, 4)]),
+    ("conv", "weight"): ((4, 3, 2, 5), [(2, 5, 3, 4)]),
+    ("param", ""): ((4, 3), [(4, 3)]),
+    ("qkv", ""): ((6, 2), [(2, 2)] * 3),
+}
 
+
+def test_table_transforms_are_inverses():
+    """Every leaf of the key table: torch -> flax gives the flax layout, and flax -> torch undoes it bit for bit."""
     rng = np.random.default_rng(0)
-    for kind, leaves in LEAVES.items():
-        for torch_leaf, (flax_leaf, forward) in leaves.items():
-            back_leaf, backward = _INVERSE[kind][flax_leaf]
-            assert back_leaf == torch_leaf
-            value = rng.standard_normal((4, 3, 2, 5) if kind == "conv" and torch_leaf == "weight" else (4, 3))
-            value = value if torch_leaf == "weight" and kind != "norm" else value[0]
-            np.testing.assert_array_equal(backward(forward(value)), value)
+    for kind, leaves in KINDS.items():
+        for torch_leaf, leaf in leaves.items():
+            shape, flax_shapes = _SHAPES.get((kind, torch_leaf), ((4,), [(4,)]))  # biases, LayerNorm
+            value = rng.standard_normal(shape).astype(np.float32)
+            flax = leaf.to_flax(value)
+            assert [part.shape for part in flax] == flax_shapes and len(flax) == len(leaf.flax), (kind, torch_leaf)
+            np.testing.assert_array_equal(leaf.to_torch(*flax), value)
+
+
+def test_qkv_rows_are_query_key_value():
+    """MiDaS's fused qkv.weight stacks the q, k, v projections' (out, in) weights along rows."""
+    q, k, v = (np.full((2, 2), n, np.float32) for n in (1, 2, 3))
+    flax = dict(zip(KINDS["qkv"][""].flax, KINDS["qkv"][""].to_flax(np.concatenate([q, k, v]))))
+    assert [float(flax[f"{n}/kernel"][0, 0]) for n in ("query", "key", "value")] == [1, 2, 3]
+
+
+def test_export_without_transformers_writes_a_folder(source, tmp_path):
+    """With only the [convert] extra (torch, no transformers), `export_weights --format hf OUT` still writes config.json
+    + model.safetensors; the result loads and converts back to the same model."""
+    folder, _, _, _ = source
+    out = tmp_path / "hf-out"
+    code = (
+        "import sys; sys.modules['transformers'] = None  # any `import transformers` now raises ImportError\n"
+        "from beit_flax.convert.cli import export_main\n"
+        f"code = export_main([{str(folder / 'tiny.msgpack')!r}, {str(out)!r}, '--format', 'hf'])\n"
+        "assert not [m for m in sys.modules if m.startswith('beit_flax.demo')]\n"
+        "sys.exit(code)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    original, back = load(folder / "tiny.msgpack")[0].config, torch_to_flax(open_checkpoint(out))
+    assert back.layout == "hf-v4" and back.config == original
+    assert json.loads((out / "config.json").read_text()) == hf_config_dict(original)

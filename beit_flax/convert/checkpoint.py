@@ -83,7 +83,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         from safetensors import safe_open
 
         handle = safe_open(str(path), framework="pt")
-        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 (not a dict)
         return Checkpoint(path, shapes, handle.get_tensor, hf_config)
 
     state = _torch_state_dict(path)

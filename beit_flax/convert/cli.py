@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import time
@@ -35,8 +36,8 @@ def convert(checkpoint: str, output: str) -> str:
     """Convert and write atomically; returns the summary line. Raises ConversionError (bad input) or OSError."""
     import jax
 
-    from beit_flax.weights import save
     from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
+    from beit_flax.weights import save
 
     start = time.perf_counter()
     try:
@@ -111,19 +112,18 @@ def export(weights: str, output: str, layout: str) -> str:
     import torch
     from safetensors.torch import save as safetensors_bytes
 
+    from beit_flax.convert.flax_to_torch import flax_to_torch
+    from beit_flax.convert.hf_config import hf_config_dict
     from beit_flax.files import atomic_write, atomic_write_bytes
     from beit_flax.weights import load
-    from beit_flax.convert.flax_to_torch import flax_to_torch
 
     start = time.perf_counter()
     model, params = load(weights)
     state = {name: torch.from_numpy(array) for name, array in flax_to_torch(params, model.config, layout).items()}
     out = Path(output)
-    if out.suffix == "" and layout != "midas":  # a transformers folder
-        from beit_flax.demo.torch_model import hf_config
-
+    if out.suffix == "" and layout != "midas":  # a transformers folder; its config.json needs no transformers
         out.mkdir(exist_ok=True)
-        atomic_write_bytes(out / "config.json", hf_config(model.config).to_json_string().encode())
+        atomic_write_bytes(out / "config.json", (json.dumps(hf_config_dict(model.config), indent=2) + "\n").encode())
         out = out / "model.safetensors"
     if out.suffix == ".safetensors":
         atomic_write_bytes(out, safetensors_bytes(state, metadata={"format": "pt"}))

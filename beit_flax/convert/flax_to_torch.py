@@ -1,6 +1,6 @@
 """beit-flax parameters -> a PyTorch state dict in the MiDaS release layout or transformers' names.
 
-The same key tables as the import (`convert/params.py`) read backwards, so a torch -> flax -> torch round trip gives
+The same key tables as the import (`convert/keys.py`), read the other way, so a torch -> flax -> torch round trip gives
 back every mapped tensor bit for bit. Tensors the original model has but never uses (listed in `DROPPED`) are filled
 in so that the original code's strict `load_state_dict` accepts the result: `relative_position_index` regenerated
 for the training grid, the classifier and `fc_norm` as zeros / ones, refinenet4's unused residual unit as zeros.
@@ -13,29 +13,9 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from beit_flax.convert.keys import LAYOUTS
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.relative_position import relative_position_index
-from beit_flax.convert.keys import LAYOUTS, Rule
-
-# flax leaf -> (torch leaf, flax -> torch transform), per kind: the inverse of `beit_flax.convert.keys.LEAVES`.
-_INVERSE: dict[str, dict[str, tuple[str, Any]]] = {
-    "dense": {"kernel": ("weight", lambda k: k.T), "bias": ("bias", lambda b: b)},
-    "conv": {"kernel": ("weight", lambda k: k.transpose(3, 2, 0, 1)), "bias": ("bias", lambda b: b)},
-    "norm": {"scale": ("weight", lambda s: s), "bias": ("bias", lambda b: b)},
-}
-
-
-def _export_rule(rule: Rule, flat: dict[str, np.ndarray], index: int | None) -> dict[str, np.ndarray]:
-    torch_name, flax_path = rule.torch_name.format(i=index), rule.flax_path.format(i=index)
-    if rule.kind in _INVERSE:
-        return {
-            f"{torch_name}.{torch_leaf}": transform(flat[f"{flax_path}/{leaf}"])
-            for leaf, (torch_leaf, transform) in _INVERSE[rule.kind].items()
-            if f"{flax_path}/{leaf}" in flat
-        }
-    if rule.kind == "qkv":
-        return {torch_name: np.concatenate([flat[f"{flax_path}/{n}/kernel"].T for n in ("query", "key", "value")])}
-    return {torch_name: flat[flax_path]}
 
 
 def _unused_tensors(layout: str, config: DPTConfig) -> dict[str, np.ndarray]:
@@ -64,9 +44,13 @@ def flax_to_torch(params: dict[str, Any], config: DPTConfig, layout: str) -> dic
     flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
     state: dict[str, np.ndarray] = {}
     for rule in LAYOUTS[layout]:
-        indices = range(config.depth) if "{i}" in rule.torch_name else [None]
-        for index in indices:
-            state.update(_export_rule(rule, flat, index))
+        for torch_name, paths, leaf in rule.tensors(config.depth):
+            if leaf.optional and not any(path in flat for path in paths):
+                continue  # a layer without this tensor (the key projection's bias, the layer*_rn convs' biases)
+            missing = [path for path in paths if path not in flat]
+            if missing:
+                raise ValueError(f"params lack {', '.join(missing)} (for {torch_name})")
+            state[torch_name] = leaf.to_torch(*(flat[path] for path in paths))
     state.update(_unused_tensors(layout, config))
     # torch wants writable, contiguous memory (arrays restored from msgpack are read-only views)
     return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}

@@ -1,37 +1,71 @@
-"""Key tables: PyTorch checkpoint names <-> beit-flax parameter paths, one table per checkpoint layout.
+"""Key tables: PyTorch checkpoint names <-> beit-flax parameter paths, one table per checkpoint layout, both ways.
 
 A rule is (torch name, flax path, kind). `{i}` stands for a block index and is the same on both sides; per-stage
 rules are spelled out with comprehensions because the layouts number stages differently (MiDaS 1..4 like us,
-transformers 0..3, and transformers' fusion stage runs coarsest first). The kind says which leaves a module has and how
-each is laid out:
+transformers 0..3, and transformers' fusion stage runs coarsest first). The kind (`KINDS`) says which tensors a module
+has, which flax leaves each one fills and how to lay it out in each direction:
 
-  dense  torch Linear  weight (out, in)         -> kernel (in, out),  bias -> bias
-  conv   torch Conv2d  weight (out, in, kh, kw) -> kernel (kh, kw, in, out), bias -> bias
-         torch ConvTranspose2d weight (in, out, kh, kw) -> the same transpose, read by flax's
+  dense  torch Linear  weight (out, in)         <-> kernel (in, out),  bias <-> bias
+  conv   torch Conv2d  weight (out, in, kh, kw) <-> kernel (kh, kw, in, out), bias <-> bias
+         torch ConvTranspose2d weight (in, out, kh, kw) takes the same transpose, read by flax's
          ConvTranspose(transpose_kernel=True) as (kh, kw, out, in)
-  norm   torch LayerNorm weight -> scale, bias -> bias
+  norm   torch LayerNorm weight <-> scale, bias <-> bias
   param  a bare tensor, copied as is (the names include the leaf)
-  qkv    MiDaS's fused qkv.weight (3C, C), rows [q; k; v] -> query/key/value kernels
+  qkv    MiDaS's fused qkv.weight (3C, C), rows [q; k; v] <-> query/key/value kernels (timm `beit.py` Attention)
 
-Tensors that the model never uses are listed per layout in DROPPED; anything neither mapped nor dropped is an error.
+`torch_to_flax` and `flax_to_torch` only read these tables, so a torch -> flax -> torch round trip gives back every
+mapped tensor bit for bit. Tensors that the model never uses are listed per layout in DROPPED; anything neither mapped
+nor dropped is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 STAGES = (1, 2, 3, 4)
 
-# kind -> {torch leaf: (flax leaf, torch -> flax transform)}
-LEAVES: dict[str, dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]] = {
-    "dense": {"weight": ("kernel", lambda w: w.T), "bias": ("bias", lambda b: b)},
-    "conv": {"weight": ("kernel", lambda w: w.transpose(2, 3, 1, 0)), "bias": ("bias", lambda b: b)},
-    "norm": {"weight": ("scale", lambda w: w), "bias": ("bias", lambda b: b)},
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One torch tensor of a module <-> the flax leaves it fills (several for a fused tensor).
+
+    to_flax: the torch array -> one array per name in `flax`; to_torch: those arrays, in that order -> the torch array.
+    optional: a layer built without it (transformers' key projection, the bias-free `layer*_rn` convs) lacks it.
+    """
+
+    flax: tuple[str, ...]  # leaf names under the rule's flax path; "" is the path itself
+    to_flax: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    to_torch: Callable[..., np.ndarray]
+    optional: bool = False
+
+
+def _leaf(name: str, to_flax: Callable[[np.ndarray], np.ndarray], to_torch: Callable[[np.ndarray], np.ndarray],
+          optional: bool = False) -> Leaf:
+    return Leaf((name,), lambda t: (to_flax(t),), to_torch, optional)
+
+
+_same = lambda t: t
+_BIAS = _leaf("bias", _same, _same, optional=True)
+_QKV = ("query/kernel", "key/kernel", "value/kernel")
+
+# kind -> {torch leaf ("" = the rule's torch name itself): Leaf}
+KINDS: dict[str, dict[str, Leaf]] = {
+    "dense": {"weight": _leaf("kernel", lambda w: w.T, lambda k: k.T), "bias": _BIAS},
+    "conv": {"weight": _leaf("kernel", lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1)),
+             "bias": _BIAS},
+    "norm": {"weight": _leaf("scale", _same, _same), "bias": _BIAS},
+    "param": {"": _leaf("", _same, _same)},
+    "qkv": {"": Leaf(_QKV, lambda w: tuple(part.T for part in np.split(w, 3, axis=0)),
+                     lambda q, k, v: np.concatenate([q.T, k.T, v.T]))},
 }
+
+
+def _join(prefix: str, leaf: str, sep: str) -> str:
+    return f"{prefix}{sep}{leaf}" if leaf else prefix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,27 +76,28 @@ class Rule:
 
     @property
     def torch_pattern(self) -> str:
-        """Regex of `torch_name` with `{i}` as the group `i` (a module prefix for dense/conv/norm)."""
+        """Regex of `torch_name` with `{i}` as the group `i`."""
         return re.escape(self.torch_name).replace(r"\{i\}", r"(?P<i>\d+)")
 
-    def match(self, key: str) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]] | None:
-        """The (flax path, transform) pairs `key` feeds, or None if this rule does not cover `key`."""
-        pattern = self.torch_pattern
-        if self.kind in LEAVES:
-            pattern += r"\.(?P<leaf>weight|bias)"
-        found = re.fullmatch(pattern, key)
-        if found is None:
+    def names(self, torch_leaf: str, index: int | str | None = None) -> tuple[str, list[str]]:
+        """(torch name, flax paths) of the tensor `torch_leaf` of this rule for block `index`."""
+        torch_name, flax_path = self.torch_name.format(i=index), self.flax_path.format(i=index)
+        flax_leaves = KINDS[self.kind][torch_leaf].flax
+        return _join(torch_name, torch_leaf, "."), [_join(flax_path, leaf, "/") for leaf in flax_leaves]
+
+    def tensors(self, depth: int) -> Iterator[tuple[str, list[str], Leaf]]:
+        """(torch name, flax paths, Leaf) of every tensor this rule covers in a model with `depth` blocks."""
+        for index in range(depth) if "{i}" in self.torch_name else [None]:
+            for torch_leaf, leaf in KINDS[self.kind].items():
+                yield *self.names(torch_leaf, index), leaf
+
+    def match(self, key: str) -> tuple[list[str], Leaf] | None:
+        """(flax paths, Leaf) of the torch tensor `key`, or None if this rule does not cover `key`."""
+        found = re.fullmatch(self.torch_pattern + r"(?:\.(?P<leaf>weight|bias))?", key)
+        if found is None or (found["leaf"] or "") not in KINDS[self.kind]:  # e.g. a module's name without a leaf
             return None
-        path = self.flax_path.format(i=found.groupdict().get("i"))
-        if self.kind in LEAVES:
-            leaf, transform = LEAVES[self.kind][found["leaf"]]
-            return [(f"{path}/{leaf}", transform)]
-        if self.kind == "qkv":
-            return [
-                (f"{path}/{name}/kernel", lambda w, part=part: np.split(w, 3, axis=0)[part].T)
-                for part, name in enumerate(("query", "key", "value"))
-            ]
-        return [(path, lambda t: t)]
+        torch_leaf = found["leaf"] or ""
+        return self.names(torch_leaf, found.groupdict().get("i"))[1], KINDS[self.kind][torch_leaf]
 
 
 def _block_rules(prefix: str, names: dict[str, str]) -> list[Rule]:
@@ -173,10 +208,8 @@ LAYOUTS: dict[str, list[Rule]] = {"midas": MIDAS, "hf-v4": HF_V4, "hf-v5": HF_V5
 def find_rule(layout: str, flax_path: str) -> tuple[Rule, str]:
     """The rule of `layout` that fills `flax_path` (block paths spelled with `{i}`) and that tensor's torch name."""
     for rule in LAYOUTS[layout]:
-        if rule.kind in LEAVES:
-            for torch_leaf, (flax_leaf, _) in LEAVES[rule.kind].items():
-                if f"{rule.flax_path}/{flax_leaf}" == flax_path:
-                    return rule, f"{rule.torch_name}.{torch_leaf}"
-        elif rule.flax_path == flax_path:
-            return rule, rule.torch_name
+        for torch_leaf in KINDS[rule.kind]:
+            torch_name, flax_paths = rule.names(torch_leaf, "{i}")
+            if flax_path in flax_paths:
+                return rule, torch_name
     raise KeyError(f"no {layout} rule fills {flax_path}")

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
 from beit_flax.convert.checkpoint import Checkpoint, ConversionError
 from beit_flax.convert.keys import DROPPED, LAYOUTS, find_rule
+from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
 
 # A name that only one layout has, used to tell them apart.
 _LAYOUT_MARKERS = {
@@ -68,7 +68,7 @@ def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str) -> tuple[i
 def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dict | None, source: str) -> DPTConfig:
     """Read the architecture off the tensor shapes (and transformers' config.json where it says more).
 
-    The names are looked up in the layout's key table, so each layout's naming lives in `convert/params.py` only.
+    The names are looked up in the layout's key table, so each layout's naming lives in `convert/keys.py` only.
     """
     shape = lambda flax_path: _shape(shapes, find_rule(layout, flax_path)[1].format(i=0), source)
     table_rule, table_name = find_rule(layout, "encoder/block_{i}/attn/relative_position/table")
@@ -129,15 +129,16 @@ def torch_to_flax(checkpoint: Checkpoint) -> Converted:
     flat: dict[str, np.ndarray] = {}
     dropped, unknown = [], []
     for key in list(checkpoint.shapes):
-        targets = next((t for rule in rules if (t := rule.match(key)) is not None), None)
-        if targets is None:
+        target = next((t for rule in rules if (t := rule.match(key)) is not None), None)
+        if target is None:
             (dropped if any(re.fullmatch(p, key) for p in dropped_patterns) else unknown).append(key)
             continue
         tensor = checkpoint.take(key)
         if not np.isfinite(tensor).all():
             raise ConversionError(f"{source}: {key} has non-finite values (NaN or inf)")
-        for path, transform in targets:
-            flat[path] = np.ascontiguousarray(transform(tensor), dtype=np.float32)
+        paths, leaf = target
+        for path, value in zip(paths, leaf.to_flax(tensor), strict=True):
+            flat[path] = np.ascontiguousarray(value, dtype=np.float32)
     if unknown:
         raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import BeitConfig, DPTConfig, DPTForDepthEstimation
+from transformers import DPTConfig, DPTForDepthEstimation
 
+from beit_flax.convert.hf_config import hf_config_dict
 from beit_flax.models.dpt.config import DPTConfig as FlaxConfig
 
 PATCH = 16
@@ -69,67 +70,13 @@ def as_spec(spec: Mapping[str, Any] | FlaxConfig) -> dict[str, Any]:
 def hf_config(spec: Mapping[str, Any] | FlaxConfig) -> DPTConfig:
     """transformers ``DPTConfig`` (BEiT backbone) reproducing the MiDaS v3.1 BEiT-DPT described by ``spec``.
 
-    Mirrors the ``Intel/dpt-beit-*`` hub configs: per-block relative position bias sized for the training grid
-    (``image_size = train_grid * 16``), no absolute position embedding, no shared bias, layer scale, no mask token,
-    exact GELU, backbone returning *unreshaped* token sequences (``reshape_hidden_states=False``, so the cls token
-    reaches the "project" readout) of blocks ``hooks`` (``out_features`` "stage{b+1}": "stem" is the embedding
-    output), reassemble factors 4, 2, 1, 0.5, fusion without batch norm and with conv biases.
-
-    ``spec["head_channels"]`` is stored on the config as an extra attribute only: transformers'
-    ``DPTDepthEstimationHead`` hard-codes 32 channels for the head's middle conv; ``build_reference`` patches the
-    head when a spec asks for something else.
+    Built from ``beit_flax.convert.hf_config.hf_config_dict`` (what ``export_weights`` writes as config.json), so
+    the mapping is stated once; see there for the choices. ``spec["head_channels"]`` ends up as an extra attribute
+    only: transformers' ``DPTDepthEstimationHead`` hard-codes 32 channels for the head's middle conv;
+    ``build_model`` patches the head when a spec asks for something else.
     """
-    spec = as_spec(spec)
-    gh, gw = spec["train_grid"]
-    width = spec["width"]
-    eps = spec["layer_norm_eps"]
-    image_size = [gh * PATCH, gw * PATCH]
-    backbone = BeitConfig(
-        hidden_size=width,
-        num_hidden_layers=spec["depth"],
-        num_attention_heads=spec["num_heads"],
-        intermediate_size=4 * width,
-        hidden_act="gelu",  # ACT2FN["gelu"] is torch's exact (erf) GELU
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        drop_path_rate=0.0,
-        layer_norm_eps=eps,
-        image_size=image_size,
-        patch_size=PATCH,
-        num_channels=3,
-        use_mask_token=False,
-        use_absolute_position_embeddings=False,
-        use_relative_position_bias=True,
-        use_shared_relative_position_bias=False,
-        layer_scale_init_value=0.1,
-        use_mean_pooling=True,  # final norm of BeitModel is an identity, as in MiDaS
-        out_features=[f"stage{b + 1}" for b in spec["hooks"]],
-        reshape_hidden_states=False,
-        add_fpn=False,
-    )
-    return DPTConfig(
-        backbone_config=backbone,
-        is_hybrid=False,
-        hidden_size=width,
-        num_hidden_layers=spec["depth"],
-        num_attention_heads=spec["num_heads"],
-        intermediate_size=4 * width,
-        hidden_act="gelu",
-        layer_norm_eps=eps,
-        image_size=image_size,
-        patch_size=PATCH,
-        backbone_out_indices=None,  # only used without a backbone_config
-        readout_type="project",
-        reassemble_factors=list(REASSEMBLE_FACTORS),
-        neck_hidden_sizes=list(spec["reassemble_channels"]),
-        fusion_hidden_size=spec["fusion_channels"],
-        head_in_index=-1,
-        use_batch_norm_in_fusion_residual=False,
-        use_bias_in_fusion_residual=True,
-        add_projection=False,
-        use_auxiliary_head=False,
-        head_channels=spec["head_channels"],  # not a DPTConfig field: transformers ignores it (hard-coded 32)
-    )
+    config = spec if isinstance(spec, FlaxConfig) else FlaxConfig(**as_spec(spec), patch_size=PATCH)
+    return DPTConfig.from_dict(hf_config_dict(config))
 
 
 def _fan_in(module: nn.Module, weight: Tensor) -> int:
