@@ -4,28 +4,22 @@
   query/key/value, q * head_dim**-0.5, + MiDaS's resized relative position bias, softmax, proj, gamma_1; LN2, fc1,
   exact GELU, fc2, gamma_2 - with random tables, layer scales and LayerNorm affines, on non-square grids.
 * `Encoder`: the four hooked block outputs.
-* `PatchEmbed`: conv k16 s16 + row-major flatten + cls prepended.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.encoder import Block, encoder, segments
-from beit_flax.models.dpt.patch_embed import PatchEmbed
 from flax_helpers import (
     assert_close,
     assert_params_match_module,
-    nchw_to_nhwc,
     randn,
     to_numpy,
-    torch_conv_to_flax,
     torch_linear_to_flax,
     torch_relative_position_bias,
 )
@@ -158,23 +152,3 @@ def test_encoder_returns_hooked_blocks(scan, hooks):
     assert len(ours) == 4
     for hook, got, want in zip(cfg.hooks, ours, expected):
         assert_close(got, want, f"Encoder (scan={scan}) hook block {hook}")
-
-
-def test_patch_embed():
-    gen = torch.Generator().manual_seed(3)
-    c, p = CFG.width, CFG.patch_size
-    weight = randn(gen, c, 3, p, p, scale=(3 * p * p) ** -0.5)
-    bias = randn(gen, c, scale=0.1)
-    cls_token = randn(gen, 1, 1, c)
-    images = randn(gen, 2, 3, 48, 80)  # grid (3, 5)
-
-    patches = F.conv2d(images, weight, bias, stride=p).flatten(2).transpose(1, 2)  # (B, h*w, C), row-major
-    expected = torch.cat([cls_token.expand(2, -1, -1), patches], dim=1)
-
-    params = {"proj": {"kernel": torch_conv_to_flax(weight), "bias": to_numpy(bias)}, "cls_token": to_numpy(cls_token)}
-    module = PatchEmbed(c, p)
-    assert_params_match_module(module, params, nchw_to_nhwc(images))
-    tokens, grid_hw = jax.jit(lambda q, v: module.apply({"params": q}, v))(params, nchw_to_nhwc(images))
-    assert tuple(int(g) for g in grid_hw) == (3, 5)
-    assert tokens.shape == (2, 16, c)
-    assert_close(tokens, expected, "PatchEmbed 48x80")

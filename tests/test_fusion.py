@@ -1,5 +1,5 @@
-"""`ResidualConvUnit`, `FeatureFusionBlock` and `DepthHead` vs direct torch ops (MiDaS `blocks.py` /
-`scratch.output_conv`), with weights converted by the converter's layout transform.
+"""`ResidualConvUnit` and `FeatureFusionBlock` vs direct torch ops (MiDaS `blocks.py`), with weights converted by the
+converter's layout transform.
 
 Includes a path that is not an exact doubling (13x7 -> 25x14, what a multiple-of-16-but-not-32 input produces).
 """
@@ -7,36 +7,26 @@ Includes a path that is not an exact doubling (13x7 -> 25x14, what a multiple-of
 from __future__ import annotations
 
 import jax
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from beit_flax.models.dpt.fusion import FeatureFusionBlock, ResidualConvUnit
-from beit_flax.models.dpt.head import DepthHead
 from flax_helpers import (
     assert_close,
     assert_params_match_module,
-    conv_weight,
     nchw_to_nhwc,
+    random_conv,
     randn,
-    to_numpy,
-    torch_conv_to_flax,
 )
 from tiny_config import TINY as CFG
 
 F_CH = CFG.fusion_channels
 
 
-def _conv(gen, out_ch, in_ch, k):
-    """A random torch conv (weight, bias) and the matching Flax param dict."""
-    w, b = conv_weight(gen, out_ch, in_ch, k), randn(gen, out_ch, scale=0.1)
-    return (w, b), {"kernel": torch_conv_to_flax(w), "bias": to_numpy(b)}
-
-
 def _rcu(gen, channels):
-    (w1, b1), p1 = _conv(gen, channels, channels, 3)
-    (w2, b2), p2 = _conv(gen, channels, channels, 3)
+    (w1, b1), p1 = random_conv(gen, channels, channels, 3)
+    (w2, b2), p2 = random_conv(gen, channels, channels, 3)
 
     def torch_rcu(x):
         return x + F.conv2d(F.relu(F.conv2d(F.relu(x), w1, b1, padding=1)), w2, b2, padding=1)
@@ -67,7 +57,7 @@ def test_feature_fusion_block(stage, path_hw, size_hw):
     gen = torch.Generator().manual_seed(stage)
     rcu1, rcu1_params = _rcu(gen, F_CH)
     rcu2, rcu2_params = _rcu(gen, F_CH)
-    (w_out, b_out), out_params = _conv(gen, F_CH, F_CH, 1)
+    (w_out, b_out), out_params = random_conv(gen, F_CH, F_CH, 1)
     path = randn(gen, 2, F_CH, *path_hw)
     skip = randn(gen, 2, F_CH, *path_hw) if stage != 4 else None
 
@@ -86,26 +76,3 @@ def test_feature_fusion_block(stage, path_hw, size_hw):
     ours = jax.jit(lambda p, a, b: module.apply({"params": p}, a, b, size_hw))(params, nchw_to_nhwc(path), skip_nhwc)
     assert ours.shape == (2, *size_hw, F_CH)
     assert_close(ours, nchw_to_nhwc(expected), f"FeatureFusionBlock stage {stage} {path_hw}->{size_hw}")
-
-
-def test_depth_head():
-    gen = torch.Generator().manual_seed(5)
-    (w1, b1), p1 = _conv(gen, F_CH // 2, F_CH, 3)
-    (w2, b2), p2 = _conv(gen, CFG.head_channels, F_CH // 2, 3)
-    (w3, b3), p3 = _conv(gen, 1, CFG.head_channels, 1)
-    b3 += 1.0  # keep most of the final ReLU's inputs positive so the comparison is not mostly zeros
-    p3["bias"] = to_numpy(b3)
-    x = randn(gen, 2, F_CH, 13, 7)
-
-    expected = F.conv2d(x, w1, b1, padding=1)
-    expected = F.interpolate(expected, scale_factor=2, mode="bilinear", align_corners=True)
-    expected = F.relu(F.conv2d(expected, w2, b2, padding=1))
-    expected = F.relu(F.conv2d(expected, w3, b3))[:, 0]
-    assert (expected > 0).float().mean() > 0.5
-
-    params = {"conv1": p1, "conv2": p2, "conv3": p3}
-    module = DepthHead(CFG)
-    assert_params_match_module(module, params, nchw_to_nhwc(x))
-    ours = jax.jit(lambda p, v: module.apply({"params": p}, v))(params, nchw_to_nhwc(x))
-    assert ours.shape == (2, 26, 14) and ours.dtype == np.float32
-    assert_close(ours, expected, "DepthHead 13x7 -> 26x14")
