@@ -10,10 +10,10 @@ with --train, steps/s of the sharded train step (`training.sharded_steps`): 1 de
 
 On CPU, --devices N forces N host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, set in a child
 process before JAX starts). They share the same cores, so the CPU figure is a sanity check of the sharded path
-(it must not be much slower), not a speed-up. Random params (numpy, `param_shapes`) and random images; compile
+(it must not be much slower), not a speed-up. Random params (`params.init_params`) and random images; compile
 time is excluded (one warm-up pass over a full batch). One JSON line per measurement.
 
---train: `training.init_params`, Adam, rendered scenes (`data.synthetic_scenes`) at the net size; the global batch
+--train: `params.init_params`, Adam, rendered scenes (`data.synthetic_scenes`) at the net size; the global batch
 (--batch, default N) is the same in every row, split over the devices; one untimed step compiles. FSDP splits the
 arrays of at least --min-size elements (default `sharding.FSDP_MIN_SIZE`; the tiny config has one that large, try
 --min-size 1024).
@@ -40,7 +40,8 @@ def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
     import jax
     import numpy as np
 
-    from beit_flax import DPT, PRESETS, DPTConfig, training
+    from beit_flax import DPT, PRESETS, DPTConfig
+    from beit_flax.params import init_params
     from beit_flax.pipeline import Batcher
 
     config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
@@ -73,8 +74,9 @@ def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | 
     import optax
 
     from beit_flax import DPT, PRESETS, DPTConfig, training
-    from beit_flax.training.data import synthetic_scenes
+    from beit_flax.params import init_params
     from beit_flax.sharding import FSDP_MIN_SIZE, place, shard_batch, state_shardings, train_mesh
+    from beit_flax.training.data import synthetic_scenes
 
     config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
     model = DPT(config, dtype="bfloat16" if bf16 else "float32", remat=remat)

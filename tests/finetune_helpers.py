@@ -1,5 +1,6 @@
-"""Shared pieces of the fine-tuning tests: the tiny config, batches, a quick-compiling jit, and the jitted
-model-loss gradient (cached).
+"""Shared pieces of the fine-tuning tests: the tiny config, batches, a quick-compiling jit, the jitted model-loss
+gradient and the train state and jitted steps of tests/test_steps.py and tests/test_checkpoints.py (shared, so the
+train step compiles once per test session).
 
 `fast_jit` compiles with XLA's backend (LLVM) optimisation off: the same HLO and float semantics, about half the
 compile time of a tiny-model backward pass (tens of seconds on two CPU cores), which dominates these tests.
@@ -11,8 +12,11 @@ import functools
 
 import jax
 import numpy as np
+import optax
+from flax import traverse_util
 
 from beit_flax import DPT, training
+from beit_flax.params import init_params
 from tiny_config import TINY
 
 SIZE = 32  # grid 2x2 against the 4x4 training grid: the relative-position tables are resized too
@@ -42,3 +46,33 @@ def loss_and_grad():
     """jit(value_and_grad) of the MiDaS loss of DPT(TINY): (params, batch) -> (loss, grads)."""
     model = DPT(TINY)
     return fast_jit(jax.value_and_grad(lambda params, batch: training.loss_fn(params, model.apply, batch)[0]))
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+    """{"encoder/block_0/attn/query/kernel": numpy array, ...}"""
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+FROZEN = ("encoder/block_0", "reassemble_1")
+
+
+@functools.cache
+def tiny_state() -> training.TrainState:
+    """DPT(TINY) from init_params(seed=0), AdamW, FROZEN subtrees, layer decay 0.8, clipping at norm 1: one state for
+    every model-level step and checkpoint test."""
+    return training.create_train_state(
+        DPT(TINY), init_params(TINY, seed=0), optax.adamw(1e-3, weight_decay=1e-4), freeze=FROZEN, layer_decay=0.8,
+        clip_norm=1.0,
+    )
+
+
+train_step, eval_step = fast_jit(training.train_step), fast_jit(training.eval_step)
+
+
+def run(state: training.TrainState, batches) -> tuple[training.TrainState, list[float]]:
+    """`train_step` over `batches`: (the final state, the loss of every step)."""
+    losses = []
+    for batch in batches:
+        state, metrics = train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return state, losses

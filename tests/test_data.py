@@ -1,4 +1,5 @@
-"""beit_flax.training.data: exact ray casts, the generated scenes, batches, step-indexed sampling and the folder loader."""
+"""beit_flax.training.data: the generated scenes, batches, step-indexed sampling and the folder loader (the ray tracer
+behind the scenes: tests/test_scenes.py)."""
 
 from __future__ import annotations
 
@@ -6,42 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from beit_flax.training import data, scenes
+from beit_flax.training import data
 
 
-# --- geometry ----------------------------------------------------------------------------------------------------
-
-
-def rays_for(xs, ys):
-    """Camera rays (z = 1) through image-plane points (x, y)."""
-    xs, ys = np.broadcast_arrays(np.asarray(xs, float), np.asarray(ys, float))
-    return np.stack([xs, ys, np.ones_like(xs)], -1)
-
-
-def test_ray_casts_give_exact_z_depth():
-    rays = rays_for([0.0, 0.3, -0.2], [0.0, 0.1, 0.25])
-    # plane z = 7: every ray reaches it at z = 7
-    np.testing.assert_allclose(scenes.intersect_plane(rays, np.array([0.0, 0.0, 1.0]), 7.0)[0], 7.0)
-    # floor y = 1.5: the hit's z is 1.5 / y
-    t, normal = scenes.intersect_plane(rays, np.array([0.0, 1.0, 0.0]), 1.5)
-    np.testing.assert_allclose(t, [np.inf, 15.0, 6.0])
-    np.testing.assert_array_equal(normal[0], [0.0, -1.0, 0.0])
-    # sphere at z = 5, radius 1: the central ray stops at z = 4, and every hit lies on the sphere
-    center = np.array([0.0, 0.0, 5.0])
-    rays = rays_for(np.linspace(-0.25, 0.25, 11), 0.0)
-    t, normal = scenes.intersect_sphere(rays, center, 1.0)
-    hit = np.isfinite(t)
-    assert t[5] == pytest.approx(4.0) and 0 < hit.sum() < 11
-    points = rays[hit] * t[hit, None]
-    np.testing.assert_allclose(np.linalg.norm(points - center, axis=-1), 1.0, rtol=1e-12)
-    np.testing.assert_allclose(np.linalg.norm(normal[hit], axis=-1), 1.0, rtol=1e-12)
-    # a unit cube at z = 5 turned 45 degrees shows its edge to the central ray at z = 5 - sqrt(2)
-    t, _ = scenes.intersect_box(rays_for(0.0, 0.0), center, np.ones(3), np.pi / 4)
-    assert t == pytest.approx(5 - np.sqrt(2))
-    t, normal = scenes.intersect_box(rays_for([0.0, 0.0], [0.0, 0.2]), center, np.ones(3), 0.0)  # front face z = 4
-    np.testing.assert_allclose(t, [4.0, 4.0])
-    np.testing.assert_allclose(normal, [[0, 0, -1], [0, 0, -1]], atol=1e-12)
-    assert scenes.intersect_box(rays_for(2.0, 0.0), center, np.ones(3), 0.0)[0] == np.inf  # misses
+# --- generated scenes --------------------------------------------------------------------------------------------
 
 
 def test_scenes_are_deterministic_and_fully_covered():

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torch_reference as ref
-from beit_flax.training import losses
 from beit_flax.convert import open_checkpoint, torch_to_flax
+from beit_flax.training import losses
 from finetune_helpers import TINY, fast_jit, loss_and_grad, tiny_batch
 from flax_helpers import assert_close
 

@@ -32,10 +32,16 @@ def save_checkpoint(
     directory: str | os.PathLike, state: TrainState, metadata: Mapping[str, Any] | None = None, *, keep: int = 3
 ) -> int:
     """Save params, optimizer state and step under `directory/<step>/` (orbax; the newest `keep` are kept), plus
-    JSON `metadata` (e.g. the config). Blocks until written. Returns the step."""
+    JSON `metadata` (e.g. the config). Blocks until written. Returns the step.
+
+    A step that is saved already is left as it is (nothing is ever overwritten) and the call does nothing: the
+    steps are deterministic, so a run that reaches a saved step again (resumed there) holds the same state.
+    """
     step = int(state.step)
     payload = serialization.to_state_dict({"step": state.step, "params": state.params, "opt_state": state.opt_state})
     with _manager(directory, keep, create=True) as manager:
+        if step in manager.all_steps():
+            return step
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(payload), metadata=ocp.args.JsonSave(dict(metadata or {}))
         ), force=True)

@@ -1,6 +1,6 @@
 """Training data: procedural scenes with exact depth, and a loader for folders of images and depth maps.
 
-Both give batches in the form `train.train_step` takes (numpy, on the host):
+Both give batches in the form `steps.train_step` takes (numpy, on the host; `check_batch` checks one):
 
     {"image": (B, S, S, 3) float32 normalised as (x - 0.5) / 0.5,       # like `transforms.preprocess`
      "inverse_depth": (B, S, S) float32, 1 / depth where valid scaled to median 1 per image, 0 elsewhere,
@@ -58,9 +58,10 @@ def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray) -> Batch
     return {"image": (images.astype(np.float32) / 255.0 - 0.5) / 0.5, "inverse_depth": inverse, "mask": valid}
 
 
-def check_batch(batch: Batch, patch_size: int = 16) -> None:
-    """A batch is {"image": (B, H, W, 3) float normalised as (x - 0.5) / 0.5, "inverse_depth": (B, H, W) float,
-    "mask": (B, H, W) bool or 0/1}, H and W multiples of the patch size. Checked at trace time (shapes only)."""
+def check_batch(batch: Batch, patch_size: int) -> None:
+    """Raise ValueError unless `batch` is {"image": (B, H, W, 3) float normalised as (x - 0.5) / 0.5,
+    "inverse_depth": (B, H, W) float, "mask": (B, H, W) bool or 0/1} with H and W multiples of `patch_size` (the
+    model's, `TrainState.patch_size`). Shapes only, so it also runs at trace time inside jit."""
     missing = {"image", "inverse_depth", "mask"} - set(batch)
     if missing:
         raise ValueError(f"batch is missing {sorted(missing)}; it has {sorted(batch)}")
@@ -71,7 +72,6 @@ def check_batch(batch: Batch, patch_size: int = 16) -> None:
         )
     if image[1] % patch_size or image[2] % patch_size:
         raise ValueError(f"image size {image[1:3]} is not a multiple of the patch size {patch_size}")
-
 
 
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,7 @@ step keeps it, and a batch that does not split over the devices is refused.
 The optimizer is SGD with momentum: its update is linear in the gradient, so a param difference measures the
 gradient difference, which is what the sharding changes (the reduction order). Adam's first updates are about
 lr * sign(g), which turns rounding noise in near-zero gradient elements into lr-sized differences. The head's last
-bias is frozen: the loss is blind to it (see `training.init_params`), so its gradient is rounding noise.
+bias is frozen: the loss is blind to it (see `params.init_params`), so its gradient is rounding noise.
 
 Compiles four train / eval programs of the tiny model (one device, 8 devices x data parallel, x FSDP): about a
 minute on two cores."""
