@@ -6,19 +6,24 @@
 Pipeline: a thread pool decodes and preprocesses ahead (bounded), the main thread batches by network input shape
 and keeps one batch on the devices (split over every local device, params replicated), a second pool
 postprocesses and writes (temp file + rename). A bad input is reported on stderr and skipped; the exit status is 1
-at the end if any input failed. With --distributed, every process of a multi-host job runs this same command and
-handles every k-th input of the sorted list (process i of k starts at the i-th).
+at the end if any input failed. Before any work, every output path is checked (`files.check_outputs`: a regular file
+or absent, none of the inputs, its folder writable), and the network input against --max-pixels. With --distributed,
+every process of a multi-host job runs this same command and handles every k-th input of the sorted list (process i
+of k starts at the i-th).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import glob
+import math
 import os
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,20 +31,38 @@ from pathlib import Path
 
 import numpy as np
 
-from beit_flax.models.precision import COMPUTE_DTYPES
-from beit_flax.images import (
-    COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, colorize, encode_npy, encode_png, read_image, to_png16,
-)
 from beit_flax.compile_cache import enable_compilation_cache
+from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, interruptible, replace, temp_beside
+from beit_flax.images import (
+    COLORMAPS,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageError,
+    colorize,
+    encode_npy,
+    encode_png,
+    read_image,
+    set_pixel_limit,
+    to_png16,
+)
+from beit_flax.models.precision import COMPUTE_DTYPES
 from beit_flax.pipeline import Batcher, ordered_map
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
-from beit_flax.transforms import check_net_size, postprocess, preprocess, size_text
-from beit_flax.files import atomic_write_bytes
+from beit_flax.transforms import (
+    MIN_NET_SIZE,
+    check_net_input,
+    check_net_size,
+    megapixels,
+    postprocess,
+    preprocess,
+    size_text,
+    target_size,
+)
 from beit_flax.weights import load
 
 PROG = "beit-depth"
 EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
-EXIT_USAGE = 2  # bad arguments or weights: nothing was processed
+EXIT_USAGE = 2  # bad arguments, weights or output paths: nothing was processed
 
 
 def positive_int(text: str) -> int:
@@ -53,10 +76,28 @@ def positive_int(text: str) -> int:
 
 
 def net_size_arg(text: str) -> int:
+    value = positive_int(text)  # the bound (--max-pixels) is checked once both flags are known
+    if value < MIN_NET_SIZE:
+        raise argparse.ArgumentTypeError(f"net size must be an int >= {MIN_NET_SIZE}, got {value}")
+    return value
+
+
+MAX_FPS = 1000.0  # beyond any camera or player: a larger value is a typo
+
+
+def fps_arg(text: str) -> float:
     try:
-        return check_net_size(positive_int(text))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected frames per second, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_FPS):
+        raise argparse.ArgumentTypeError(f"expected frames per second in (0, {MAX_FPS:g}], got {text}")
+    return value
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error: ffmpeg's (through imageio) come with its whole log, shown with --debug only."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,13 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="colormap of the PNGs / video (default: %(default)s, as MiDaS)")
     model.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
                        help="threads decoding and writing (default: %(default)s)")
+    model.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help="the one pixel limit: larger images (read from the header) and network inputs are "
+                       "refused (default: %(default)s)")
     model.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    model.add_argument("--debug", action="store_true", help="full error detail: tracebacks, ffmpeg's log")
 
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="MiDaS v3.1 BEiT-DPT monocular depth (JAX/Flax), preprocessing as MiDaS run.py.",
-        epilog="Exit status: 0 all done, 1 some inputs failed (the others were written), 2 bad arguments or "
-        "weights. Compiled programs are cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",
+        epilog="Exit status: 0 all done, 1 some inputs failed (the others were written), 2 bad arguments, weights "
+        "or output paths (nothing was processed), 130 / 143 interrupted (Ctrl-C / SIGTERM). Compiled programs are "
+        "cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video}")
     images = sub.add_parser(
@@ -96,8 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     images.add_argument("--grayscale16", action="store_true", help="16-bit grayscale PNG, as MiDaS run.py writes")
     images.add_argument("--no-png", action="store_true", help="write only the .npy files")
-    images.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help="refuse larger images, read from the header (default: %(default)s)")
     images.add_argument("--distributed", action="store_true",
                         help=f"one process of a multi-host job (also ${DISTRIBUTED_ENV}=1): jax.distributed."
                         "initialize(), then process i of k takes every k-th input of the sorted list from the i-th "
@@ -110,18 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("input", metavar="IN", help="input video (anything ffmpeg reads)")
     video.add_argument("--out", required=True, type=Path, metavar="OUT.mp4", help="output video")
     video.add_argument("--side-by-side", action="store_true", help="input frame left, depth right")
-    video.add_argument("--fps", type=float, help="output frame rate (default: the input's)")
+    video.add_argument("--fps", type=fps_arg, help="output frame rate (default: the input's)")
     video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run_predict(args) if args.command == "predict" else run_video(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    set_pixel_limit(args.max_pixels)  # Pillow's own guard follows the flag: it is the one limit
+    return interruptible(PROG, lambda: run_predict(args) if args.command == "predict" else run_video(args))
 
 
 # --- shared ---------------------------------------------------------------------------------------------------------
@@ -134,20 +175,36 @@ def report(message: str) -> None:
     tqdm.write(f"{PROG}: {message}", file=sys.stderr)
 
 
+def check_size_flag(args: argparse.Namespace) -> bool:
+    """--size within --max-pixels, reported before anything is read; False after reporting."""
+    try:
+        if args.size is not None:
+            check_net_size(args.size, args.max_pixels)
+    except ValueError as err:
+        report(f"error: --size {args.size}: {err}")
+        return False
+    return True
+
+
 def load_model(args: argparse.Namespace):
-    """(Batcher, net size), or None after reporting a bad weights file or --devices."""
+    """(Batcher, net size), or None after reporting a bad weights file, a net size over --max-pixels or --devices."""
     try:
         model, params = load(args.weights, dtype=args.dtype)
     except (OSError, ValueError) as err:
-        print(f"{PROG}: error: cannot load weights: {err}", file=sys.stderr)
+        report(f"error: cannot load weights: {err}")
+        return None
+    try:
+        net = args.size or check_net_size(model.config.net_size, args.max_pixels)
+    except ValueError as err:
+        report(f"error: {args.weights}: the model's {err}")
         return None
     enable_compilation_cache()
     try:
         batcher = Batcher(model, params, args.batch_size, args.devices)
     except ValueError as err:  # --devices over the local count
-        print(f"{PROG}: error: --devices {args.devices}: {err}", file=sys.stderr)
+        report(f"error: --devices {args.devices}: {err}")
         return None
-    return batcher, args.size or model.config.net_size
+    return batcher, net
 
 
 def describe(batcher: Batcher) -> str:
@@ -267,25 +324,40 @@ def run_predict(args: argparse.Namespace) -> int:
         failures, skipped = [], []
     if count > 1:  # the same order on every host, whatever the shell's glob collation; names clash the same way
         paths = sorted(paths, key=lambda p: p.as_posix())
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"{PROG}: error: cannot create {args.out}: {err}", file=sys.stderr)
+    if not check_size_flag(args):
+        return EXIT_USAGE
+    # stems from the whole list, so that processes never write the same name
+    every_job = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
+    suffixes = (".npy",) if args.no_png else (".npy", ".png")
+    try:  # before any work: e.g. --out the input folder would replace photo.png with its depth map
+        outputs = (args.out / f"{job.stem}{suffix}" for job in every_job for suffix in suffixes)
+        check_outputs(outputs, paths, make_folders=True)
+    except OutputError as err:
+        report(f"error: --out {args.out}: cannot write {err} (choose another --out folder)")
         return EXIT_USAGE
     loaded = load_model(args)
     if loaded is None:
         return EXIT_USAGE
     batcher, net = loaded
-    # stems from the whole list, so that processes never write the same name; then this process's share
-    jobs = process_slice([Job(path, stem) for path, stem in zip(paths, output_stems(paths))], index, count)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        report(f"error: cannot create {args.out}: {err}")
+        return EXIT_USAGE
+    jobs = process_slice(every_job, index, count)
 
     def decode(job: Job) -> tuple[Job, np.ndarray | None, str | None]:
         """-> (the job with its image's size, network input or None, error or None)."""
         try:
             image = read_image(job.source, args.max_pixels)
+            check_net_input(target_size(*image.shape[:2], net, square=args.square), args.max_pixels)
             return dataclasses.replace(job, size_hw=image.shape[:2]), preprocess(image, net, square=args.square), None
-        except (ImageError, MemoryError) as err:
-            return job, None, str(err) if isinstance(err, ImageError) else f"{job.source}: out of memory"
+        except ImageError as err:
+            return job, None, str(err)
+        except ValueError as err:  # the network input over --max-pixels
+            return job, None, f"{job.source}: {err}"
+        except MemoryError:
+            return job, None, f"{job.source}: out of memory"
 
     def write(result: tuple[Job, np.ndarray]) -> str | None:
         job, depth = result
@@ -356,35 +428,62 @@ def run_video(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
         import imageio.v2 as imageio
+        import imageio_ffmpeg
     except ImportError:
-        print(f"{PROG}: error: video needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg)",
-              file=sys.stderr)
+        report("error: video needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg)")
         return EXIT_USAGE
     if args.out.suffix.lower() not in (".mp4", ".mkv", ".mov", ".avi", ".webm"):
-        print(f"{PROG}: error: --out {args.out}: use a video file name (.mp4, .mkv, .mov, .webm)", file=sys.stderr)
+        report(f"error: --out {args.out}: use a video file name (.mp4, .mkv, .mov, .webm)")
         return EXIT_USAGE
+    if not check_size_flag(args):
+        return EXIT_USAGE
+    try:
+        check_outputs([args.out], [args.input], make_folders=True)  # before any work: e.g. --out the input itself
+    except OutputError as err:
+        report(f"error: --out {args.out}: cannot write {err}")
+        return EXIT_USAGE
+
+    def failed(message: str, err: BaseException) -> int:
+        """One line of ours; ffmpeg's log (in imageio's message) and the traceback with --debug only."""
+        if args.debug:
+            traceback.print_exception(err)
+        report(f"error: {args.input}: {message} ({first_line(err)})" + ("" if args.debug else "; --debug for more"))
+        return EXIT_FAILED_INPUTS
+
     try:
         reader = imageio.get_reader(args.input, format="FFMPEG")
         meta = reader.get_meta_data()
     except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
-        print(f"{PROG}: error: cannot read video {args.input}: {err}", file=sys.stderr)
-        return EXIT_FAILED_INPUTS
-    loaded = load_model(args)
-    if loaded is None:
+        return failed("cannot read video", err)
+    try:
+        width, height = (int(side) for side in meta.get("size") or (0, 0))
+        if width * height > args.max_pixels:  # from the header, before a frame is decoded
+            reader.close()
+            report(f"error: {args.input}: frames of {size_text(height, width)} = {megapixels(width * height)} are "
+                   f"over the limit of {megapixels(args.max_pixels)} (raise it with --max-pixels)")
+            return EXIT_FAILED_INPUTS
+        loaded = load_model(args)
+        if loaded is None:
+            reader.close()
+            return EXIT_USAGE
+        batcher, net = loaded
+        if width and height:
+            check_net_input(target_size(height, width, net, square=args.square), args.max_pixels)
+    except ValueError as err:
         reader.close()
-        return EXIT_USAGE
-    batcher, net = loaded
-    fps = args.fps or float(meta.get("fps") or 30.0)
-    duration = meta.get("duration")
-    total = int(round(duration * fps)) if isinstance(duration, (int, float)) and np.isfinite(duration) else None
-    if args.max_frames:
-        total = min(total, args.max_frames) if total else args.max_frames
+        report(f"error: {args.input}: {err}")
+        return EXIT_FAILED_INPUTS
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        print(f"{PROG}: error: cannot create {args.out.parent}: {err}", file=sys.stderr)
+        reader.close()
+        report(f"error: cannot create {args.out.parent}: {err}")
         return EXIT_USAGE
-    temp = args.out.with_name(f".{args.out.stem}.partial{args.out.suffix}")  # ffmpeg picks the container by suffix
+    fps = args.fps or float(meta.get("fps") or 30.0)
+    duration = meta.get("duration")
+    total = round(duration * fps) if isinstance(duration, (int, float)) and np.isfinite(duration) else None
+    if args.max_frames:
+        total = min(total, args.max_frames) if total else args.max_frames
 
     def read() -> Iterator[np.ndarray]:
         for index, frame in enumerate(reader):
@@ -403,34 +502,37 @@ def run_video(args: argparse.Namespace) -> int:
         return even(np.concatenate([frame, picture], axis=1) if args.side_by_side else picture)
 
     count, start = 0, time.perf_counter()
-    writer = None
     try:
-        writer = imageio.get_writer(temp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
-                                    macro_block_size=1, ffmpeg_log_level="error")
-        # one render thread keeps the frames in order; the batcher yields one shape's results in input order
-        with (progress(total, "frame", args.quiet) as bar, ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
-              ThreadPoolExecutor(1, "beit-render") as renderer):
-            results = batcher.run(ordered_map(prepare, read(), decoder, limit=2 * args.workers + 8))
-            for picture in ordered_map(render, results, renderer, limit=4):
-                writer.append_data(picture)
-                count += 1
-                bar.update()
-        writer.close()
-        writer = None
-        if count == 0:
-            raise RuntimeError("no frames decoded")
-        os.replace(temp, args.out)
+        # a new uniquely named file that only we created (ffmpeg then writes it in place), removed on every exit
+        with temp_beside(args.out) as temp:
+            writer = imageio.get_writer(temp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
+                                        macro_block_size=1, ffmpeg_log_level="error" if args.debug else "quiet")
+            try:
+                # one render thread keeps the frames in order; the batcher yields one shape's results in input order
+                with (progress(total, "frame", args.quiet) as bar,
+                      ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
+                      ThreadPoolExecutor(1, "beit-render") as renderer):
+                    results = batcher.run(ordered_map(prepare, read(), decoder, limit=2 * args.workers + 8))
+                    for picture in ordered_map(render, results, renderer, limit=4):
+                        writer.append_data(picture)
+                        count += 1
+                        bar.update()
+            except BaseException:
+                with contextlib.suppress(Exception):  # ffmpeg goes before its file; the first error is the one
+                    writer.close()
+                raise
+            writer.close()
+            if count == 0:
+                raise RuntimeError("no frames decoded")
+            # imageio does not check ffmpeg's exit status: a failed encode leaves a short or empty file
+            written, _ = imageio_ffmpeg.count_frames_and_secs(str(temp))
+            if written != count:
+                raise RuntimeError(f"ffmpeg wrote {written} of {count} frames")
+            replace(temp, args.out)
     except Exception as err:
-        print(f"{PROG}: error: {args.input}: {err}", file=sys.stderr)
-        return EXIT_FAILED_INPUTS
+        return failed("cannot make the depth video", err)
     finally:
         reader.close()
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:
-                pass
-        temp.unlink(missing_ok=True)
     elapsed = time.perf_counter() - start
     shapes = ", ".join(size_text(h, w) for _, h, w, _ in sorted(batcher.shapes))
     print(f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "

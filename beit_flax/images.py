@@ -2,8 +2,9 @@
 
 Decoding (`read_image`): Pillow, EXIF orientation applied (OpenCV's `imread` applies it too), alpha dropped without
 compositing (as `cv2.IMREAD_COLOR` does), grayscale and palette images expanded to RGB. 16-bit grayscale PNG / TIFF
-keep their 16 bits (MiDaS' `imread` would cut them to 8); 16-bit RGB is read as 8-bit by Pillow. Files above
-`max_pixels` are refused from their header, before anything is decoded.
+keep their 16 bits (MiDaS' `imread` would cut them to 8); 16-bit RGB is read as 8-bit by Pillow. Only regular
+files are opened, and files above `max_pixels` are refused from their header, before anything is decoded;
+`set_pixel_limit` makes Pillow's own guard follow the same limit, so that it is the only one.
 
 Rendering: `colorize` maps min..max of the depth onto a colormap (MiDaS `write_depth` with grayscale=False uses
 OpenCV's inferno the same way); `to_png16` is MiDaS' 16-bit grayscale PNG. Colormaps are 33 control points of the
@@ -15,43 +16,63 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from beit_flax.files import InputError, check_input
+from beit_flax.transforms import DEFAULT_MAX_PIXELS, megapixels  # the one pixel limit, with the net size's
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
      ".pbm", ".pnm"}
 )
-DEFAULT_MAX_PIXELS = 64 * 2**20  # 67 MP: every camera's full resolution, with memory to spare for a few in flight
 
 
 class ImageError(ValueError):
     """A file that cannot be used as an input image; the message names the file and the reason."""
 
 
+def set_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow's decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`, refusing above twice its value) agree
+    with `max_pixels`, so that a larger limit takes effect: a process-wide setting, which beit-depth makes once for
+    --max-pixels. `read_image` checks the image's own size against `max_pixels` either way."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _over_limit(path: Path, width: int, height: int, max_pixels: int) -> ImageError:
+    return ImageError(f"{path}: {width}x{height} = {megapixels(width * height)} is over the limit of "
+                      f"{megapixels(max_pixels)} (raise it with --max-pixels)")
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image file -> (H, W, 3) uint8 RGB, or uint16 for 16-bit grayscale. Raises ImageError."""
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        size = path.stat().st_size  # a missing file: "cannot read" below
+        check_input(path)  # only regular files: a FIFO would block, a device never end
+        if size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning and palette-transparency notes
-            with Image.open(path) as image:
+            # a file object, not the path: Pillow memory-maps raw images (grayscale PGM, BMP, TIFF) it opens by
+            # name, and a mapped file truncated while it is decoded is SIGBUS
+            with open(path, "rb") as file, Image.open(file) as image:
                 width, height = image.size  # from the header: nothing decoded yet
                 if width * height > max_pixels:
-                    raise ImageError(
-                        f"{path}: {width}x{height} = {width * height / 1e6:.0f} MP is over the limit of "
-                        f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)"
-                    )
+                    raise _over_limit(path, width, height, max_pixels)
                 return to_rgb_array(ImageOps.exif_transpose(image))
     except ImageError:
         raise
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"{path}: too large to decode safely ({err})") from None
+    except InputError as err:
+        raise ImageError(str(err)) from None
+    except Image.DecompressionBombError as err:  # Pillow's guard (twice its limit: set_pixel_limit), a frame or tile
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        raise ImageError(f"{path}: {megapixels(int(found[1])) if found else 'the image'} is over the limit of "
+                         f"{megapixels(max_pixels)} (raise it with --max-pixels)") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # truncated / corrupt data, unreadable file

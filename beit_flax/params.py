@@ -7,6 +7,7 @@ dtype. `param_shapes` traces the model abstractly (`jax.eval_shape`), so it cost
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import jax
@@ -34,25 +35,43 @@ def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
     return dict(_param_shapes(config))
 
 
+def _blocks(flat: dict[str, Any]) -> set[int]:
+    return {int(m[1]) for path in flat if (m := re.match(r"encoder/block_(\d+)/", path))}
+
+
+def _is_float(leaf: Any) -> bool:
+    try:
+        return bool(jnp.issubdtype(leaf.dtype, jnp.floating))
+    except TypeError:  # not a dtype numpy knows
+        return False
+
+
 def check_params(config: DPTConfig, params: Any, source: str = "params") -> None:
-    """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path, or a non-float leaf."""
+    """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path, or a non-float leaf.
+
+    The tree's encoder blocks are counted against `config.depth` first, so that a config that disagrees with its
+    tree fails before the shapes are traced.
+    """
+    # keys joined with str(): a hostile file's tree may have non-string keys
+    flat = {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(params).items()} if isinstance(
+        params, dict) else {}
+    blocks = _blocks(flat)
+    if blocks != set(range(config.depth)):
+        have = f"blocks {min(blocks)}..{max(blocks)} ({len(blocks)})" if blocks else "no encoder blocks"
+        raise ValueError(f"{source}: parameters do not match the config: the tree has {have}, "
+                         f"the config's depth is {config.depth}")
     expected = param_shapes(config)
-    flat = traverse_util.flatten_dict(params, sep="/") if isinstance(params, dict) else {}
-    got = {path: tuple(np.shape(leaf)) for path, leaf in flat.items()}
-    problems = [f"missing {p} {expected[p]}" for p in sorted(expected.keys() - got.keys())]
-    problems += [f"unexpected {p} {got[p]}" for p in sorted(got.keys() - expected.keys())]
+    arrays = {p: leaf for p, leaf in flat.items() if hasattr(leaf, "shape") and hasattr(leaf, "dtype")}
+    got = {p: tuple(leaf.shape) for p, leaf in arrays.items()}
+    problems = [f"{p} is a {type(leaf).__name__}, not a float array" for p, leaf in flat.items() if p not in arrays]
+    problems += [f"missing {p} {expected[p]}" for p in sorted(expected.keys() - flat.keys())]
+    problems += [f"unexpected {p} {got.get(p, '')}".rstrip() for p in sorted(flat.keys() - expected.keys())]
     problems += [
         f"{p} has shape {got[p]}, config needs {expected[p]}"
         for p in sorted(expected.keys() & got.keys())
         if got[p] != expected[p]
     ]
-    problems += [
-        f"{p} is a {type(leaf).__name__}, not a float array"
-        if getattr(leaf, "dtype", None) is None
-        else f"{p} has dtype {leaf.dtype}, not a float type"
-        for p, leaf in flat.items()
-        if not jnp.issubdtype(getattr(leaf, "dtype", np.dtype(object)), jnp.floating)
-    ]
+    problems += [f"{p} has dtype {leaf.dtype}, not a float type" for p, leaf in arrays.items() if not _is_float(leaf)]
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ValueError(f"{source}: parameters do not match the config: {shown}")

@@ -17,13 +17,35 @@ import numpy as np
 
 MULTIPLE = 32  # MiDaS `ensure_multiple_of` for these models
 MIN_NET_SIZE = MULTIPLE  # the smallest net size: one multiple on each side
+# The one pixel limit, for the images read and for the network input made from them (`--max-pixels`). 67 MP: every
+# camera's full resolution, with memory to spare for a few in flight; a net size up to its side, 8192.
+DEFAULT_MAX_PIXELS = 64 * 2**20
 
 
-def check_net_size(net_size: int) -> int:
-    """A net size to resize towards (`predict(net_size=)`, `--size`): an int of at least MIN_NET_SIZE."""
+def megapixels(pixels: int) -> str:
+    """How limits are stated: "67.1 MP", "6 MP", "0.004 MP"."""
+    return f"{pixels / 1e6:.3g} MP"
+
+
+def check_net_size(net_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """A net size to resize towards (`predict(net_size=)`, `--size`): an int of at least MIN_NET_SIZE whose square
+    (the network input of a square image) is within `max_pixels`."""
     if isinstance(net_size, bool) or not isinstance(net_size, (int, np.integer)) or net_size < MIN_NET_SIZE:
         raise ValueError(f"net size must be an int >= {MIN_NET_SIZE}, got {net_size!r}")
+    if int(net_size) ** 2 > max_pixels:
+        raise ValueError(f"net size {net_size}: a {net_size}x{net_size} network input is over the limit of "
+                         f"{megapixels(max_pixels)} (raise it with --max-pixels)")
     return int(net_size)
+
+
+def check_net_input(size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """`size_hw` (a `target_size`) if its pixels are within `max_pixels`: a panorama's network input can be several
+    times the net size squared. ValueError otherwise."""
+    height, width = size_hw
+    if height * width > max_pixels:
+        raise ValueError(f"network input {size_text(height, width)} = {megapixels(height * width)} is over the "
+                         f"limit of {megapixels(max_pixels)} (raise it with --max-pixels)")
+    return size_hw
 
 
 def size_text(height: int, width: int) -> str:

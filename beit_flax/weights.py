@@ -3,8 +3,9 @@
     {"format": "beit-flax", "format_version": 2, "config": {...DPTConfig fields...}, "params": {...float32 tree...}}
 
 Version 1 files also stored the compute dtype in the config; they still load (the dtype is ignored: it is chosen
-when loading, `load(path, dtype=...)`). `load` checks every parameter's path and shape against the config before
-anything is traced, so a bad file fails with the file name and the offending path instead of deep inside XLA.
+when loading, `load(path, dtype=...)`). `load` reads only a regular file of at most MAX_WEIGHTS_BYTES, validates the
+config (types and bounds) and checks every parameter's path and shape against it before anything is traced, so a bad
+file fails with the file name and the offending path instead of deep inside XLA (or after minutes of tracing).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import msgpack
 import numpy as np
 from flax import serialization
 
-from beit_flax.files import atomic_write
-from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.files import atomic_write, read_input
+from beit_flax.models.dpt.config import MAX_WEIGHTS_BYTES, DPTConfig
 from beit_flax.models.dpt.dpt import DPT
 from beit_flax.models.precision import check_dtype
 from beit_flax.params import check_params
@@ -82,7 +83,7 @@ def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[DPT, dict[str
             f"{path}: a folder, not a beit-flax weights file (a transformers checkpoint folder? convert it first: "
             f"convert_weights {path} {path.name}.msgpack)"
         )
-    data = path.read_bytes()
+    data = read_input(path, MAX_WEIGHTS_BYTES, "beit-flax weights file")  # InputError: a ValueError
     try:
         payload = serialization.msgpack_restore(data)
     except Exception:  # msgpack raises a zoo of types on corrupt input
@@ -94,8 +95,8 @@ def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[DPT, dict[str
             f"{path}: format version {payload.get('format_version')!r}, this beit-flax reads {READABLE_VERSIONS}"
         )
     try:
-        config = DPTConfig.from_dict(dict(payload["config"]))
-    except (KeyError, TypeError, ValueError) as err:
+        config = DPTConfig.from_dict(payload.get("config"))
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad config: {err}") from None
     params = payload.get("params")
     if not isinstance(params, dict):

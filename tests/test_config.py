@@ -10,10 +10,12 @@ import json
 import math
 
 import pytest
+from tiny_config import TINY
 
+from beit_flax.models.dpt import config as bounds
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
 from beit_flax.params import param_shapes
-from tiny_config import TINY
+from beit_flax.transforms import DEFAULT_MAX_PIXELS
 
 # name: (width, depth, heads, patch, train grid, hooks, reassemble channels, net size, table rows)
 TABLE = {
@@ -65,14 +67,14 @@ def test_presets_cover_exactly_the_released_models():
     "changes,message",
     [
         (dict(width=30, num_heads=4), "width 30 is not divisible by num_heads 4"),
-        (dict(hooks=(0, 1, 2)), "exactly 4 entries"),
-        (dict(reassemble_channels=(8, 16, 32)), "exactly 4 entries"),
+        (dict(hooks=(0, 1, 2)), "hooks must be a list of 4 ints"),
+        (dict(reassemble_channels=(8, 16, 32)), "reassemble_channels must be a list of 4 ints"),
         (dict(hooks=(0, 1, 2, 4)), "hooks (0, 1, 2, 4) must be increasing block indices in [0, depth=4)"),
         (dict(hooks=(-1, 1, 2, 3)), "must be increasing block indices"),
         (dict(hooks=(1, 0, 2, 3)), "must be increasing block indices"),
         (dict(hooks=(0, 1, 1, 3)), "must be increasing block indices"),
         (dict(train_grid=(0, 4)), "train_grid[0] must be a positive int, got 0"),
-        (dict(train_grid=(4,)), "train_grid (4,) must be two ints"),
+        (dict(train_grid=(4,)), "train_grid must be a list of 2 ints"),
         (dict(hooks=(0, 1, 2, "3")), "must be increasing block indices"),
         (dict(num_heads=0), "num_heads must be a positive int, got 0"),
         (dict(width=-32), "width must be a positive int, got -32"),
@@ -85,6 +87,65 @@ def test_invalid_config_raises_clear_error(changes, message):
     with pytest.raises(ValueError, match="invalid DPTConfig") as info:
         tiny(**changes)
     assert message in str(info.value)
+
+
+# every field's bound (config.py), one past it
+OVER_THE_LIMIT = {
+    "width": bounds.MAX_WIDTH * 2, "depth": bounds.MAX_DEPTH + 1, "num_heads": bounds.MAX_HEADS + 1,
+    "patch_size": bounds.MAX_PATCH_SIZE + 1, "train_grid": (bounds.MAX_GRID + 1, 4),
+    "reassemble_channels": (8, 16, 32, bounds.MAX_CHANNELS + 1), "fusion_channels": bounds.MAX_CHANNELS + 1,
+    "head_channels": bounds.MAX_CHANNELS + 1, "net_size": bounds.MAX_NET_SIZE + 1,
+}
+
+
+@pytest.mark.parametrize("field", sorted(OVER_THE_LIMIT))
+def test_every_size_has_a_bound(field):
+    """A weights file or checkpoint saying depth=100000 (or a huge grid, width, net size) is refused when the config
+    is made, before anything is traced or allocated."""
+    with pytest.raises(ValueError, match="over the limit of"):
+        tiny(**{field: OVER_THE_LIMIT[field]})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(width=32.0), dict(depth="4"), dict(num_heads=True), dict(net_size=None), dict(train_grid=4),
+     dict(train_grid="ab"), dict(hooks=None), dict(reassemble_channels=[8, 16, 32, 32.5]), dict(patch_size=[16])],
+)
+def test_wrong_types_are_value_errors(changes):
+    """What JSON / msgpack can hold in place of an int: one ValueError naming the field, never a TypeError."""
+    with pytest.raises(ValueError, match="invalid DPTConfig") as info:
+        tiny(**changes)
+    assert next(iter(changes)) in str(info.value)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), -1e-6, 0.0, 0, 1.0, "abc", "1e-6", True, None, [1e-6]])
+def test_layer_norm_eps_must_be_a_small_positive_number(eps):
+    """NaN, negative or zero eps gives an all-NaN depth map: refused with the value, whatever its type."""
+    with pytest.raises(ValueError, match=r"layer_norm_eps must be a number in \(0, 0.001\], got"):
+        tiny(layer_norm_eps=eps)
+    assert tiny(layer_norm_eps=1e-12).layer_norm_eps == 1e-12
+
+
+def test_from_dict_refuses_what_is_not_a_dict_of_fields():
+    for value in (None, 5, [1, 2], "config"):
+        with pytest.raises(ValueError, match="config must be a dict of fields"):
+            DPTConfig.from_dict(value)
+    with pytest.raises(ValueError, match=r"unknown \['7'\]"):
+        DPTConfig.from_dict({**tiny().to_dict(), 7: "x"})
+
+
+def test_bounds_fit_the_largest_weights_file():
+    """MAX_WEIGHTS_BYTES (the largest weights file `load` reads) holds the largest model the bounds allow, and the
+    largest config net size is the default pixel limit's side."""
+    largest = DPTConfig(width=bounds.MAX_WIDTH, depth=bounds.MAX_DEPTH, num_heads=bounds.MAX_HEADS,
+                        patch_size=bounds.MAX_PATCH_SIZE, train_grid=(bounds.MAX_GRID,) * 2,
+                        hooks=default_hooks(bounds.MAX_DEPTH), reassemble_channels=(bounds.MAX_CHANNELS,) * 4,
+                        fusion_channels=bounds.MAX_CHANNELS, head_channels=bounds.MAX_CHANNELS,
+                        net_size=bounds.MAX_NET_SIZE)
+    shapes = param_shapes(largest)
+    framing = 1024 * len(shapes)  # msgpack: key, ext header, shape and dtype per leaf
+    assert 4 * sum(math.prod(s) for s in shapes.values()) + framing <= bounds.MAX_WEIGHTS_BYTES
+    assert bounds.MAX_NET_SIZE**2 == DEFAULT_MAX_PIXELS
 
 
 def test_all_problems_reported_at_once():

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
+import struct
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 import torch
+import torch_reference as ref
 from safetensors.torch import save_file
 
-import torch_reference as ref
-from beit_flax.convert.cli import EXIT_BAD_INPUT, EXIT_CANNOT_WRITE, main as convert_main
+from beit_flax.convert.cli import EXIT_BAD_INPUT, EXIT_CANNOT_WRITE
+from beit_flax.convert.cli import main as convert_main
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +52,12 @@ def _bad_files(tmp_path, midas_sd):
     evil = io.BytesIO()
     torch.save({"pretrained.model.cls_token": _RunsCode(marker)}, evil)
     nan_sd = dict(midas_sd)
-    nan_sd["pretrained.model.blocks.1.gamma_1"] = torch.full_like(nan_sd["pretrained.model.blocks.1.gamma_1"], float("nan"))
+    gamma = "pretrained.model.blocks.1.gamma_1"
+    nan_sd[gamma] = torch.full_like(nan_sd[gamma], float("nan"))
     wrong_shape = dict(midas_sd)
     wrong_shape["scratch.refinenet2.out_conv.weight"] = torch.ones(16, 16, 3, 3)
+    int_tensor = dict(midas_sd)
+    int_tensor["pretrained.model.blocks.1.gamma_1"] = int_tensor["pretrained.model.blocks.1.gamma_1"].to(torch.int32)
     return marker, {
         "empty.pt": b"",
         "truncated.pt": good[: len(good) // 2],
@@ -61,7 +68,9 @@ def _bad_files(tmp_path, midas_sd):
         "wrong_shape.pt": _torch_bytes(wrong_shape),
         "vit.pt": _torch_bytes({"pretrained.model.pos_embed": torch.ones(1, 577, 32),
                                 "pretrained.model.blocks.0.attn.qkv.weight": torch.ones(96, 32)}),
-        "swin.pt": _torch_bytes({"pretrained.model.layers.0.blocks.0.attn.relative_position_bias_table": torch.ones(4, 2)}),
+        "swin.pt": _torch_bytes(
+            {"pretrained.model.layers.0.blocks.0.attn.relative_position_bias_table": torch.ones(4, 2)}
+        ),
         "hybrid.pt": _torch_bytes({"pretrained.model.patch_embed.backbone.stem.conv.weight": torch.ones(4, 3, 7, 7),
                                    "pretrained.model.pos_embed": torch.ones(1, 577, 32)}),
         "levit.pt": _torch_bytes({"pretrained.model.stages.0.blocks.0.attn.attention_biases": torch.ones(4, 16)}),
@@ -69,6 +78,8 @@ def _bad_files(tmp_path, midas_sd):
         "midas_v21.pt": _torch_bytes({"pretrained.layer1.0.weight": torch.ones(4, 3, 3, 3)}),
         "unrelated.pt": _torch_bytes({"fc.weight": torch.ones(2, 2)}),
         "truncated.safetensors": _safetensors_bytes(tmp_path, ref.state_dict_v5(ref.build_reference(ref.TINY)))[:500],
+        "int_tensor.pt": _torch_bytes(int_tensor),
+        **{f"{name}.safetensors": data for name, data in _bad_safetensors().items()},
     }
 
 
@@ -76,6 +87,25 @@ def _torch_bytes(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+def _safetensors(header: dict, body: bytes, length: int | None = None) -> bytes:
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text) if length is None else length) + text + body
+
+
+def _bad_safetensors() -> dict[str, bytes]:
+    """safetensors files whose header lies (read here with pread, so each lie must be caught before reading)."""
+    entry = lambda **changes: {"t": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16], **changes}}
+    return {
+        "offsets_outside": _safetensors(entry(data_offsets=[0, 10**12], shape=[250_000_000_000]), bytes(16)),
+        "size_mismatch": _safetensors(entry(shape=[3, 2]), bytes(16)),
+        "negative_shape": _safetensors(entry(shape=[-2, -2]), bytes(16)),
+        "unknown_dtype": _safetensors(entry(dtype="Q9"), bytes(16)),
+        "header_too_long": _safetensors(entry(), bytes(16), length=10**9),
+        "header_not_json": struct.pack("<Q", 5) + b"{{{{{" + bytes(16),
+        "header_not_object": _safetensors([1, 2], bytes(16)),  # type: ignore[arg-type]
+    }
 
 
 def _safetensors_bytes(tmp_path, sd) -> bytes:
@@ -91,7 +121,7 @@ EXPECTED_MESSAGES = {
     "evil.pt": "cannot read checkpoint",
     "not_a_state_dict.pt": "not a state dict",
     "nan.pt": "pretrained.model.blocks.1.gamma_1 has non-finite values",
-    "wrong_shape.pt": "fusion_2/out_conv/kernel has shape (3, 3, 16, 16), config needs (1, 1, 16, 16)",
+    "wrong_shape.pt": "scratch.refinenet2.out_conv.weight has shape (16, 16, 3, 3), config needs (16, 16, 1, 1)",
     "vit.pt": "looks like a ViT",
     "swin.pt": "looks like a Swin",
     "hybrid.pt": "looks like a DPT-Hybrid",
@@ -100,6 +130,16 @@ EXPECTED_MESSAGES = {
     "midas_v21.pt": "looks like a MiDaS v2.x",
     "unrelated.pt": "not a MiDaS v3.1 BEiT or transformers DPT-BEiT checkpoint",
     "truncated.safetensors": "cannot read checkpoint",
+    "int_tensor.pt": "pretrained.model.blocks.1.gamma_1 is a int32 tensor (parameters are float32 / float16 / "
+    "bfloat16)",
+    "offsets_outside.safetensors": "not a valid safetensors file (t: data offsets [0, 1000000000000]",
+    "size_mismatch.safetensors": "not a valid safetensors file (t: data offsets [0, 16] for a float32 tensor of shape "
+    "(3, 2))",
+    "negative_shape.safetensors": "not a valid safetensors file (t: shape [-2, -2])",
+    "unknown_dtype.safetensors": "not a valid safetensors file (t: no known dtype)",
+    "header_too_long.safetensors": "not a valid safetensors file (header length 1000000000 for a file of",
+    "header_not_json.safetensors": "not a valid safetensors file (header is not JSON",
+    "header_not_object.safetensors": "not a valid safetensors file (header is not a JSON object)",
 }
 
 
@@ -153,3 +193,54 @@ def test_zip_bomb_like_archive_is_refused_cleanly(tmp_path, capsys):
         archive.writestr("archive/data.pkl", pickle.dumps({"a": 1}, protocol=2)[:-1])
     code, line = run(capsys, path, tmp_path / "out.msgpack")
     assert code == EXIT_BAD_INPUT and "cannot read checkpoint" in line
+
+
+def test_config_json_values_are_checked_naming_the_file(tmp_path, capsys, midas_sd):
+    """transformers' config.json beside the weights: unreadable JSON, wrong types and out-of-range values are one line
+    naming config.json (they were "cannot read checkpoint (ValueError: ...)" or, for NaN eps, a NaN model)."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in midas_sd.items()}, folder / "model.safetensors")
+    config = folder / "config.json"
+    cases = {
+        "{not json": "config.json: not valid JSON",
+        "[1, 2]": "config.json: not a JSON object",
+        '{"backbone_config": [1]}': "config.json: backbone_config is not an object",
+        '{"backbone_config": {"out_indices": ["1", "2", "3", "4"]}}': "out_indices ['1', '2', '3', '4'] is not a list",
+        '{"backbone_config": {"out_features": ["s1", "s2"]}}': "out_features ['s1', 's2'] is not a list of 'stageN'",
+        '{"backbone_config": {"out_indices": [1, 2, 3, 9]}}': "hooks (0, 1, 2, 8) must be increasing block indices",
+        '{"backbone_config": {"layer_norm_eps": NaN}}': "layer_norm_eps must be a number in (0, 0.001], got nan",
+        '{"backbone_config": {"layer_norm_eps": "1e-6"}}': "layer_norm_eps '1e-6' is not a number",
+    }
+    for text, message in cases.items():
+        config.write_text(text)
+        code, line = run(capsys, folder, tmp_path / "out.msgpack")
+        assert code == EXIT_BAD_INPUT and message in line and "config.json" in line, (text, line)
+    assert not (tmp_path / "out.msgpack").exists()
+
+
+def test_half_precision_tensors_convert(tmp_path, midas_sd):
+    """fp16 and bf16 checkpoints (read by torch, and by the safetensors reader here: bf16 is float32's upper half)."""
+    from safetensors.torch import save_file
+
+    from beit_flax.convert import open_checkpoint, torch_to_flax
+
+    reference = torch_to_flax(open_checkpoint(_write(tmp_path / "fp32.pt", midas_sd))).params
+    for dtype in (torch.float16, torch.bfloat16):
+        half = {k: v.to(dtype) if v.is_floating_point() else v for k, v in midas_sd.items()}
+        widened = {k: v.float() if v.is_floating_point() else v for k, v in half.items()}
+        torch.save(half, tmp_path / "half.pt")
+        save_file({k: v.contiguous() for k, v in half.items()}, tmp_path / "half.safetensors")
+        expected = torch_to_flax(open_checkpoint(_write(tmp_path / "widened.pt", widened))).params
+        for name in ("half.pt", "half.safetensors"):
+            got = torch_to_flax(open_checkpoint(tmp_path / name)).params
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_array_equal(a, b)
+        assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(expected)))
+
+
+def _write(path, sd):
+    torch.save(sd, path)
+    return path

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from beit_flax.files import OutputError, check_input, check_outputs, interruptible
+
 EXIT_BAD_INPUT = 2
-EXIT_CANNOT_WRITE = 3
+EXIT_CANNOT_WRITE = 3  # also: an output that is not a regular file, or is one of the inputs (files.check_outputs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
             "dpt_beit_base_384.pt) or a transformers DPT-BEiT checkpoint (model.safetensors / pytorch_model.bin, "
             "or the folder holding it and config.json) into a beit-flax .msgpack weights file."
         ),
-        epilog=f"Exit status: 0 converted, {EXIT_BAD_INPUT} bad or unsupported input, "
-        f"{EXIT_CANNOT_WRITE} output not writable.",
+        epilog=f"Exit status: 0 converted, {EXIT_BAD_INPUT} bad or unsupported input, {EXIT_CANNOT_WRITE} output not "
+        "writable or refused (not a regular file, or one of the inputs), 130 / 143 interrupted.",
     )
     parser.add_argument("checkpoint", help="MiDaS .pt, transformers .safetensors/.bin, or a folder with config.json")
     parser.add_argument("output", help="where to write the .msgpack (written atomically)")
@@ -57,32 +58,44 @@ def convert(checkpoint: str, output: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out_dir = Path(args.output).resolve().parent
-    if not out_dir.is_dir() or not os.access(out_dir, os.W_OK):  # fail before minutes of work, not after
-        print(f"convert_weights: cannot write {args.output}: folder {out_dir} does not exist or is not writable",
-              file=sys.stderr)
-        return EXIT_CANNOT_WRITE
-    work = functools.partial(convert, args.checkpoint, args.output)
+
+    def work() -> str:
+        from beit_flax.convert.checkpoint import checkpoint_files
+
+        # before minutes of work: an output we may write, and none of the files the conversion reads
+        check_outputs([args.output], checkpoint_files(args.checkpoint))
+        return convert(args.checkpoint, args.output)
+
     return run("convert_weights", work, args.output, debug=args.debug)
 
 
 def run(prog: str, work: Callable[[], str], output: str, *, debug: bool) -> int:
-    """Print `work()`'s summary line and return 0, or print one error line and return the exit status: OSError ->
-    EXIT_CANNOT_WRITE, ValueError (ConversionError, a bad weights file, params that do not fit) -> EXIT_BAD_INPUT.
-    With `debug`, errors propagate with their traceback."""
-    try:
-        print(work())
-    except OSError as err:
-        if debug:
-            raise
-        print(f"{prog}: cannot write {output}: {err.strerror or err}", file=sys.stderr)
-        return EXIT_CANNOT_WRITE
-    except ValueError as err:
-        if debug:
-            raise
-        print(f"{prog}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+    """Print `work()`'s summary line and return 0, or print one error line and return the exit status: OSError
+    (OutputError included) -> EXIT_CANNOT_WRITE, ValueError (ConversionError, a bad weights file, params that do not
+    fit) -> EXIT_BAD_INPUT, Ctrl-C / SIGTERM -> 130 / 143 (`files.interruptible`). With `debug`, errors propagate
+    with their traceback."""
+
+    def attempt() -> int:
+        try:
+            print(work())
+        except OutputError as err:
+            if debug:
+                raise
+            print(f"{prog}: cannot write {err}", file=sys.stderr)
+            return EXIT_CANNOT_WRITE
+        except OSError as err:
+            if debug:
+                raise
+            print(f"{prog}: cannot write {output}: {err.strerror or err}", file=sys.stderr)
+            return EXIT_CANNOT_WRITE
+        except ValueError as err:
+            if debug:
+                raise
+            print(f"{prog}: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
+
+    return interruptible(prog, attempt)
 
 
 EXPORT_LAYOUTS = {"midas": "midas", "hf": "hf-v4", "hf-v5": "hf-v5"}
@@ -96,7 +109,8 @@ def build_export_parser() -> argparse.ArgumentParser:
         epilog="OUT ending in .safetensors is written with safetensors, .pt/.pth/.bin with torch.save; with --format "
         "hf/hf-v5 an OUT without a suffix becomes a folder holding config.json + model.safetensors "
         "(DPTForDepthEstimation.from_pretrained(OUT)). "
-        f"Exit status: 0 written, {EXIT_BAD_INPUT} bad input, {EXIT_CANNOT_WRITE} output not writable.",
+        f"Exit status: 0 written, {EXIT_BAD_INPUT} bad input, {EXIT_CANNOT_WRITE} output not writable or refused, "
+        "130 / 143 interrupted.",
     )
     parser.add_argument("weights", help="a beit-flax .msgpack (convert_weights, beit_flax.save)")
     parser.add_argument("output", help="OUT.pt / OUT.safetensors / OUT folder")
@@ -107,8 +121,25 @@ def build_export_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export_outputs(output: str, layout: str) -> list[Path]:
+    """The files `export` writes for OUT: OUT itself, or OUT/config.json + OUT/model.safetensors for a transformers
+    folder (an OUT without a suffix, --format hf / hf-v5). ValueError for a name that is neither."""
+    out = Path(output)
+    if out.suffix == "" and layout != "midas":
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: exists and is not a folder")
+        return [out / "config.json", out / "model.safetensors"]
+    if out.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise ValueError(f"{output}: use a .pt, .pth, .bin or .safetensors file name (or a folder with --format hf)")
+    return [out]
+
+
 def export(weights: str, output: str, layout: str) -> str:
     """Write the state dict for `layout`; returns the summary line. Raises ValueError (bad input) or OSError."""
+    outputs = export_outputs(output, layout)
+    check_input(weights)  # a missing file or a folder is a bad input (2), not an output problem
+    check_outputs(outputs, [weights], make_folders=True)  # before the work; none of them the input
+
     import torch
     from safetensors.torch import save as safetensors_bytes
 
@@ -120,21 +151,18 @@ def export(weights: str, output: str, layout: str) -> str:
     start = time.perf_counter()
     model, params = load(weights)
     state = {name: torch.from_numpy(array) for name, array in flax_to_torch(params, model.config, layout).items()}
-    out = Path(output)
-    if out.suffix == "" and layout != "midas":  # a transformers folder; its config.json needs no transformers
-        out.mkdir(exist_ok=True)
-        atomic_write_bytes(out / "config.json", (json.dumps(hf_config_dict(model.config), indent=2) + "\n").encode())
-        out = out / "model.safetensors"
+    if len(outputs) == 2:  # a transformers folder; its config.json needs no transformers
+        outputs[0].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(outputs[0], (json.dumps(hf_config_dict(model.config), indent=2) + "\n").encode())
+    out = outputs[-1]
     if out.suffix == ".safetensors":
         atomic_write_bytes(out, safetensors_bytes(state, metadata={"format": "pt"}))
-    elif out.suffix in (".pt", ".pth", ".bin"):
+    else:
         import io
 
         buffer = io.BytesIO()
         torch.save(state, buffer)
         atomic_write(out, [buffer.getbuffer()])
-    else:
-        raise ValueError(f"{output}: use a .pt, .pth, .bin or .safetensors file name (or a folder with --format hf)")
     return f"exported {len(state)} tensors ({layout} layout) -> {out}: {time.perf_counter() - start:.1f} s"
 
 

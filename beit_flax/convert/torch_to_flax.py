@@ -1,18 +1,24 @@
-"""PyTorch checkpoint -> (DPTConfig, beit-flax parameter tree), accounting for every tensor."""
+"""PyTorch checkpoint -> (DPTConfig, beit-flax parameter tree), accounting for every tensor.
+
+Order of work: layout from the names, config from the shapes (validated: bounds), then every tensor's name, dtype and
+shape checked against the config's parameters, and only then the tensors read, one at a time.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.convert.checkpoint import Checkpoint, ConversionError
+from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
 from beit_flax.convert.keys import DROPPED, LAYOUTS, find_rule
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
+from beit_flax.params import param_shapes
 
 # A name that only one layout has, used to tell them apart.
 _LAYOUT_MARKERS = {
@@ -59,57 +65,74 @@ def detect_layout(shapes: dict[str, tuple[int, ...]], source: str) -> str:
     )
 
 
-def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str) -> tuple[int, ...]:
+def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str, rank: int) -> tuple[int, ...]:
+    """The shape of `key`, which must be there with `rank` dimensions."""
     if key not in shapes:
         raise ConversionError(f"{source}: missing key {key}")
+    if len(shapes[key]) != rank:
+        raise ConversionError(f"{source}: {key} has shape {shapes[key]}, not {rank} dimensions")
     return shapes[key]
+
+
+def _hf_fields(hf_config: dict, config_file: str) -> dict[str, Any]:
+    """The DPTConfig fields transformers' config.json states (hooks, layer_norm_eps), type-checked; the values
+    themselves are checked by DPTConfig."""
+    backbone = hf_config.get("backbone_config") or {}
+    if not isinstance(backbone, dict):
+        raise ConversionError(f"{config_file}: backbone_config is not an object")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    fields: dict[str, Any] = {}
+    if backbone.get("out_indices"):  # index 0 is the embedding output
+        indices = backbone["out_indices"]
+        if not (isinstance(indices, list) and all(is_int(i) for i in indices)):
+            raise ConversionError(f"{config_file}: backbone_config.out_indices {indices!r} is not a list of ints")
+        fields["hooks"] = tuple(i - 1 for i in indices)
+    elif backbone.get("out_features"):
+        names = backbone["out_features"]
+        if not (isinstance(names, list) and all(isinstance(n, str) and n.removeprefix("stage").isdigit()
+                                                for n in names)):
+            raise ConversionError(f"{config_file}: backbone_config.out_features {names!r} is not a list of 'stageN'")
+        fields["hooks"] = tuple(int(n.removeprefix("stage")) - 1 for n in names)
+    if "layer_norm_eps" in backbone:  # transformers runs with what config.json says
+        eps = backbone["layer_norm_eps"]
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool)):
+            raise ConversionError(f"{config_file}: backbone_config.layer_norm_eps {eps!r} is not a number")
+        fields["layer_norm_eps"] = float(eps)
+    return fields
 
 
 def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dict | None, source: str) -> DPTConfig:
     """Read the architecture off the tensor shapes (and transformers' config.json where it says more).
 
     The names are looked up in the layout's key table, so each layout's naming lives in `convert/keys.py` only.
+    Every tensor read here must have the rank its module gives it; the config is validated (types and bounds) before
+    anything else is done with it.
     """
-    shape = lambda flax_path: _shape(shapes, find_rule(layout, flax_path)[1].format(i=0), source)
+    dim = lambda flax_path, rank, i: _shape(shapes, find_rule(layout, flax_path)[1].format(i=0), source, rank)[i]
     table_rule, table_name = find_rule(layout, "encoder/block_{i}/attn/relative_position/table")
     blocks = sorted({int(m["i"]) for key in shapes if (m := re.fullmatch(table_rule.torch_pattern, key))})
     if not blocks or blocks != list(range(len(blocks))):
         raise ConversionError(f"{source}: encoder blocks are not numbered 0..N-1 (found {blocks[:8]}...)")
     table_key = table_name.format(i=0)
-    rows, heads = _shape(shapes, table_key, source)
-    side = (math.isqrt(rows - 3) + 1) // 2
-    if (2 * side - 1) ** 2 + 3 != rows:
+    rows, heads = _shape(shapes, table_key, source, 2)
+    side = (math.isqrt(rows - 3) + 1) // 2 if rows > 3 else 0
+    if side < 1 or (2 * side - 1) ** 2 + 3 != rows:
         raise ConversionError(f"{source}: {table_key} has {rows} rows, not (2g-1)^2 + 3 for a square grid g")
 
     depth = len(blocks)
-    hooks = default_hooks(depth)
-    layer_norm_eps = 1e-6  # MiDaS / timm
-    backbone = (hf_config or {}).get("backbone_config") or {}
-    if backbone.get("out_indices"):
-        hooks = tuple(int(i) - 1 for i in backbone["out_indices"])  # index 0 is the embedding output
-    elif backbone.get("out_features"):
-        hooks = tuple(int(name.removeprefix("stage")) - 1 for name in backbone["out_features"])
-    if "layer_norm_eps" in backbone:
-        layer_norm_eps = float(backbone["layer_norm_eps"])  # transformers runs with what config.json says
-
-    width = shape("patch_embed/cls_token")[-1]
-    reassemble_channels = tuple(shape(f"reassemble_{s}/project/kernel")[0] for s in (1, 2, 3, 4))
-    fusion_channels, head_channels = shape("reassemble_1/to_fusion/kernel")[0], shape("head/conv2/kernel")[0]
+    config_file = str(Path(source).parent / "config.json")
+    told = _hf_fields(hf_config or {}, config_file)
+    fields = {"hooks": default_hooks(depth), "layer_norm_eps": 1e-6, **told}  # MiDaS / timm's unless told
+    sizes = {
+        "width": dim("patch_embed/cls_token", 3, -1),
+        "reassemble_channels": tuple(dim(f"reassemble_{s}/project/kernel", 4, 0) for s in (1, 2, 3, 4)),
+        "fusion_channels": dim("reassemble_1/to_fusion/kernel", 4, 0),
+        "head_channels": dim("head/conv2/kernel", 4, 0),
+    }
     try:
-        return DPTConfig(
-            width=width,
-            depth=depth,
-            num_heads=heads,
-            train_grid=(side, side),
-            hooks=hooks,
-            reassemble_channels=reassemble_channels,
-            fusion_channels=fusion_channels,
-            head_channels=head_channels,
-            layer_norm_eps=layer_norm_eps,
-            net_size=16 * side,
-        )
+        return DPTConfig(depth=depth, num_heads=heads, train_grid=(side, side), net_size=16 * side, **sizes, **fields)
     except ValueError as err:
-        raise ConversionError(f"{source}: {err}") from None
+        raise ConversionError(f"{source}: {err}" + (f" (read with {config_file})" if told else "")) from None
 
 
 def model_name(config: DPTConfig) -> str:
@@ -119,33 +142,66 @@ def model_name(config: DPTConfig) -> str:
     return f"custom BEiT-DPT (width {config.width}, depth {config.depth}, grid {config.train_grid})"
 
 
+def _plan(checkpoint: Checkpoint, layout: str, config: DPTConfig) -> tuple[list[tuple[str, list[str], Any]], list[str]]:
+    """((key, flax paths, Leaf) of every tensor to convert, dropped keys), from the names, shapes and dtypes alone.
+
+    ConversionError naming the keys for tensors that no rule maps, that are not float, whose shape is not the
+    config's (a block past the depth included) or that are missing, before a single tensor is read.
+    """
+    source = str(checkpoint.path)
+    expected = param_shapes(config)
+    names = {path: name for rule in LAYOUTS[layout] for name, paths, _ in rule.tensors(config.depth) for path in paths}
+    plan, dropped, unknown, problems, covered = [], [], [], [], set()
+    for key, shape in checkpoint.shapes.items():
+        target = next((t for rule in LAYOUTS[layout] if (t := rule.match(key)) is not None), None)
+        if target is None:
+            (dropped if any(re.fullmatch(p, key) for p in DROPPED[layout]) else unknown).append(key)
+            continue
+        paths, leaf = target
+        covered.update(paths)
+        dtype = checkpoint.dtypes[key]
+        if dtype not in FLOAT_DTYPES:
+            problems.append(f"{key} is {'not a tensor' if dtype is None else f'a {dtype} tensor'} "
+                            f"(parameters are {' / '.join(FLOAT_DTYPES)})")
+            continue
+        want = [expected.get(path) for path in paths]
+        if None in want:
+            problems.append(f"unexpected {key}: the config ({config.depth} blocks) has no {paths[0]}")
+            continue
+        try:  # the layout change on a zero-stride view: shapes only, nothing allocated
+            got = [value.shape for value in leaf.to_flax(np.broadcast_to(np.float32(0), shape))]
+        except (ValueError, IndexError):  # a rank or size the layout change cannot take
+            got = None
+        if got != want:
+            needs = leaf.to_torch(*(np.broadcast_to(np.float32(0), w) for w in want)).shape
+            problems.append(f"{key} has shape {tuple(shape)}, config needs {tuple(needs)} ({', '.join(paths)})")
+            continue
+        plan.append((key, paths, leaf))
+    if unknown:
+        raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ConversionError(f"{source}: {shown}")
+    missing = sorted(expected.keys() - covered)
+    if missing:
+        listed = ", ".join(f"{names.get(path, '?')} ({path})" for path in missing[:10])
+        raise ConversionError(f"{source}: {len(missing)} parameters missing from the checkpoint: {listed}")
+    return plan, dropped
+
+
 def torch_to_flax(checkpoint: Checkpoint) -> Converted:
-    """Map every tensor of `checkpoint` to the flax tree; unmapped or missing tensors are errors listing the keys."""
+    """Map every tensor of `checkpoint` to the flax tree; unmapped, misshapen or missing tensors are errors listing
+    the keys, found from the names and shapes before any tensor is read."""
     source = str(checkpoint.path)
     layout = detect_layout(checkpoint.shapes, source)
     config = infer_config(layout, checkpoint.shapes, checkpoint.hf_config, source)
-    rules, dropped_patterns = LAYOUTS[layout], DROPPED[layout]
-
+    plan, dropped = _plan(checkpoint, layout, config)
     flat: dict[str, np.ndarray] = {}
-    dropped, unknown = [], []
-    for key in list(checkpoint.shapes):
-        target = next((t for rule in rules if (t := rule.match(key)) is not None), None)
-        if target is None:
-            (dropped if any(re.fullmatch(p, key) for p in dropped_patterns) else unknown).append(key)
-            continue
+    for key, paths, leaf in plan:
         tensor = checkpoint.take(key)
         if not np.isfinite(tensor).all():
             raise ConversionError(f"{source}: {key} has non-finite values (NaN or inf)")
-        paths, leaf = target
         for path, value in zip(paths, leaf.to_flax(tensor), strict=True):
             flat[path] = np.ascontiguousarray(value, dtype=np.float32)
-    if unknown:
-        raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
-
-    from beit_flax.params import param_shapes
-
-    missing = sorted(param_shapes(config).keys() - flat.keys())
-    if missing:
-        raise ConversionError(f"{source}: {len(missing)} parameters missing from the checkpoint: {', '.join(missing[:10])}")
     params = traverse_util.unflatten_dict(flat, sep="/")
     return Converted(config, params, layout, model_name(config), dropped)

@@ -47,25 +47,9 @@ class DPTConfig:
     def __post_init__(self) -> None:
         # Lists arrive from JSON / msgpack; keep the dataclass hashable (flax modules hash their fields).
         for name in ("train_grid", "hooks", "reassemble_channels"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        problems = []
-        sizes = {
-            "width": self.width, "depth": self.depth, "num_heads": self.num_heads, "patch_size": self.patch_size,
-            "fusion_channels": self.fusion_channels, "head_channels": self.head_channels, "net_size": self.net_size,
-            **{f"train_grid[{i}]": v for i, v in enumerate(self.train_grid)},
-            **{f"reassemble_channels[{i}]": v for i, v in enumerate(self.reassemble_channels)},
-        }
-        problems += [f"{name} must be a positive int, got {v!r}" for name, v in sizes.items() if not _positive_int(v)]
-        if not problems and self.width % self.num_heads:
-            problems.append(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if len(self.train_grid) != 2:
-            problems.append(f"train_grid {self.train_grid} must be two ints (gh, gw)")
-        if len(self.hooks) != 4 or len(self.reassemble_channels) != 4:
-            problems.append("hooks and reassemble_channels need exactly 4 entries")
-        if not all(isinstance(h, int) for h in self.hooks) or list(self.hooks) != sorted(set(self.hooks)) or not (
-            _positive_int(self.depth) and all(0 <= h < self.depth for h in self.hooks)
-        ):
-            problems.append(f"hooks {self.hooks} must be increasing block indices in [0, depth={self.depth})")
+            if isinstance(getattr(self, name), (list, tuple)):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = _problems(self)
         if problems:
             raise ValueError("invalid DPTConfig: " + "; ".join(problems))
 
@@ -79,19 +63,21 @@ class DPTConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, fields: dict[str, Any]) -> "DPTConfig":
+    def from_dict(cls, fields: dict[str, Any]) -> DPTConfig:
         """Inverse of `to_dict`; every field must be present (a partial config would silently mean another model).
 
         Files written before the compute dtype became a module attribute also store "dtype"; it is ignored.
         """
+        if not isinstance(fields, dict):
+            raise ValueError(f"config must be a dict of fields, got a {type(fields).__name__}")
         fields = {k: v for k, v in fields.items() if k not in LEGACY_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(fields) - known), sorted(known - set(fields))
+        unknown, missing = sorted(map(str, set(fields) - known)), sorted(known - set(fields))
         if unknown or missing:
             raise ValueError(f"config fields: unknown {unknown}, missing {missing}")
         return cls(**fields)
 
-    def replace(self, **changes: Any) -> "DPTConfig":
+    def replace(self, **changes: Any) -> DPTConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -99,8 +85,60 @@ class DPTConfig:
 LEGACY_FIELDS = frozenset({"dtype"})
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+# Bounds on every field, checked whenever a config is made (from a weights file, a checkpoint, config.json or code),
+# so that a small file cannot make us trace or allocate without end. Each is far above every released model.
+MAX_DEPTH = 64  # blocks; released: 12, 24. Shapes are traced block by block (~30 ms, 0.35 MB each): at most ~2 s
+MAX_WIDTH = 2048  # token channels; released: 768, 1024 (the widest ViTs in use: ViT-G/14 1664)
+MAX_HEADS = 64  # released: 12, 16; each head is a column of every block's relative-position table
+MAX_PATCH_SIZE = 32  # released: 16 (ViT-B/32 has 32); the patch kernel has p*p*3*width weights
+MAX_GRID = 128  # patches per side of the training grid; released: 24, 32; tables have (2g-1)^2 + 3 rows
+MAX_CHANNELS = 2048  # reassemble / fusion / head channels; released: at most 1024; 3x3 convs hold 9 c^2 weights
+MAX_NET_SIZE = 8192  # released: 384, 512; 8192^2 is the default pixel limit (transforms.DEFAULT_MAX_PIXELS)
+# LayerNorm epsilon only keeps the division by the standard deviation finite; released: 1e-6 (MiDaS, timm) and
+# transformers' 1e-12. NaN, 0 or a negative value gives NaN depth; above 1e-3 it changes the normalisation itself.
+MAX_LAYER_NORM_EPS = 1e-3
+# The largest weights file (float32 parameters plus msgpack framing) of any config within these bounds;
+# test_config.py checks it against the largest one. Larger inputs are refused before they are read.
+MAX_WEIGHTS_BYTES = 32 * 2**30
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _problems(config: DPTConfig) -> list[str]:
+    """Every way `config` breaks the types, bounds and relations of its fields (empty if none)."""
+    problems = []
+    for name, n in (("train_grid", 2), ("hooks", 4), ("reassemble_channels", 4)):
+        value = getattr(config, name)
+        if not isinstance(value, tuple) or len(value) != n:
+            problems.append(f"{name} must be a list of {n} ints, got {value!r}")
+    tuples = lambda name: getattr(config, name) if isinstance(getattr(config, name), tuple) else ()
+    sizes = {
+        "width": (config.width, MAX_WIDTH), "depth": (config.depth, MAX_DEPTH),
+        "num_heads": (config.num_heads, MAX_HEADS), "patch_size": (config.patch_size, MAX_PATCH_SIZE),
+        "fusion_channels": (config.fusion_channels, MAX_CHANNELS),
+        "head_channels": (config.head_channels, MAX_CHANNELS), "net_size": (config.net_size, MAX_NET_SIZE),
+        **{f"train_grid[{i}]": (v, MAX_GRID) for i, v in enumerate(tuples("train_grid"))},
+        **{f"reassemble_channels[{i}]": (v, MAX_CHANNELS) for i, v in enumerate(tuples("reassemble_channels"))},
+    }
+    for name, (value, limit) in sizes.items():
+        if not _is_int(value) or value < 1:
+            problems.append(f"{name} must be a positive int, got {value!r}")
+        elif value > limit:
+            problems.append(f"{name} {value} is over the limit of {limit}")
+    if not problems and config.width % config.num_heads:
+        problems.append(f"width {config.width} is not divisible by num_heads {config.num_heads}")
+    hooks = tuples("hooks")
+    if len(hooks) == 4 and not (
+        all(_is_int(h) for h in hooks) and list(hooks) == sorted(set(hooks))
+        and _is_int(config.depth) and all(0 <= h < config.depth for h in hooks)
+    ):
+        problems.append(f"hooks {hooks} must be increasing block indices in [0, depth={config.depth})")
+    eps = config.layer_norm_eps
+    if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps <= MAX_LAYER_NORM_EPS):
+        problems.append(f"layer_norm_eps must be a number in (0, {MAX_LAYER_NORM_EPS:g}], got {eps!r}")
+    return problems
 
 
 PRESETS: dict[str, DPTConfig] = {
