@@ -79,6 +79,7 @@ def test_presets_cover_exactly_the_released_models():
         (dict(num_heads=0), "num_heads must be a positive int, got 0"),
         (dict(width=-32), "width must be a positive int, got -32"),
         (dict(patch_size=0), "patch_size must be a positive int"),
+        (dict(patch_size=8), "patch_size must be 16 (the DPT decoder upsamples the patch grid 16x)"),
         (dict(fusion_channels=0), "fusion_channels must be a positive int"),
         (dict(head_channels=0), "head_channels must be a positive int"),
     ],
@@ -92,7 +93,7 @@ def test_invalid_config_raises_clear_error(changes, message):
 # every field's bound (config.py), one past it
 OVER_THE_LIMIT = {
     "width": bounds.MAX_WIDTH * 2, "depth": bounds.MAX_DEPTH + 1, "num_heads": bounds.MAX_HEADS + 1,
-    "patch_size": bounds.MAX_PATCH_SIZE + 1, "train_grid": (bounds.MAX_GRID + 1, 4),
+    "patch_size": bounds.PATCH_SIZE + 1, "train_grid": (bounds.MAX_GRID + 1, 4),
     "reassemble_channels": (8, 16, 32, bounds.MAX_CHANNELS + 1), "fusion_channels": bounds.MAX_CHANNELS + 1,
     "head_channels": bounds.MAX_CHANNELS + 1, "net_size": bounds.MAX_NET_SIZE + 1,
 }
@@ -138,7 +139,7 @@ def test_bounds_fit_the_largest_weights_file():
     """MAX_WEIGHTS_BYTES (the largest weights file `load` reads) holds the largest model the bounds allow, and the
     largest config net size is the default pixel limit's side."""
     largest = DPTConfig(width=bounds.MAX_WIDTH, depth=bounds.MAX_DEPTH, num_heads=bounds.MAX_HEADS,
-                        patch_size=bounds.MAX_PATCH_SIZE, train_grid=(bounds.MAX_GRID,) * 2,
+                        train_grid=(bounds.MAX_GRID,) * 2,
                         hooks=default_hooks(bounds.MAX_DEPTH), reassemble_channels=(bounds.MAX_CHANNELS,) * 4,
                         fusion_channels=bounds.MAX_CHANNELS, head_channels=bounds.MAX_CHANNELS,
                         net_size=bounds.MAX_NET_SIZE)

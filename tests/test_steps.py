@@ -12,12 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from beit_flax import DPT, training
 from beit_flax.models.dpt.encoder import Encoder
-from beit_flax.params import init_params
 from finetune_helpers import FROZEN, TINY, eval_step, fast_jit, flat, run, tiny_batch, tiny_state, train_step
 
 
@@ -58,14 +56,15 @@ def test_bad_batches_are_refused():
                               "mask": np.zeros((1, 32, 32))}, 16)
 
 
-def test_batches_are_checked_against_the_models_patch_size():
-    """The steps check a batch against the state's patch size (the model's), not the released models' 16."""
-    config = TINY.replace(patch_size=8)
-    state = training.create_train_state(DPT(config), init_params(config), optax.sgd(0.1))
-    training.check_batch(tiny_batch(0, size=24), state.patch_size)  # 3 x 3 patches of 8: fine
+def test_batches_are_checked_against_the_states_patch_size():
+    """The steps check a batch against the state's patch size (set from the model's config), not a default: a
+    state that says 32 refuses a 48 x 48 batch that 16 would take. (Every DPTConfig has patch size 16, the only
+    one the decoder fits, so the state's field is changed by hand here.)"""
+    state = tiny_state().replace(patch_size=32)
+    training.check_batch(tiny_batch(0, size=48), 16)
     for step in (training.train_step, training.eval_step):  # refused before anything is traced
-        with pytest.raises(ValueError, match=r"image size \(20, 20\) is not a multiple of the patch size 8"):
-            step(state, tiny_batch(0, size=20))
+        with pytest.raises(ValueError, match=r"image size \(48, 48\) is not a multiple of the patch size 32"):
+            step(state, tiny_batch(0, size=48))
     with pytest.raises(ValueError, match="patch size 16"):
         training.train_step(tiny_state(), tiny_batch(0, size=24))
 

@@ -21,7 +21,7 @@ class DPTConfig:
       width: token channels C of the BEiT encoder.
       depth: number of transformer blocks.
       num_heads: attention heads per block (C must be divisible by it).
-      patch_size: side of the square patches (16 in every released model).
+      patch_size: side of the square patches; 16 (`PATCH_SIZE`), the only size the DPT decoder fits.
       train_grid: (gh, gw) patch grid the relative-position tables were trained for; inputs of any other grid get a
         resized table (see `relative_position.py`).
       hooks: 0-based indices of the four blocks whose outputs are reassembled (DPT figure 1, "Reassemble_s").
@@ -90,7 +90,9 @@ LEGACY_FIELDS = frozenset({"dtype"})
 MAX_DEPTH = 64  # blocks; released: 12, 24. Shapes are traced block by block (~30 ms, 0.35 MB each): at most ~2 s
 MAX_WIDTH = 2048  # token channels; released: 768, 1024 (the widest ViTs in use: ViT-G/14 1664)
 MAX_HEADS = 64  # released: 12, 16; each head is a column of every block's relative-position table
-MAX_PATCH_SIZE = 32  # released: 16 (ViT-B/32 has 32); the patch kernel has p*p*3*width weights
+# The decoder's upsampling is fixed at 16x the patch grid (reassemble x4, fusion x2, head x2): with any other patch
+# size the depth map would not come out at the input's size.
+PATCH_SIZE = 16
 MAX_GRID = 128  # patches per side of the training grid; released: 24, 32; tables have (2g-1)^2 + 3 rows
 MAX_CHANNELS = 2048  # reassemble / fusion / head channels; released: at most 1024; 3x3 convs hold 9 c^2 weights
 MAX_NET_SIZE = 8192  # released: 384, 512; 8192^2 is the default pixel limit (transforms.DEFAULT_MAX_PIXELS)
@@ -116,7 +118,7 @@ def _problems(config: DPTConfig) -> list[str]:
     tuples = lambda name: getattr(config, name) if isinstance(getattr(config, name), tuple) else ()
     sizes = {
         "width": (config.width, MAX_WIDTH), "depth": (config.depth, MAX_DEPTH),
-        "num_heads": (config.num_heads, MAX_HEADS), "patch_size": (config.patch_size, MAX_PATCH_SIZE),
+        "num_heads": (config.num_heads, MAX_HEADS), "patch_size": (config.patch_size, PATCH_SIZE),
         "fusion_channels": (config.fusion_channels, MAX_CHANNELS),
         "head_channels": (config.head_channels, MAX_CHANNELS), "net_size": (config.net_size, MAX_NET_SIZE),
         **{f"train_grid[{i}]": (v, MAX_GRID) for i, v in enumerate(tuples("train_grid"))},
@@ -127,6 +129,9 @@ def _problems(config: DPTConfig) -> list[str]:
             problems.append(f"{name} must be a positive int, got {value!r}")
         elif value > limit:
             problems.append(f"{name} {value} is over the limit of {limit}")
+    if _is_int(config.patch_size) and 0 < config.patch_size < PATCH_SIZE:
+        problems.append(f"patch_size must be {PATCH_SIZE} (the DPT decoder upsamples the patch grid 16x), got "
+                        f"{config.patch_size}")
     if not problems and config.width % config.num_heads:
         problems.append(f"width {config.width} is not divisible by num_heads {config.num_heads}")
     hooks = tuples("hooks")
