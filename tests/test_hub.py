@@ -1,0 +1,225 @@
+"""Weights by name (beit_flax.hub): known names from a release server on 127.0.0.1 (complete, cut short and resumed,
+wrong digest, 404, not a checkpoint, offline), hub repo ids from a pre-populated Hugging Face cache offline, local
+checkpoints converted once, two processes at once, and `beit-depth` end to end, cold vs warm."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from hub_helpers import hub_cache, release_server
+from PIL import Image
+from predict_helpers import scene, tiny_files
+from tiny_config import TINY
+
+import beit_flax
+from beit_flax.hub import KNOWN, DigestError, DownloadError, Known, NotCachedError, resolve
+from beit_flax.hub.manage import clear, list_lines
+
+NAME = "dpt_beit_large_512"
+URL_PATH = "/isl-org/MiDaS/releases/download/v3_1/dpt_beit_large_512.pt"
+REPO = "Intel/dpt-beit-large-512"
+
+
+@pytest.fixture(scope="module")
+def midas_pt() -> bytes:
+    return (tiny_files()[0].parent / "midas.pt").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """A perturbed transformers DPTForDepthEstimation (the tiny config), save_pretrained: config.json + safetensors."""
+    from beit_flax.demo.torch_model import build_reference
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny"
+    build_reference(TINY, seed=1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def server(midas_pt):
+    with release_server() as srv:
+        srv.files[URL_PATH] = midas_pt
+        yield srv
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, server) -> Path:
+    """The weights cache in tmp_path, release URLs pointed at the local server, online."""
+    monkeypatch.setenv("BEIT_FLAX_WEIGHTS_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("BEIT_FLAX_RELEASE_MIRROR", server.url)
+    monkeypatch.setenv("BEIT_FLAX_CACHE_DIR", "off")
+    for name in ("BEIT_FLAX_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "cache"
+
+
+def same_params(a: Path, b: Path) -> bool:
+    (_, pa), (_, pb) = beit_flax.load(a), beit_flax.load(b)
+    return all(jax.tree.leaves(jax.tree.map(np.array_equal, pa, pb)))
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Files in the cache other than lock files."""
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() and ".locks" not in p.parts)
+
+
+def test_known_name_downloads_converts_and_caches_once(env, server, midas_pt):
+    weights = resolve(NAME, progress=False)
+    assert weights.parent == env and same_params(weights, tiny_files()[0])
+    assert (env / "downloads" / "dpt_beit_large_512.pt").read_bytes() == midas_pt
+    record = json.loads(weights.with_suffix(".json").read_text())
+    assert record["source"] == KNOWN[NAME].url and len(record["sha256"]) == 64  # the digest, recorded
+    stamp = weights.stat().st_mtime_ns
+    assert resolve(NAME) == weights and beit_flax.load(NAME)[0].config == beit_flax.load(weights)[0].config
+    assert server.gets(URL_PATH) == 1 and weights.stat().st_mtime_ns == stamp  # warm: no download, no conversion
+    assert any(line.startswith(NAME) for line in list_lines(env))
+    assert "removed 1 converted model and 1 download" in clear(env, [NAME]) and leftovers(env) == []
+
+
+def test_interrupted_download_leaves_nothing_under_the_final_name_and_resumes(env, server, midas_pt):
+    server.mode = "cut"
+    with pytest.raises(DownloadError, match=r"interrupted after .* run again to resume"):
+        resolve(NAME, progress=False)
+    assert leftovers(env) == ["downloads/.dpt_beit_large_512.part.pt"]  # not the final name, no .msgpack
+    server.mode = "ok"
+    weights = resolve(NAME, progress=False)
+    assert server.log[-1] == (URL_PATH, f"bytes={len(midas_pt) // 2}-")  # resumed where it stopped
+    assert same_params(weights, tiny_files()[0]) and ".dpt_beit_large_512.part.pt" not in str(leftovers(env))
+
+
+def test_digest_mismatch_deletes_the_download(env, server, midas_pt, monkeypatch):
+    import hashlib
+
+    url = KNOWN[NAME].url
+    monkeypatch.setitem(KNOWN, "published", Known("published", url, REPO, sha256="0" * 64))
+    with pytest.raises(DigestError, match=r"does not match the published 0000.*; the download was deleted"):
+        resolve("published", progress=False)
+    assert leftovers(env) == []
+    monkeypatch.setitem(KNOWN, "published", Known("published", url, REPO, hashlib.sha256(midas_pt).hexdigest()))
+    assert same_params(resolve("published", progress=False), tiny_files()[0])
+
+
+def test_404_and_a_file_that_is_no_checkpoint(env, server):
+    del server.files[URL_PATH]
+    with pytest.raises(DownloadError, match=f"{URL_PATH}: HTTP 404"):
+        resolve(NAME, progress=False)
+    server.files[URL_PATH] = b"<html>not a checkpoint</html>" * 100
+    with pytest.raises(ValueError, match=r"not a valid dpt_beit_large_512 checkpoint .*deleted it"):
+        resolve(NAME, progress=False)
+    assert leftovers(env) == []
+
+
+def test_offline_says_what_to_download_and_where(env, server, midas_pt, monkeypatch):
+    place = env / "downloads" / "dpt_beit_large_512.pt"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NotCachedError) as info:
+        resolve(NAME, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and KNOWN[NAME].url in message and str(place) in message
+    assert "convert_weights dpt_beit_large_512.pt dpt_beit_large_512.msgpack" in message and server.log == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    server.shutdown()  # no network: the same advice, with the reason
+    monkeypatch.setenv("BEIT_FLAX_RELEASE_MIRROR", "http://127.0.0.1:9")
+    with pytest.raises(NotCachedError, match=r"the download failed .*cannot connect.* put it at"):
+        resolve(NAME, progress=False)
+    monkeypatch.setenv("BEIT_FLAX_OFFLINE", "1")
+    place.write_bytes(midas_pt)  # done by hand, as the message says
+    assert same_params(resolve(NAME, progress=False), tiny_files()[0])
+
+
+def test_unknown_names_and_zoedepth(env):
+    with pytest.raises(ValueError, match=r"dpt_beit_larg_512: no such file, known name .*dpt_beit_large_512"):
+        resolve("dpt_beit_larg_512")
+    with pytest.raises(ValueError, match="zoedepth_nyu: a zoedepth model, which needs the zoedepth converter"):
+        resolve("zoedepth_nyu")
+    assert resolve("missing/w.msgpack") == Path("missing/w.msgpack")  # weights.load names it: "no such file"
+
+
+def test_local_checkpoints_are_converted_once(env, hf_folder, tmp_path):
+    pt = tmp_path / "midas.pt"
+    pt.write_bytes((tiny_files()[0].parent / "midas.pt").read_bytes())
+    first = resolve(pt, progress=False)
+    stamp = first.stat().st_mtime_ns
+    assert resolve(pt) == first and first.stat().st_mtime_ns == stamp and same_params(first, tiny_files()[0])
+    folder = resolve(hf_folder, progress=False)
+    assert folder.parent == env and beit_flax.load(hf_folder)[0].config.width == TINY.width
+    assert resolve(tiny_files()[0]) == tiny_files()[0]  # a beit-flax file: as is
+    before = leftovers(env)
+    torch = pytest.importorskip("torch")
+    torch.save({"pretrained.model.cls_token": torch.zeros(1, 1, 8)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"a PyTorch checkpoint \(zip\), not a beit-flax weights file, and convert"):
+        resolve(tmp_path / "bad.pt")
+    assert leftovers(env) == before
+
+
+def test_hub_repo_from_the_offline_cache(env, hf_folder, tmp_path, monkeypatch):
+    hub = tmp_path / "hf" / "hub"
+    snapshot = hub_cache(hub, REPO, hf_folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = resolve(REPO, hub_cache=hub, progress=False)
+    assert beit_flax.load(weights)[0].config.width == TINY.width
+    assert resolve(f"{REPO}@{'a' * 40}", hub_cache=hub) == weights  # the same files: the same entry
+    with pytest.raises(NotCachedError, match=r"Intel/dpt-beit-base-384 is not in the Hugging Face cache.*hf download"):
+        resolve("Intel/dpt-beit-base-384", hub_cache=hub)
+    # a blob whose content is not its published sha256: deleted from the hub cache, said so
+    shutil.copytree(hf_folder, tmp_path / "changed")
+    config = json.loads((tmp_path / "changed" / "config.json").read_text())
+    (tmp_path / "changed" / "config.json").write_text(json.dumps({**config, "note": "another model"}))
+    other = hub_cache(hub, "me/corrupt", tmp_path / "changed")  # not in the weights cache yet
+    blob = (other / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(DigestError, match=r"the hub publishes .*deleted it from the Hugging Face cache"):
+        resolve("me/corrupt", hub_cache=hub)
+    assert not blob.exists() and not (other / "model.safetensors").is_symlink()
+    assert snapshot.is_dir()
+
+
+def test_two_processes_resolving_one_name(env, server):
+    """Both start together while the download is slow: one downloads and converts, the other waits on the lock
+    and finds the entry; one GET, the same file, both load it."""
+    server.mode = "slow"
+    code = "import sys, beit_flax; p = beit_flax.hub.resolve(sys.argv[1]); beit_flax.load(p); print(p)"
+    run = lambda: subprocess.Popen([sys.executable, "-c", code, NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=os.environ.copy())
+    procs = [run(), run()]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0][0] == outs[1][0] and server.gets(URL_PATH) == 1
+    assert len(list(env.glob("*.msgpack"))) == 1 and "downloads/dpt_beit_large_512.pt" in leftovers(env)
+
+
+def test_cli_end_to_end_cold_vs_warm(env, hf_folder, tmp_path, capsys):
+    """`beit-depth predict --weights Intel/dpt-beit-large-512` from a cold cache (offline hub cache), then warm:
+    the second run neither converts nor downloads. Prints the seconds to the first depth map."""
+    from beit_flax.cli import main
+
+    hub_cache(tmp_path / "hf" / "hub", REPO, hf_folder)
+    Image.fromarray(scene(48, 64)).save(tmp_path / "photo.png")
+    environ = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+               "BEIT_FLAX_CACHE_DIR": str(tmp_path / "jax")}
+    argv = [sys.executable, "-m", "beit_flax.cli", "predict", "--weights", REPO, str(tmp_path / "photo.png"),
+            "--out", str(tmp_path / "out")]
+    seconds = []
+    for _ in range(2):
+        (tmp_path / "out" / "photo.npy").unlink(missing_ok=True)
+        start = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=300)
+        seconds.append(time.perf_counter() - start)
+        assert done.returncode == 0 and (tmp_path / "out" / "photo.npy").is_file(), done.stderr
+        seconds.append("converted" in done.stderr)
+    with capsys.disabled():  # the measurement the issue asks for: shown with -s
+        print(f"\nseconds to the first depth map: cold {seconds[0]:.1f} (converted: {seconds[1]}), "
+              f"warm {seconds[2]:.1f} (converted: {seconds[3]})")
+    assert seconds[1] and not seconds[3]
+    assert main(["cache", "list"]) == 0 and REPO in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0 and "removed 1 converted model" in capsys.readouterr().out
+    assert leftovers(env) == []
