@@ -7,7 +7,7 @@ allows in multi-controller mode, provided inputs are placed with `jax.device_put
 shard a numpy argument itself once several processes exist).
 
     mesh = local_mesh()                               # all local devices, axis "batch"
-    params = jax.device_put(params, replicated(mesh))
+    params = place_replicated(params, mesh)           # one copy per device (one in all on CPU)
     batch = jax.device_put(pad_batch(images, round_up(len(images), mesh.size)), batch_sharded(mesh))
 
 Training (`train.sharded_steps`) is different: a step reduces the gradients over the global batch, so its mesh
@@ -80,6 +80,41 @@ def local_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device of `mesh` holds the whole array (the params)."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+def place_replicated(tree: T, mesh: Mesh) -> T:
+    """Put a tree of arrays (the params) on every device of `mesh`, whole.
+
+    On CPU devices, which all live in this host's memory, every device shares one copy: each leaf is copied once
+    into a 64-byte aligned host buffer, which XLA CPU adopts without copying (`may_alias`) as every device's buffer
+    (read-only for the programs: params are never donated). `jax.device_put` alone would make one copy per device:
+    8 forced host devices held 8 x 0.41 GB of BEiT-B parameters. Other platforms get one copy per device.
+    """
+    if not all(d.platform == "cpu" for d in mesh.devices.flat):
+        return jax.device_put(tree, replicated(mesh))
+    return jax.tree.map(lambda x: jax.device_put(aligned_copy(x), replicated(mesh), may_alias=True), tree)
+
+
+def replicated_subset(tree: T, mesh: Mesh) -> T:
+    """Replicated arrays (`place_replicated`) as replicated arrays on `mesh`, a subset of their devices, sharing
+    their buffers (no copy)."""
+
+    def subset(x: jax.Array) -> jax.Array:
+        shards = {shard.device: shard.data for shard in x.addressable_shards}
+        buffers = [shards[d] for d in mesh.devices.flat]
+        return jax.make_array_from_single_device_arrays(x.shape, replicated(mesh), buffers)
+
+    return jax.tree.map(subset, tree)
+
+
+def aligned_copy(x: Any, alignment: int = 64) -> np.ndarray:
+    """A copy of array `x` in fresh host memory aligned to `alignment` bytes (XLA CPU aliases such buffers)."""
+    x = np.asarray(x)
+    raw = np.empty(x.nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    out = raw[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
+    out[...] = x
+    return out
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:

@@ -1,5 +1,6 @@
-"""Attention kernels: the heads-first XLA attention against jax.nn.dot_product_attention, cuDNN's padded layout
-through XLA, and which implementation `attend` picks for each `attention` knob (cuDNN stubbed: no GPU here)."""
+"""Attention kernels: the heads-first XLA attention against jax.nn.dot_product_attention, the query-chunked one
+against it (values, gradients, memory), cuDNN's padded layout through XLA, and which implementation `attend` picks
+for each `attention` and `query_chunk` knob (cuDNN stubbed: no GPU here)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from beit_flax.models.dpt.attention import attend, cudnn_inputs, xla_attention
+from beit_flax.models.dpt.attention import (
+    CHUNK_ABOVE_TOKENS,
+    Attention,
+    attend,
+    chunked_attention,
+    cudnn_inputs,
+    dense_rows,
+    query_chunk,
+    xla_attention,
+)
+from beit_flax.models.dpt.encoder import encoder
+from tiny_config import TINY
 
 
 @pytest.mark.parametrize("tokens", [7, 8])  # odd: padded to 8; even: as is
@@ -101,3 +113,105 @@ def test_xla_knob_never_calls_cudnn_where_auto_would(monkeypatch):
     assert calls == []
     attend(q, k, v, bias, "auto")
     assert calls == [jnp.bfloat16]
+
+
+def _qkv_bias(tokens: int, heads: int = 3, dim: int = 8, seed: int = 0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, tokens, heads, dim)), dtype) for _ in range(3))
+    return q, k, v, jnp.asarray(rng.standard_normal((heads, tokens, tokens)), jnp.float32)
+
+
+@pytest.mark.parametrize("tokens, chunk", [(37, 8), (37, 37), (36, 5), (9, 1), (50, 64)])
+def test_chunked_attention_equals_unchunked(tokens, chunk):
+    """Query chunks (the last one padded, or a single chunk larger than N) give the unchunked outputs and the
+    same gradients for q, k, v and the bias: the softmax of each row still runs over every key."""
+    q, k, v, bias = _qkv_bias(tokens, seed=tokens + chunk)
+    ours = jax.jit(lambda *a: chunked_attention(*a[:3], dense_rows(a[3]), chunk))(q, k, v, bias)
+    np.testing.assert_allclose(ours, xla_attention(q, k, v, bias), rtol=1e-6, atol=1e-6)
+    loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))
+    chunked = lambda q, k, v, b: chunked_attention(q, k, v, dense_rows(b), chunk)
+    for ours_g, want_g in zip(jax.grad(loss(chunked), argnums=(0, 1, 2, 3))(q, k, v, bias),
+                              jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias)):
+        np.testing.assert_allclose(ours_g, want_g, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_attention_in_bfloat16():
+    q, k, v, bias = _qkv_bias(21, dtype=jnp.bfloat16)
+    ours = chunked_attention(q, k, v, dense_rows(bias), 4)
+    assert ours.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(xla_attention(q, k, v, bias), np.float32))
+
+
+def test_query_chunk_knob():
+    """"auto": none up to `CHUNK_ABOVE_TOKENS` (every released model at its native size), then chunks sized by
+    `CHUNK_BYTES` (at least 64 queries); an int: that many queries when N is larger; None: never."""
+    assert query_chunk("auto", 577, 12) is None and query_chunk("auto", 1025, 16) is None  # B-384 @384, L-512 @512
+    assert query_chunk("auto", CHUNK_ABOVE_TOKENS, 12) is None
+    assert query_chunk("auto", 4097, 12) == 85 and query_chunk("auto", 16385, 12) == 64  # B-384 @1024, @2048
+    assert query_chunk(128, 4097, 12) == 128 and query_chunk(128, 100, 12) is None
+    assert query_chunk(None, 10**5, 1) is None
+    for bad in (0, -1, 1.5, True, "big"):
+        with pytest.raises(ValueError, match="query_chunk must be"):
+            query_chunk(bad, 100, 1)
+    from beit_flax import DPT
+
+    with pytest.raises(ValueError, match="query_chunk must be"):
+        DPT(TINY, query_chunk=0)
+
+
+def test_chunked_attention_memory_grows_with_n_not_n_squared():
+    """The compiled attention's temporaries (XLA's own buffer plan), relative-position bias included: unchunked
+    they hold at least the (heads, N, N) bias, chunked a (B, heads, chunk, N) slab at a time - and doubling N
+    about doubles them instead of quadrupling."""
+
+    def temp_bytes(grid_hw: tuple[int, int], chunk) -> int:
+        n = grid_hw[0] * grid_hw[1] + 1
+        module = Attention(TINY, query_chunk=chunk)
+        tokens = jax.ShapeDtypeStruct((1, n, TINY.width), jnp.float32)
+        params = jax.eval_shape(lambda t: module.init(jax.random.key(0), t, grid_hw), tokens)
+        fn = jax.jit(lambda p, t: module.apply(p, t, grid_hw))
+        return fn.lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
+
+    n = 32 * 64 + 1
+    bias = TINY.num_heads * n * n * 4  # 33.6 MB
+    assert temp_bytes((32, 64), None) >= bias
+    assert temp_bytes((32, 64), 64) < bias / 8
+    assert temp_bytes((64, 64), 64) < 3 * temp_bytes((32, 64), 64)
+
+
+@pytest.mark.parametrize("grid_hw", [(3, 5), (6, 2)])
+def test_attention_module_chunked_equals_unchunked(grid_hw):
+    """The module with its relative-position bias built a chunk of rows at a time (the cls query's among them):
+    the same outputs and the same gradients, the table's included, as all rows at once."""
+    n = grid_hw[0] * grid_hw[1] + 1
+    tokens = jnp.asarray(np.random.default_rng(n).standard_normal((2, n, TINY.width)), jnp.float32)
+    whole, chunked = Attention(TINY, query_chunk=None), Attention(TINY, query_chunk=4)
+    params = whole.init(jax.random.key(0), tokens, grid_hw)["params"]
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda p: p + 0.3 * rng.standard_normal(p.shape).astype(np.float32), params)  # tables too
+    run = lambda module: lambda p, t: module.apply({"params": p}, t, grid_hw)
+    np.testing.assert_allclose(run(chunked)(params, tokens), run(whole)(params, tokens), rtol=1e-6, atol=1e-6)
+    loss = lambda module: lambda p, t: jnp.sum(jnp.sin(run(module)(p, t)))
+    ours, want = (jax.grad(loss(m), argnums=(0, 1))(params, tokens) for m in (chunked, whole))
+    for path, leaf in jax.tree_util.tree_leaves_with_path(want):  # sums over tokens: float32 rounding apart
+        got = dict(jax.tree_util.tree_leaves_with_path(ours))[path]
+        np.testing.assert_allclose(got, leaf, rtol=0, atol=1e-6 * np.abs(leaf).max(), err_msg=str(path))
+
+
+def test_each_blocks_bias_is_built_when_the_block_runs():
+    """Every block's (heads, N, N) bias depends on parameters only; unless tied to its block, XLA builds them all
+    up front and keeps them alive together (BEiT-B at 1024 x 1024: 12 x 806 MB). Unchunked, so that each block
+    builds a whole one: 12 blocks must need about the temporaries of 4 (untied: 333 MB against 137 MB)."""
+    grid_hw = (40, 40)  # N = 1601: one bias is 2 x 1601^2 x 4 bytes = 20.5 MB
+    n = grid_hw[0] * grid_hw[1] + 1
+
+    def temp_bytes(depth: int) -> int:
+        cfg = TINY.replace(depth=depth, hooks=(0, 1, 2, depth - 1))
+        module = encoder(cfg, query_chunk=None)
+        tokens = jax.ShapeDtypeStruct((1, n, cfg.width), jnp.float32)
+        params = jax.eval_shape(lambda t: module.init(jax.random.key(0), t, grid_hw), tokens)
+        fn = jax.jit(lambda p, t: module.apply(p, t, grid_hw))
+        return fn.lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
+
+    bias = 2 * n * n * 4
+    assert temp_bytes(12) < temp_bytes(4) + 2 * bias

@@ -59,7 +59,8 @@ def test_predict_folder_end_to_end(weights, tmp_path, capsys):
     for stem, source in sources.items():
         depth = np.load(out / f"{stem}.npy")
         assert depth.shape == sizes[stem] and depth.dtype == np.float32, stem
-        np.testing.assert_allclose(depth, api_depth(weights, source), rtol=0, atol=1e-6 * np.abs(depth).max())
+        # the CLI ran pairs (batch 2), the API this image alone (batch 1, unpadded on CPU): two programs, rounding apart
+        np.testing.assert_allclose(depth, api_depth(weights, source), rtol=0, atol=1e-5 * np.abs(depth).max())
         with Image.open(out / f"{stem}.png") as png:
             assert png.size == sizes[stem][::-1] and png.mode == "RGB", stem
 

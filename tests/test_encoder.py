@@ -97,15 +97,16 @@ def torch_block(x: torch.Tensor, w: dict[str, torch.Tensor], cfg: DPTConfig, gri
     return x + w["gamma_2"] * h
 
 
+@pytest.mark.parametrize("query_chunk", ["auto", 5], ids=["unchunked", "chunked"])
 @pytest.mark.parametrize("grid_hw", [(3, 5), (4, 4), (6, 2)])
-def test_block_matches_timm(grid_hw):
+def test_block_matches_timm(grid_hw, query_chunk):
     gen = torch.Generator().manual_seed(grid_hw[0] * 10 + grid_hw[1])
     weights = _torch_block_weights(gen, CFG)
     x = randn(gen, 2, 1 + grid_hw[0] * grid_hw[1], CFG.width)
     expected = torch_block(x, weights, CFG, grid_hw)
 
     params = _flax_block_params(weights, CFG)
-    module = Block(CFG)
+    module = Block(CFG, query_chunk=query_chunk)
     assert_params_match_module(module, params, to_numpy(x), grid_hw)
     ours = jax.jit(lambda p, t: module.apply({"params": p}, t, grid_hw))(params, to_numpy(x))
     assert_close(ours, expected, f"Block on grid {grid_hw}")
@@ -132,8 +133,9 @@ def test_segments_end_at_the_hooks():
 @pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scan"])
 @pytest.mark.parametrize("hooks", [(0, 1, 3, 4), (0, 1, 2, 3)], ids=["last-hooked", "tail"])
 def test_encoder_returns_hooked_blocks(scan, hooks):
-    """Unrolled and scanned: the same parameter paths (`block_{i}`, checked against the module's init) and the
-    hooked outputs of timm's blocks; "tail" leaves block 4 after the last hook (computed, unused)."""
+    """Unrolled and scanned, attention unchunked and in chunks of 3 queries: the same parameter paths (`block_{i}`,
+    checked against the module's init) and the hooked outputs of timm's blocks; "tail" leaves block 4 after the last
+    hook (computed, unused)."""
     cfg = CFG.replace(depth=5, hooks=hooks)
     grid_hw = (2, 3)
     gen = torch.Generator().manual_seed(7)
@@ -148,7 +150,9 @@ def test_encoder_returns_hooked_blocks(scan, hooks):
     params = {f"block_{i}": _flax_block_params(w, cfg) for i, w in enumerate(blocks)}
     module = encoder(cfg, scan=scan)
     assert_params_match_module(module, params, to_numpy(x), grid_hw)
-    ours = jax.jit(lambda p, v: module.apply({"params": p}, v, grid_hw))(params, to_numpy(x))
-    assert len(ours) == 4
-    for hook, got, want in zip(cfg.hooks, ours, expected):
-        assert_close(got, want, f"Encoder (scan={scan}) hook block {hook}")
+    for chunk in ("auto", 3):
+        module = encoder(cfg, scan=scan, query_chunk=chunk)
+        ours = jax.jit(lambda p, v, module=module: module.apply({"params": p}, v, grid_hw))(params, to_numpy(x))
+        assert len(ours) == 4
+        for hook, got, want in zip(cfg.hooks, ours, expected):
+            assert_close(got, want, f"Encoder (scan={scan}, query_chunk={chunk}) hook block {hook}")

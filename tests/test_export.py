@@ -110,6 +110,7 @@ _SHAPES = {
     ("conv", "weight"): ((4, 3, 2, 5), [(2, 5, 3, 4)]),
     ("param", ""): ((4, 3), [(4, 3)]),
     ("qkv", ""): ((6, 2), [(2, 2)] * 3),
+    ("qkv_bias", ""): ((6,), [(2,)] * 3),  # registered by convert/zoedepth_keys.py once the ZoeDepth converter loads
 }
 
 

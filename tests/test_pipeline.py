@@ -1,5 +1,7 @@
 """pipeline.py: `predict` equals MiDaS run.py's pipeline in torch, batching changes nothing and compiles once per
-shape, failed batches are reported, parameters are placed on the devices once, `ordered_map` keeps order and bounds."""
+shape, leftovers are not padded on CPU (bucketed elsewhere), the compiled programs kept are bounded (and their memory
+released), failed batches are reported, parameters are placed on the devices once, `ordered_map` keeps order and
+bounds."""
 
 from __future__ import annotations
 
@@ -7,13 +9,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import jax
 import numpy as np
 import pytest
 
 import beit_flax
 from beit_flax import pipeline
 from beit_flax.images import read_image
-from beit_flax.pipeline import Batcher, jitted_apply, ordered_map
+from beit_flax.pipeline import Batcher, batch_plan, ordered_map
 from predict_helpers import TINY_NET, scene, tiny_files, torch_run_py, write_images
 
 BATCH = 2  # every test uses it, so each input shape compiles once for the whole session
@@ -96,17 +99,57 @@ def test_square_and_size_options(tiny, images):
 def test_batching_changes_nothing_and_compiles_once_per_shape(tiny):
     model, params, _ = tiny
     frames = [scene(61, 97, seed) for seed in range(3)] + [scene(120, 45, 3)]  # shapes (64, 96) x3, (160, 64)
-    apply = jitted_apply(model)
-    together = beit_flax.predict(model, params, frames, batch_size=BATCH)  # one full batch, two padded ones
-    compiled = apply._cache_size()
-    alone = [beit_flax.predict(model, params, [frame], batch_size=BATCH)[0] for frame in frames]
-    assert apply._cache_size() == compiled  # the same two programs served every call
-    for a, b in zip(together, alone):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
-    batcher = Batcher(model, params, BATCH)
-    keys = [key for key, _ in batcher.run((i, beit_flax.preprocess(f, TINY_NET)) for i, f in enumerate(frames))]
-    assert sorted(keys) == [0, 1, 2, 3]
-    assert batcher.shapes == {(BATCH, 64, 96, 3), (BATCH, 160, 64, 3)}
+    batcher = Batcher(model, params, BATCH, programs=4)
+    inputs = [(i, beit_flax.preprocess(f, TINY_NET)) for i, f in enumerate(frames)]
+    together = dict(batcher.run(inputs))  # a full batch of 2, then the leftovers: 1 of each shape, unpadded (CPU)
+    assert batcher.shapes == {(BATCH, 64, 96, 3), (1, 64, 96, 3), (1, 160, 64, 3)}
+    assert batcher.input_shapes == {(64, 96), (160, 64)} and batcher.apply.compiled == 3
+    alone = [dict(batcher.run([item]))[item[0]] for item in inputs]
+    assert batcher.apply.compiled == 3  # the same programs served every call
+    for i, depth in enumerate(alone):  # batch 2 and batch 1 are different programs: float32 rounding apart
+        np.testing.assert_allclose(together[i], depth, rtol=0, atol=1e-5 * np.abs(depth).max())
+    assert sorted(together) == [0, 1, 2, 3]
+    predicted = beit_flax.predict(model, params, frames, batch_size=BATCH)
+    for i, depth in enumerate(predicted):
+        assert depth.shape == frames[i].shape[:2]
+
+
+def test_batch_plan_pads_no_leftover_on_cpu_and_buckets_elsewhere():
+    """CPU: every leftover runs at its own size, on the most devices that split it evenly. GPU / TPU: leftovers in
+    powers of two (times the device count) up to the batch, so a shape compiles a few programs at most."""
+    assert batch_plan(1, 1, "cpu") == ((1, 1),)
+    assert batch_plan(8, 1, "cpu") == tuple((k, 1) for k in range(1, 9))
+    assert batch_plan(8, 8, "cpu")[:4] == ((1, 1), (2, 2), (3, 3), (4, 4)) and batch_plan(8, 8, "cpu")[-1] == (8, 8)
+    assert batch_plan(16, 8, "cpu")[10:12] == ((11, 1), (12, 6))
+    assert batch_plan(8, 1, "gpu") == ((1, 1), (2, 1), (4, 1), (8, 1))
+    assert batch_plan(12, 1, "tpu") == ((1, 1), (2, 1), (4, 1), (8, 1), (12, 1))
+    assert batch_plan(32, 4, "gpu") == ((4, 4), (8, 4), (16, 4), (32, 4))
+    assert batch_plan(4, 4, "gpu") == ((4, 4),)
+
+
+def test_programs_kept_are_bounded_and_their_memory_released(tiny):
+    """A stream of many input shapes keeps at most `programs` compiled programs alive (each holds host memory of
+    its own: ~20-30 MB per BEiT-B program on CPU) - XLA's live executables say so, not only our dict - and a shape
+    that comes back compiles again and gives the same result."""
+    import gc
+
+    model, params, _ = tiny
+    client = jax.devices()[0].client
+    batcher = Batcher(model, params, 1, programs=2)
+    frames = [scene(64, 64 + 32 * k, k) for k in range(6)]  # 6 network input shapes
+    first = dict(batcher.run([(0, beit_flax.preprocess(frames[0], TINY_NET))]))[0]
+    gc.collect()
+    live = len(client.live_executables())
+    for k, frame in enumerate(frames[1:], 1):
+        list(batcher.run([(k, beit_flax.preprocess(frame, TINY_NET))]))
+        gc.collect()
+        assert len(batcher.apply.programs) <= 2
+        assert len(client.live_executables()) <= live + 1, f"after {k + 1} shapes"
+    again = dict(batcher.run([(0, beit_flax.preprocess(frames[0], TINY_NET))]))[0]
+    assert batcher.apply.compiled == 7  # 6 shapes, the first one twice
+    np.testing.assert_array_equal(again, first)
+    with pytest.raises(ValueError, match="programs kept must be a positive int"):
+        Batcher(model, params, 1, programs=0)
 
 
 def test_batcher_reports_failed_batches_and_goes_on(tiny):

@@ -14,6 +14,7 @@ import torch
 
 from beit_flax.models.dpt.relative_position import (
     RelativePositionBias,
+    bias_rows,
     relative_position_bias,
     relative_position_index,
     resize_table,
@@ -105,9 +106,29 @@ def test_bias_is_exactly_the_index_gather(grid_hw):
 
 
 def test_module_uses_its_table():
+    """The module returns its table resized to the grid; the bias built from that is MiDaS's."""
     table = _table()
     module = RelativePositionBias(HEADS, TRAIN)
     variables = module.init(jax.random.key(0), (3, 5))
     assert variables["params"]["table"].shape == tuple(table.shape)
-    ours = module.apply({"params": {"table": to_numpy(table)}}, (3, 5))
-    assert_close(ours, torch_relative_position_bias(table, TRAIN, (3, 5)), "RelativePositionBias module (3, 5)")
+    resized = module.apply({"params": {"table": to_numpy(table)}}, (3, 5))
+    assert resized.shape == (table_rows((3, 5)), HEADS)
+    bias = bias_rows(resized, (3, 5), 0, 16)
+    assert_close(bias, torch_relative_position_bias(table, TRAIN, (3, 5)), "RelativePositionBias module (3, 5)")
+
+
+@pytest.mark.parametrize("grid_hw", [(1, 1), (3, 5), (6, 2), (4, 4)])
+@pytest.mark.parametrize("count", [1, 3, 7])
+def test_bias_rows_are_rows_of_the_bias(grid_hw, count):
+    """Any rows, static or traced (a query chunk inside a loop), the cls query's among them or not, are those rows of
+    the whole bias bit for bit; rows past the last query repeat it (a last chunk's padding)."""
+    rng = np.random.default_rng(grid_hw[0] * 10 + grid_hw[1] + count)
+    table = rng.standard_normal((table_rows(grid_hw), HEADS)).astype(np.float32)
+    n = grid_hw[0] * grid_hw[1] + 1
+    whole = np.asarray(bias_rows(table, grid_hw, 0, n))
+    np.testing.assert_array_equal(whole, np.transpose(table[relative_position_index(grid_hw)], (2, 0, 1)))
+    traced = jax.jit(lambda first: bias_rows(table, grid_hw, first, count))
+    for first in range(0, n, max(1, count - 1)):
+        want = whole[:, np.minimum(np.arange(first, first + count), n - 1)]
+        np.testing.assert_array_equal(np.asarray(traced(jax.numpy.int32(first))), want, err_msg=f"rows from {first}")
+        np.testing.assert_array_equal(np.asarray(bias_rows(table, grid_hw, first, count)), want)

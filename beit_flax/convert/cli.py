@@ -1,4 +1,5 @@
-"""`convert_weights CKPT OUT.msgpack`: a MiDaS v3.1 BEiT or transformers DPT-BEiT checkpoint -> beit-flax weights."""
+"""`convert_weights CKPT OUT.msgpack`: a MiDaS v3.1 BEiT, ZoeDepth (ZoeD_M12_N / _K / _NK) or transformers DPT-BEiT /
+ZoeDepth checkpoint -> beit-flax weights; `export_weights` the other way."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convert_weights",
         description=(
             "Convert a MiDaS v3.1 BEiT-DPT checkpoint (dpt_beit_large_512.pt, dpt_beit_large_384.pt, "
-            "dpt_beit_base_384.pt) or a transformers DPT-BEiT checkpoint (model.safetensors / pytorch_model.bin, "
-            "or the folder holding it and config.json) into a beit-flax .msgpack weights file."
+            "dpt_beit_base_384.pt), a ZoeDepth release (ZoeD_M12_N.pt, ZoeD_M12_K.pt, ZoeD_M12_NK.pt) or a "
+            "transformers DPT-BEiT / ZoeDepth checkpoint (model.safetensors / pytorch_model.bin, or the folder "
+            "holding it and config.json) into a beit-flax .msgpack weights file."
         ),
         epilog=f"Exit status: 0 converted, {EXIT_BAD_INPUT} bad or unsupported input, {EXIT_CANNOT_WRITE} output not "
         "writable or refused (not a regular file, or one of the inputs), 130 / 143 interrupted.",
@@ -38,11 +40,13 @@ def convert(checkpoint: str, output: str) -> str:
     import jax
 
     from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
+    from beit_flax.convert.zoedepth_torch_to_flax import is_zoedepth, zoedepth_torch_to_flax
     from beit_flax.weights import save
 
     start = time.perf_counter()
     try:
-        converted = torch_to_flax(open_checkpoint(checkpoint))
+        opened = open_checkpoint(checkpoint)
+        converted = (zoedepth_torch_to_flax if is_zoedepth(opened.shapes) else torch_to_flax)(opened)
     except ConversionError:
         raise
     except Exception as err:  # unreadable, truncated or hostile files surface as many exception types
@@ -104,19 +108,20 @@ EXPORT_LAYOUTS = {"midas": "midas", "hf": "hf-v4", "hf-v5": "hf-v5"}
 def build_export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export_weights",
-        description="Write beit-flax weights back as a PyTorch state dict: the MiDaS release layout (loads into the "
-        "original MiDaS code) or transformers' DPTForDepthEstimation names.",
+        description="Write beit-flax weights back as a PyTorch state dict: the release layout (loads into the "
+        "original MiDaS code; a ZoeDepth as {'model': state_dict}, as ZoeDepth's own files) or transformers' "
+        "DPTForDepthEstimation / ZoeDepthForDepthEstimation names.",
         epilog="OUT ending in .safetensors is written with safetensors, .pt/.pth/.bin with torch.save; with --format "
         "hf/hf-v5 an OUT without a suffix becomes a folder holding config.json + model.safetensors "
-        "(DPTForDepthEstimation.from_pretrained(OUT)). "
+        "(DPTForDepthEstimation / ZoeDepthForDepthEstimation.from_pretrained(OUT)). "
         f"Exit status: 0 written, {EXIT_BAD_INPUT} bad input, {EXIT_CANNOT_WRITE} output not writable or refused, "
         "130 / 143 interrupted.",
     )
     parser.add_argument("weights", help="a beit-flax .msgpack (convert_weights, beit_flax.save)")
     parser.add_argument("output", help="OUT.pt / OUT.safetensors / OUT folder")
     parser.add_argument("--format", choices=sorted(EXPORT_LAYOUTS), default="midas",
-                        help="midas: MiDaS v3.1 release names; hf: transformers hub (v4) names; hf-v5: transformers 5 "
-                        "module names (default: %(default)s)")
+                        help="midas: the release names (MiDaS v3.1, or ZoeDepth's for a ZoeDepth file); hf: "
+                        "transformers hub (v4) names; hf-v5: transformers 5 module names (default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
@@ -145,15 +150,25 @@ def export(weights: str, output: str, layout: str) -> str:
 
     from beit_flax.convert.flax_to_torch import flax_to_torch
     from beit_flax.convert.hf_config import hf_config_dict
+    from beit_flax.convert.zoedepth_flax_to_torch import zoedepth_flax_to_torch
+    from beit_flax.convert.zoedepth_hf_config import zoedepth_hf_config_dict
     from beit_flax.files import atomic_write, atomic_write_bytes
+    from beit_flax.models.zoedepth.config import ZoeDepthConfig
     from beit_flax.weights import load
 
     start = time.perf_counter()
     model, params = load(weights)
-    state = {name: torch.from_numpy(array) for name, array in flax_to_torch(params, model.config, layout).items()}
-    if len(outputs) == 2:  # a transformers folder; its config.json needs no transformers
+    zoedepth = isinstance(model.config, ZoeDepthConfig)
+    if zoedepth:  # the release names are ZoeDepth's; transformers' config.json first: it refuses what it cannot build
+        hf_config = zoedepth_hf_config_dict(model.config) if len(outputs) == 2 else None
+        arrays = zoedepth_flax_to_torch(params, model.config, "release" if layout == "midas" else layout)
+    else:
+        hf_config = hf_config_dict(model.config) if len(outputs) == 2 else None
+        arrays = flax_to_torch(params, model.config, layout)
+    state = {name: torch.from_numpy(array) for name, array in arrays.items()}
+    if hf_config is not None:  # a transformers folder; its config.json needs no transformers
         outputs[0].parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(outputs[0], (json.dumps(hf_config_dict(model.config), indent=2) + "\n").encode())
+        atomic_write_bytes(outputs[0], (json.dumps(hf_config, indent=2) + "\n").encode())
     out = outputs[-1]
     if out.suffix == ".safetensors":
         atomic_write_bytes(out, safetensors_bytes(state, metadata={"format": "pt"}))
@@ -161,7 +176,8 @@ def export(weights: str, output: str, layout: str) -> str:
         import io
 
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        # ZoeDepth's release files are {"model": state_dict} (`zoedepth/models/model_io.py` reads either form)
+        torch.save({"model": state} if zoedepth and layout == "midas" else state, buffer)
         atomic_write(out, [buffer.getbuffer()])
     return f"exported {len(state)} tensors ({layout} layout) -> {out}: {time.perf_counter() - start:.1f} s"
 

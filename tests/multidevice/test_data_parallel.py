@@ -1,8 +1,9 @@
 """8 devices (forced CPU devices, see conftest.py): sharded predict equals one device, for batches that do not
-fill the devices evenly; params replicated, batches split; the CLI writes the same files on 8 devices and on 1.
+fill the devices evenly (leftovers run unpadded on fewer devices); params replicated - one host copy shared by all
+the devices -, batches split; the CLI writes the same files on 8 devices and on 1.
 
-Every image here has network input (64, 96), so the whole module compiles two programs (8 devices x batch 8,
-1 device x batch 1): compiling dominates its run time."""
+Every image here has network input (64, 96), so the module compiles a few programs (8 devices x batch 8, leftovers
+on 2 or 3 devices, 1 device x batch 1): compiling dominates its run time."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 
-@pytest.mark.parametrize("count", [3, 11])  # one padded batch of 8; a full one and a padded one
+@pytest.mark.parametrize("count", [3, 11])  # a leftover of 3 (on 3 devices); a full batch of 8 and a leftover
 def test_sharded_predict_equals_one_device(tiny, count):
     _, model, params = tiny
     images = IMAGES[:count]
@@ -70,12 +71,20 @@ def test_batch_size_is_global_and_params_replicated(tiny):
     batcher = Batcher(model, params)
     for leaf in jax.tree.leaves(batcher.params):
         assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == DEVICES
+        # host devices share one copy of each parameter (8 copies of BEiT-B's took 3.3 GB)
+        assert len({shard.data.unsafe_buffer_pointer() for shard in leaf.addressable_shards}) == 1
     out = batcher.apply(batcher.params, jax.device_put(np.zeros((8, 64, 96, 3), np.float32), batcher.batch_sharding))
     assert out.shape == (8, 64, 96) and out.sharding.spec == PartitionSpec("batch")
     assert len(out.sharding.device_set) == DEVICES
     assert [shard.data.shape for shard in out.addressable_shards] == [(1, 64, 96)] * DEVICES
     keys = [key for key, _ in batcher.run((i, beit_flax.preprocess(image, 64)) for i, image in enumerate(IMAGES))]
-    assert keys == list(range(11)) and batcher.shapes == {(8, 64, 96, 3)}
+    # a full batch on 8 devices, then the leftover 3 unpadded on 3 of them (CPU), their params the same buffers
+    assert keys == list(range(11)) and batcher.shapes == {(8, 64, 96, 3), (3, 64, 96, 3)}
+    subset_params, subset_sharding = batcher._placement(3)
+    assert len(subset_sharding.device_set) == 3
+    pointer = lambda leaf: leaf.addressable_shards[0].data.unsafe_buffer_pointer()
+    for leaf, full in zip(jax.tree.leaves(subset_params), jax.tree.leaves(batcher.params)):
+        assert pointer(leaf) == pointer(full)
 
 
 def test_cli_same_files_on_8_devices_and_on_1(tiny, tmp_path, capsys):

@@ -4,4 +4,4 @@ relative_position) -> reassemble -> fusion -> head, wired in `dpt`; `resize` is 
 from beit_flax.models.dpt.config import PRESETS, DPTConfig
 from beit_flax.models.dpt.dpt import DPT
 
-__all__ = ["DPT", "DPTConfig", "PRESETS"]
+__all__ = ["DPT", "PRESETS", "DPTConfig"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax.numpy as jnp
 
-from beit_flax.models.dpt.attention import ATTENTION_IMPLS, AttentionImpl
+from beit_flax.models.dpt.attention import ATTENTION_IMPLS, AttentionImpl, QueryChunk, query_chunk
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.encoder import encoder
 from beit_flax.models.dpt.fusion import FeatureFusionBlock
@@ -32,6 +34,23 @@ def check_network_input(images: jnp.ndarray, patch_size: int) -> None:
         )
 
 
+class DPTFeatures(NamedTuple):
+    """What `DPT.features` returns: the depth and the decoder maps that ZoeDepth taps (ZoeDepth `MidasCore`
+    layer names in brackets). (h, w) = (H/16, W/16); maps are in the compute dtype, F = fusion_channels.
+
+      depth: (B, H, W) float32 relative inverse depth (what `DPT.__call__` returns).
+      head_activation: (B, H, W, head_channels), the head's ReLU before its last conv ("out_conv").
+      layer4_rn: (B, h/2, w/2, F), stage 4's map entering the fusion stage ("l4_rn", MiDaS `scratch.layer4_rn`).
+      fusion: the four fusion outputs, coarsest first ("r4", "r3", "r2", "r1"): (B, h, w, F), (B, 2h, 2w, F),
+        (B, 4h, 4w, F), (B, 8h, 8w, F).
+    """
+
+    depth: jnp.ndarray
+    head_activation: jnp.ndarray
+    layer4_rn: jnp.ndarray
+    fusion: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]
+
+
 class DPT(nn.Module):
     """MiDaS v3.1 BEiT-DPT.
 
@@ -46,6 +65,8 @@ class DPT(nn.Module):
       remat: gradient checkpointing per encoder block (for training).
       scan: the encoder as `nn.scan` loops (compiles faster; see `encoder.encoder`).
       attention: "auto" (cuDNN for 16-bit compute on NVIDIA GPUs, else XLA), "xla" or "cudnn"; see `attention.attend`.
+      query_chunk: the XLA attention's queries per chunk: "auto" (chunks above `attention.CHUNK_ABOVE_TOKENS` tokens,
+        so memory grows with the token count instead of its square), None (never) or an int; see `attention.attend`.
     """
 
     config: DPTConfig
@@ -53,34 +74,40 @@ class DPT(nn.Module):
     remat: bool = False
     scan: bool = False
     attention: AttentionImpl = "auto"
+    query_chunk: QueryChunk = "auto"
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype)
         if self.attention not in ATTENTION_IMPLS:
             raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
+        query_chunk(self.query_chunk, 2, 1)  # raises ValueError for anything but "auto", None or a positive int
         super().__post_init__()
 
     def __call__(self, images_bhwc: jnp.ndarray) -> jnp.ndarray:
+        return self.features(images_bhwc).depth
+
+    def features(self, images_bhwc: jnp.ndarray) -> DPTFeatures:
+        """The depth and the decoder maps behind it (`DPTFeatures`); same input, parameters and cost as `__call__`."""
         check_network_input(images_bhwc, self.config.patch_size)
         with matmul_precision(check_dtype(self.dtype)):
-            return self._depth(images_bhwc)
+            return self._forward(images_bhwc)
 
     @nn.compact
-    def _depth(self, images_bhwc: jnp.ndarray) -> jnp.ndarray:
+    def _forward(self, images_bhwc: jnp.ndarray) -> DPTFeatures:
         cfg, dtype = self.config, check_dtype(self.dtype)
         tokens_bnc, grid_hw = PatchEmbed(cfg.width, cfg.patch_size, dtype, name="patch_embed")(
             images_bhwc.astype(jnp.float32)
         )
-        hooked = encoder(cfg, remat=self.remat, scan=self.scan, attention=self.attention, dtype=dtype)(
-            tokens_bnc, grid_hw
-        )
+        knobs = {"remat": self.remat, "scan": self.scan, "attention": self.attention, "query_chunk": self.query_chunk}
+        hooked = encoder(cfg, dtype=dtype, **knobs)(tokens_bnc, grid_hw)
         l1, l2, l3, l4 = (
             Reassemble(cfg, stage, dtype, name=f"reassemble_{stage}")(tokens, grid_hw)
             for stage, tokens in zip((1, 2, 3, 4), hooked)
         )
         size = lambda x: x.shape[1:3]
-        path = FeatureFusionBlock(cfg, 4, dtype, name="fusion_4")(l4, None, size(l3))
-        path = FeatureFusionBlock(cfg, 3, dtype, name="fusion_3")(path, l3, size(l2))
-        path = FeatureFusionBlock(cfg, 2, dtype, name="fusion_2")(path, l2, size(l1))
-        path = FeatureFusionBlock(cfg, 1, dtype, name="fusion_1")(path, l1, (2 * l1.shape[1], 2 * l1.shape[2]))
-        return DepthHead(cfg, dtype, name="head")(path)
+        r4 = FeatureFusionBlock(cfg, 4, dtype, name="fusion_4")(l4, None, size(l3))
+        r3 = FeatureFusionBlock(cfg, 3, dtype, name="fusion_3")(r4, l3, size(l2))
+        r2 = FeatureFusionBlock(cfg, 2, dtype, name="fusion_2")(r3, l2, size(l1))
+        r1 = FeatureFusionBlock(cfg, 1, dtype, name="fusion_1")(r2, l1, (2 * l1.shape[1], 2 * l1.shape[2]))
+        depth, activation = DepthHead(cfg, dtype, name="head")(r1, with_activation=True)
+        return DPTFeatures(depth, activation, l4, (r4, r3, r2, r1))

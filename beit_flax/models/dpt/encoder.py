@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from beit_flax.models.dpt.attention import Attention, AttentionImpl
+from beit_flax.models.dpt.attention import Attention, AttentionImpl, QueryChunk
 from beit_flax.models.dpt.config import DPTConfig
 
 
@@ -37,6 +37,7 @@ class Block(nn.Module):
     config: DPTConfig
     attention: AttentionImpl = "auto"
     dtype: jnp.dtype = jnp.float32
+    query_chunk: QueryChunk = "auto"
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray, grid_hw: tuple[int, int]) -> jnp.ndarray:
@@ -50,7 +51,7 @@ class Block(nn.Module):
             return self.param(name, nn.initializers.constant(0.1), (cfg.width,), jnp.float32)
 
         x = tokens_bnc
-        attn = Attention(cfg, self.attention, self.dtype, name="attn")
+        attn = Attention(cfg, self.attention, self.dtype, self.query_chunk, name="attn")
         x = x + layer_scale("gamma_1") * attn(layer_norm("norm1")(x), grid_hw)
         x = x + layer_scale("gamma_2") * Mlp(cfg, self.dtype, name="mlp")(layer_norm("norm2")(x))
         return x.astype(tokens_bnc.dtype)
@@ -61,7 +62,7 @@ class Encoder(nn.Module):
 
     remat: gradient checkpointing per block: only each block's input is kept for the backward pass and its
       internals (attention logits, MLP hidden) are recomputed, for about one more forward pass of compute.
-    attention: see `attend`.
+    attention, query_chunk: see `attention.attend`.
     `encoder(...)` builds this or its scanned twin; both have the same parameters and paths (`block_{i}/...`).
     """
 
@@ -69,6 +70,7 @@ class Encoder(nn.Module):
     remat: bool = False
     attention: AttentionImpl = "auto"
     dtype: jnp.dtype = jnp.float32
+    query_chunk: QueryChunk = "auto"
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray, grid_hw: tuple[int, int]) -> list[jnp.ndarray]:
@@ -77,7 +79,8 @@ class Encoder(nn.Module):
         block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
         hooked = []
         for index in range(cfg.depth):
-            tokens_bnc = block(cfg, self.attention, self.dtype, name=f"block_{index}")(tokens_bnc, grid_hw)
+            blk = block(cfg, self.attention, self.dtype, self.query_chunk, name=f"block_{index}")
+            tokens_bnc = blk(tokens_bnc, grid_hw)
             if index in cfg.hooks:
                 hooked.append(tokens_bnc)
         return hooked
@@ -96,10 +99,12 @@ class _ScanStep(nn.Module):
     attention: AttentionImpl
     dtype: jnp.dtype
     grid_hw: tuple[int, int]
+    query_chunk: QueryChunk = "auto"
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray, _: None) -> tuple[jnp.ndarray, None]:
-        return Block(self.config, self.attention, self.dtype, name="block")(tokens_bnc, self.grid_hw), None
+        block = Block(self.config, self.attention, self.dtype, self.query_chunk, name="block")
+        return block(tokens_bnc, self.grid_hw), None
 
 
 class ScannedEncoder(nn.Module):
@@ -111,6 +116,7 @@ class ScannedEncoder(nn.Module):
     remat: bool = False
     attention: AttentionImpl = "auto"
     dtype: jnp.dtype = jnp.float32
+    query_chunk: QueryChunk = "auto"
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray, grid_hw: tuple[int, int]) -> list[jnp.ndarray]:
@@ -118,7 +124,7 @@ class ScannedEncoder(nn.Module):
         outputs = []
         for k, blocks in enumerate(segments(self.config)):
             scanned = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True}, length=len(blocks))
-            body = scanned(self.config, self.attention, self.dtype, grid_hw, name=f"segment_{k}")
+            body = scanned(self.config, self.attention, self.dtype, grid_hw, self.query_chunk, name=f"segment_{k}")
             tokens_bnc, _ = body(tokens_bnc, None)
             outputs.append(tokens_bnc)
         return outputs[:4]  # the hooked ones; a trailing unhooked segment's output is unused (and compiled away)
@@ -146,15 +152,15 @@ def unstack_blocks(config: DPTConfig, collections: dict[str, Any]) -> dict[str, 
 
 
 def encoder(config: DPTConfig, *, remat: bool = False, scan: bool = False, attention: AttentionImpl = "auto",
-            dtype: jnp.dtype = jnp.float32, name: str = "encoder") -> nn.Module:
+            dtype: jnp.dtype = jnp.float32, query_chunk: QueryChunk = "auto", name: str = "encoder") -> nn.Module:
     """The encoder module: unrolled (`Encoder`), or with `scan` a `ScannedEncoder` whose parameters are mapped
     (`nn.map_variables`) to the unrolled paths, so one weights file serves both. Scanning compiles faster (BEiT-L
     512 on CPU: the remat gradient in 21.5 s instead of 33 s, the forward pass 4.9 instead of 5.5 s) but stacks the
     encoder's parameters on every call (a copy of them: 1.2 GB at BEiT-L in float32)."""
     if not scan:
-        return Encoder(config, remat, attention, dtype, name=name)
+        return Encoder(config, remat, attention, dtype, query_chunk, name=name)
     mapped = nn.map_variables(
         ScannedEncoder, "params", init=True,
         trans_in_fn=lambda c: stack_blocks(config, c), trans_out_fn=lambda c: unstack_blocks(config, c),
     )
-    return mapped(config, remat, attention, dtype, name=name)
+    return mapped(config, remat, attention, dtype, query_chunk, name=name)

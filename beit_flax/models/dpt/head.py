@@ -18,13 +18,19 @@ from beit_flax.models.dpt.resize import resize_bilinear
 
 
 class DepthHead(nn.Module):
-    """(B, H/2, W/2, F) -> (B, H, W) float32."""
+    """(B, H/2, W/2, F) -> (B, H, W) float32.
+
+    with_activation=True also returns the (B, H, W, head_channels) ReLU activation that feeds the last conv, in the
+    compute dtype: the `out_conv` tap of ZoeDepth (`zoedepth/models/base_models/midas.py`, `output_conv[3]`).
+    """
 
     config: DPTConfig
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, features_bhwc: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self, features_bhwc: jnp.ndarray, *, with_activation: bool = False
+    ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
         cfg = self.config
         conv = lambda features, kernel, name, dtype=self.dtype: nn.Conv(
             features, (kernel, kernel), padding=((kernel // 2,) * 2,) * 2, dtype=dtype, name=name
@@ -33,5 +39,5 @@ class DepthHead(nn.Module):
         _, h, w, _ = x.shape
         x = resize_bilinear(x, (2 * h, 2 * w), align_corners=True)
         x = nn.relu(conv(cfg.head_channels, 3, "conv2")(x))
-        x = nn.relu(conv(1, 1, "conv3", jnp.float32)(x.astype(jnp.float32)))
-        return x[..., 0]
+        depth = nn.relu(conv(1, 1, "conv3", jnp.float32)(x.astype(jnp.float32)))[..., 0]
+        return (depth, x) if with_activation else depth

@@ -59,33 +59,51 @@ def resize_table(table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tu
     return jnp.concatenate([offsets.reshape(new_h * new_w, heads), table_mh[old_h * old_w :]], axis=0)
 
 
+def bias_rows(table: jnp.ndarray, grid_hw: tuple[int, int], first: int | jnp.ndarray, count: int) -> jnp.ndarray:
+    """Rows first, ..., first+count-1 of the (heads, N, N) bias, (heads, count, N) float32, from a table already
+    resized to `grid_hw` (`resize_table`); rows past N-1 (a last chunk's padding) repeat row N-1.
+
+    Built from the offset grid's Toeplitz structure rather than count*N*heads scalar gathers: the biases of token
+    query (y, x) over all token keys are the (h, w) window of the doubly flipped offset grid that starts at
+    (h-1-y, w-1-x). XLA copies such windows as contiguous slices (on CPU the gather cost ~85 ms per block at BEiT-L
+    512). `first` a Python int: the windows' starts are constants and the cls row is concatenated (the whole bias:
+    `relative_position_bias`); traced (a query chunk in a loop): the starts are computed and the cls query's row
+    selected where the chunk holds it.
+    """
+    h, w = grid_hw
+    heads = table.shape[-1]
+    offsets = (2 * h - 1) * (2 * w - 1)
+    flipped_hyx = table[:offsets].T.reshape(heads, 2 * h - 1, 2 * w - 1)[:, ::-1, ::-1]
+    cls_to_token, token_to_cls, cls_to_cls = (table[offsets + i][:, None] for i in range(3))
+    static = isinstance(first, (int, np.integer))
+    xp = np if static else jnp
+    queries = first + xp.arange(count)  # token positions, the cls token at 0
+    cls_first = static and first == 0
+    patches = xp.clip(queries[1:] - 1 if cls_first else queries - 1, 0, h * w - 1)  # row-major patch index
+    starts = xp.stack([h - 1 - patches // w, w - 1 - patches % w], 1).astype(xp.int32)
+    window = lambda start: jax.lax.dynamic_slice(flipped_hyx, (0, start[0], start[1]), (heads, h, w))
+    tokens_hqk = jax.vmap(window, out_axes=1)(jnp.asarray(starts)).reshape(heads, len(starts), h * w)
+    token_rows = jnp.concatenate([jnp.broadcast_to(token_to_cls[:, :, None], (heads, len(starts), 1)), tokens_hqk], 2)
+    cls_row = jnp.concatenate([cls_to_cls, jnp.broadcast_to(cls_to_token, (heads, h * w))], 1)[:, None]
+    if static:
+        return jnp.concatenate([cls_row, token_rows], 1) if cls_first else token_rows
+    return jnp.where((queries == 0)[None, :, None], cls_row, token_rows)
+
+
 def relative_position_bias(
     table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tuple[int, int]
 ) -> jnp.ndarray:
     """(heads, N, N) attention bias for an input of `grid_hw` patches, N = h*w + 1; shared by the whole batch.
 
-    Equals `table[relative_position_index(grid_hw)]` (heads first), but built from the offset grid's Toeplitz
-    structure rather than N*N*heads scalar gathers: the biases of query (y, x) over all token keys are the (h, w)
-    window of the doubly flipped offset grid that starts at (h-1-y, w-1-x). XLA copies such windows as contiguous
-    slices (on CPU the gather cost ~85 ms per block at BEiT-L 512).
+    Equals `table[relative_position_index(grid_hw)]` (heads first) for the table resized to the grid; see
+    `bias_rows`, which builds any rows of it.
     """
-    table = resize_table(table_mh, train_grid, grid_hw)
-    h, w = grid_hw
-    heads = table.shape[-1]
-    offsets = (2 * h - 1) * (2 * w - 1)
-    flipped_hyx = table[:offsets].T.reshape(heads, 2 * h - 1, 2 * w - 1)[:, ::-1, ::-1]
-    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    starts = jnp.asarray(np.stack([h - 1 - ys.ravel(), w - 1 - xs.ravel()], 1), jnp.int32)
-    window = lambda start: jax.lax.dynamic_slice(flipped_hyx, (0, start[0], start[1]), (heads, h, w))
-    tokens_hqk = jax.vmap(window, out_axes=1)(starts).reshape(heads, h * w, h * w)
-    cls_to_token, token_to_cls, cls_to_cls = (table[offsets + i][:, None] for i in range(3))
-    cls_row = jnp.concatenate([cls_to_cls, jnp.broadcast_to(cls_to_token, (heads, h * w))], 1)[:, None]
-    token_rows = jnp.concatenate([jnp.broadcast_to(token_to_cls[:, :, None], (heads, h * w, 1)), tokens_hqk], 2)
-    return jnp.concatenate([cls_row, token_rows], 1)
+    return bias_rows(resize_table(table_mh, train_grid, grid_hw), grid_hw, 0, grid_hw[0] * grid_hw[1] + 1)
 
 
 class RelativePositionBias(nn.Module):
-    """Owns one block's table and returns its (heads, N, N) bias for the current grid."""
+    """Owns one block's table and returns it resized to the current grid, ((2h-1)(2w-1) + 3, heads) float32: the
+    (heads, N, N) bias itself (`bias_rows`) is built where it is used, a query chunk at a time if need be."""
 
     num_heads: int
     train_grid: tuple[int, int]
@@ -95,4 +113,4 @@ class RelativePositionBias(nn.Module):
         rows = table_rows(self.train_grid)
         # BEiT initialises the table to zeros; pretrained tables carry the learned biases.
         table = self.param("table", nn.initializers.zeros_init(), (rows, self.num_heads), jnp.float32)
-        return relative_position_bias(table, self.train_grid, grid_hw)
+        return resize_table(table, self.train_grid, grid_hw)

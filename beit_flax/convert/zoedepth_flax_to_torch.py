@@ -1,0 +1,50 @@
+"""beit-flax ZoeDepth parameters -> a PyTorch state dict in the release layout or transformers' names.
+
+The core goes through the DPT exporter (`flax_to_torch`, which also fills in what the original never uses:
+relative_position_index buffers, classifier, fc_norm, refinenet4's first unit) and is renamed as `zoedepth_keys`
+renames the DPT rules; the metric head reads `zoedepth_keys.head_rules` the other way. The release layout also gets
+the log-binomials' persistent buffers, so that the original's strict `load_state_dict` accepts the result (as
+`{"model": state_dict}` or bare: `zoedepth/models/model_io.py` takes either).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from beit_flax.convert.flax_to_torch import flax_to_torch
+from beit_flax.convert.zoedepth_keys import CORE_LAYOUT, LAYOUTS, core_torch_name, head_rules
+from beit_flax.models.zoedepth.config import ZoeDepthConfig
+
+
+def _log_binomial_buffers(config: ZoeDepthConfig) -> dict[str, np.ndarray]:
+    """`LogBinomial`'s k_idx (int64 arange(n_bins), (1, n, 1, 1)) and K_minus_1 (float32 n - 1, (1, 1, 1, 1))."""
+    out = {}
+    for b in config.bins:
+        prefix = "conditional_log_binomial" + (f".{b.name}" if config.router is not None else "")
+        out[f"{prefix}.log_binomial_transform.k_idx"] = np.arange(b.n_bins, dtype=np.int64).reshape(1, -1, 1, 1)
+        out[f"{prefix}.log_binomial_transform.K_minus_1"] = np.full((1, 1, 1, 1), b.n_bins - 1, np.float32)
+    return out
+
+
+def zoedepth_flax_to_torch(params: dict[str, Any], config: ZoeDepthConfig, layout: str) -> dict[str, np.ndarray]:
+    """State dict (name -> contiguous numpy array) of `ZoeDepth(config)` in `layout` ("release", "hf-v4", "hf-v5")."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown ZoeDepth layout {layout!r}; one of {LAYOUTS}")
+    if "core" not in params:
+        raise ValueError("params lack the core ('core/...')")
+    core = flax_to_torch(params["core"], config.core, CORE_LAYOUT[layout])
+    state = {core_torch_name(layout, name): value for name, value in core.items()}
+    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    depth = config.router.depth if config.router is not None else 1
+    for rule in head_rules(layout, config):
+        for torch_name, paths, leaf in rule.tensors(depth):
+            missing = [path for path in paths if path not in flat]
+            if missing:
+                raise ValueError(f"params lack {', '.join(missing)} (for {torch_name})")
+            state[torch_name] = leaf.to_torch(*(flat[path] for path in paths))
+    if layout == "release":
+        state.update(_log_binomial_buffers(config))
+    return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}
