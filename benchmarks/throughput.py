@@ -42,7 +42,7 @@ from beit_flax.models.precision import COMPUTE_DTYPES  # noqa: E402
 GFLOP_PER_IMAGE = {"dpt_beit_large_512": 963.0, "dpt_beit_large_384": 516.0, "dpt_beit_base_384": 224.0}
 """torch's flop counter on transformers' DPTForDepthEstimation, one image at the variant's net size."""
 VARIANTS = tuple(GFLOP_PER_IMAGE)  # the released presets (beit_flax.PRESETS), each with its FLOP anchor
-IMPLS = ("flax", "torch-eager", "torch-autocast", "torch-compile")
+IMPLS = ("flax", "torch-eager", "torch-autocast", "torch-compile", "onnxruntime")
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
@@ -306,6 +306,52 @@ class FlaxBench:
                 "vs_float32_max_over_max": float(f"{np.abs(ours - full).max() / np.abs(full).max():.3g}")}
 
 
+# ------------------------------------------------------------------------------------------------------ onnxruntime
+
+
+class OrtBench:
+    """Our ONNX export (`beit_flax.export.export_onnx`, dynamic batch, one per size) in onnxruntime: the CPU provider,
+    CUDA first on a GPU where onnxruntime has it. Same random params as the Flax rows (`init_params`, spread 0.02)."""
+
+    def __init__(self, config, device: str, threads: int):
+        import onnxruntime as ort
+
+        from beit_flax.params import init_params
+
+        self.ort, self.config, self.threads = ort, config, threads
+        self.params = init_params(config, spread=0.02)
+        gpu = device == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+        self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        self.device_name = "gpu: onnxruntime CUDA provider" if gpu else f"cpu: {cpu_name()} ({threads} threads)"
+        self.sessions: dict[tuple[int, int], tuple[Any, float, int]] = {}  # size -> (session, export + load s, bytes)
+
+    def prepare(self, impl: str, dtype: str, batch: int, hw: tuple[int, int]) -> Prepared:
+        from beit_flax.export import export_onnx
+        from beit_flax.models.dpt.dpt import DPT
+
+        if hw not in self.sessions:
+            t0 = time.perf_counter()
+            data = export_onnx(DPT(self.config), self.params, hw)
+            options = self.ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            session = self.ort.InferenceSession(data, options, providers=self.providers)
+            self.sessions[hw] = (session, round(time.perf_counter() - t0, 3), len(data))
+        session, setup_s, nbytes = self.sessions[hw]
+        images = np.random.default_rng(1).standard_normal((batch, *hw, 3), dtype=np.float32)
+
+        def finish() -> dict[str, Any]:
+            return {"peak_mem_gib": round(max_rss_gib(), 3), "device": self.device_name,
+                    "peak_mem_note": "process max RSS, cumulative over the run", "ort_version": self.ort.__version__,
+                    "ort_providers": session.get_providers(), "onnx_mib": round(nbytes / 2**20, 1),
+                    "compile_note": "export to ONNX + session creation, once per size"}
+
+        return Prepared(lambda: session.run(None, {"images": images}), lambda out: out, setup_s, finish)
+
+    def close(self):
+        self.sessions.clear()
+        gc.collect()
+
+
 # ------------------------------------------------------------------------------------------------------------- main
 
 
@@ -315,11 +361,16 @@ def default_impls(device: str, dtype: str) -> list[str]:
             "torch-eager", "torch-autocast", "torch-compile"]
     else:
         torch_impls = ["torch-eager"] if dtype == "float32" else ["torch-autocast"]
-    return ["flax", *torch_impls]
+    import importlib.util
+
+    ort = ["onnxruntime"] if dtype == "float32" and importlib.util.find_spec("jax2onnx") else []  # the exporter
+    return ["flax", *torch_impls, *ort]
 
 
 def impl_makes_sense(impl: str, dtype: str, device: str) -> str | None:
     """None if `impl` can run in `dtype` on `device`, else the reason it is skipped."""
+    if impl == "onnxruntime" and dtype != "float32":
+        return "the ONNX export is float32 only"
     if impl == "torch-autocast" and dtype == "float32":
         return "autocast to float32 is plain eager fp32 (use torch-eager)"
     if device == "cpu" and impl == "torch-eager" and dtype == "float16":
@@ -419,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             best = max(torch_rows, key=lambda r: r["img_per_s"], default=None)
             row["vs_best_torch"] = round(row["img_per_s"] / best["img_per_s"], 3) if best else None
             row["best_torch_impl"] = f"{best['impl']}[{best['torch_mode']}]" if best else None
+        if impl == "onnxruntime":
+            flax_row = next((r for r in results[(hw, b, dt)] if r["impl"] == "flax"), None)
+            row["vs_flax"] = round(row["img_per_s"] / flax_row["img_per_s"], 3) if flax_row else None
         emit(row)
 
     def prepare(bench, impl, hw, b, dt) -> Prepared | None:
@@ -445,16 +499,19 @@ def main(argv: list[str] | None = None) -> int:
     flax_options = {"scan": args.scan, "attention": args.attention, "accuracy": args.accuracy}
     uses_torch = any(i.startswith("torch") for impls in plan.values() for i in impls)
     uses_flax = any("flax" in impls for impls in plan.values())
+    uses_ort = any("onnxruntime" in impls for impls in plan.values())
     if args.interleave:
         benches = {}
         if uses_torch:
             benches["torch"] = TorchBench(config, device, threads, args.torch_tf32)
         if uses_flax:
             benches["flax"] = FlaxBench(config, device, args.jax_matmul_precision, **flax_options)
+        if uses_ort:
+            benches["onnxruntime"] = OrtBench(config, device, threads)
         for hw, b, dt in groups:
             load_start = os.getloadavg()[0]
-            order = sorted(plan[(hw, b, dt)], key=lambda i: i == "flax")  # torch rows first
-            preps = {i: prepare(benches["flax" if i == "flax" else "torch"], i, hw, b, dt) for i in order}
+            order = sorted(plan[(hw, b, dt)], key=lambda i: (i == "onnxruntime", i == "flax"))  # torch, flax, ort
+            preps = {i: prepare(benches[i if i in ("flax", "onnxruntime") else "torch"], i, hw, b, dt) for i in order}
             preps = {i: p for i, p in preps.items() if p is not None}
             for prep in preps.values():
                 prep.warm(args.warmup)
@@ -480,17 +537,26 @@ def main(argv: list[str] | None = None) -> int:
             for hw, b, dt in groups:
                 if "flax" in plan[(hw, b, dt)]:
                     sequential(fb, "flax", hw, b, dt)
+        if uses_ort:  # after flax: its rows carry vs_flax
+            ob = OrtBench(config, device, threads)
+            for hw, b, dt in groups:
+                if "onnxruntime" in plan[(hw, b, dt)]:
+                    sequential(ob, "onnxruntime", hw, b, dt)
+            ob.close()
 
     for hw, b, dt in groups:
         rows = results[(hw, b, dt)]
         if not rows:
             continue
         summary = {"summary": True, "variant": args.variant, "size": size_str(hw), "batch": b, "dtype": dt,
-                   "img_per_s": {r["impl"] + ("" if r["impl"] == "flax" else f"[{r['torch_mode']}]"): r["img_per_s"]
+                   "img_per_s": {r["impl"] + (f"[{r['torch_mode']}]" if "torch_mode" in r else ""): r["img_per_s"]
                                  for r in rows}}
         flax = [r for r in rows if r["impl"] == "flax"]
         if flax and flax[0].get("vs_best_torch") is not None:
             summary["flax_vs_best_torch"] = flax[0]["vs_best_torch"]
+        ort_rows = [r for r in rows if r["impl"] == "onnxruntime"]
+        if ort_rows and ort_rows[0].get("vs_flax") is not None:
+            summary["onnxruntime_vs_flax"] = ort_rows[0]["vs_flax"]
         emit(summary)
     return 0
 
