@@ -1,7 +1,15 @@
 """`beit-depth`: image files or a video -> relative inverse depth, with MiDaS run.py's pre- and post-processing.
 
-    beit-depth predict --weights W.msgpack INPUT... --out DIR [--devices N] [--distributed]
-    beit-depth video IN.mp4 --weights W.msgpack --out OUT.mp4 [--side-by-side]
+    beit-depth predict --weights W INPUT... --out DIR [--devices N] [--distributed]
+    beit-depth video IN.mp4 --weights W --out OUT.mp4 [--side-by-side]
+    beit-depth cache list|clear [NAME...]
+
+W: a known name (dpt_beit_large_512...), a hub repo id, a checkpoint or a .msgpack (`beit_flax.hub.resolve`).
+
+ZoeDepth weights (`convert_weights ZoeD_M12_N.pt ...`, or the names zoedepth_nyu / _kitti / _nyu_kitti) give metric
+depth in meters instead, with ZoeDepth's own `infer_pil` pre- and post-processing (`zoedepth_transforms`: reflect
+padding, flip averaging; --no-pad / --no-flip turn them off and are refused for MiDaS weights), PNGs and videos over
+the fixed range 0..max depth (near = bright), the range stated in the summary line and the PNG's text.
 
 Pipeline: a thread pool decodes and preprocesses ahead (bounded), the main thread batches by network input shape
 and keeps one batch on the devices (split over every local device, params replicated), a second pool
@@ -32,13 +40,16 @@ from pathlib import Path
 import numpy as np
 
 from beit_flax.compile_cache import enable_compilation_cache
+from beit_flax.export import add_export_parser, run_export
 from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, interruptible, replace, temp_beside
+from beit_flax.hub import resolve
 from beit_flax.images import (
     COLORMAPS,
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageError,
     colorize,
+    colorize_metric,
     encode_npy,
     encode_png,
     read_image,
@@ -46,6 +57,7 @@ from beit_flax.images import (
     to_png16,
 )
 from beit_flax.models.precision import COMPUTE_DTYPES
+from beit_flax.models.zoedepth.zoedepth import ZoeDepth
 from beit_flax.pipeline import Batcher, ordered_map
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
 from beit_flax.transforms import (
@@ -59,6 +71,9 @@ from beit_flax.transforms import (
     target_size,
 )
 from beit_flax.weights import load
+from beit_flax.zoedepth_pipeline import check_net_hw, depth_range_m, grouped
+from beit_flax.zoedepth_transforms import merge, pad_sizes, preprocess_views
+from beit_flax.zoedepth_transforms import target_size as zoedepth_target_size
 
 PROG = "beit-depth"
 EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
@@ -103,7 +118,10 @@ def first_line(err: BaseException) -> str:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     model = common.add_argument_group("model and preprocessing")
-    model.add_argument("--weights", required=True, metavar="W.msgpack", help="beit-flax weights (convert_weights)")
+    model.add_argument("--weights", required=True, metavar="W",
+                       help="a known name (dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384: downloaded, "
+                       "converted and cached once), a hub repo id (Intel/dpt-beit-large-512[@revision]), a PyTorch "
+                       "checkpoint or transformers folder (converted once, cached), or a beit-flax .msgpack")
     model.add_argument("--size", type=net_size_arg, metavar="N",
                        help="net size to resize towards (default: the model's, 512 or 384)")
     model.add_argument("--square", action="store_true", help="resize to N x N instead of keeping the aspect ratio")
@@ -121,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help="the one pixel limit: larger images (read from the header) and network inputs are "
                        "refused (default: %(default)s)")
+    model.add_argument("--no-pad", action="store_true",
+                       help="ZoeDepth weights only: no reflect padding before the network (default: padded, as "
+                       "ZoeDepth's infer_pil)")
+    model.add_argument("--no-flip", action="store_true",
+                       help="ZoeDepth weights only: no flip averaging (default: the flipped image's depth averaged "
+                       "in, as ZoeDepth's infer_pil; twice the compute)")
     model.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model.add_argument("--debug", action="store_true", help="full error detail: tracebacks, ffmpeg's log")
 
@@ -131,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or output paths (nothing was processed), 130 / 143 interrupted (Ctrl-C / SIGTERM). Compiled programs are "
         "cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video,cache,export}")
     images = sub.add_parser(
         "predict", parents=[common], help="image files -> DIR/<stem>.npy + DIR/<stem>.png",
         description="For each image: DIR/<stem>.npy, float32 (H, W) relative inverse depth (larger = nearer) at "
@@ -156,11 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--side-by-side", action="store_true", help="input frame left, depth right")
     video.add_argument("--fps", type=fps_arg, help="output frame rate (default: the input's)")
     video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
+
+    weights_cache = sub.add_parser("cache", help="list or clear the converted weights cache",
+                                   description="Converted weights (and release downloads) live in "
+                                   "~/.cache/beit-flax/weights ($BEIT_FLAX_WEIGHTS_DIR); hub downloads stay in the "
+                                   "Hugging Face cache.")
+    weights_cache.add_argument("action", choices=("list", "clear"))
+    weights_cache.add_argument("names", nargs="*", metavar="NAME",
+                               help="clear only these (known names, repo ids, sources or cached files)")
+    add_export_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "cache":
+        from beit_flax.hub.manage import main as cache_main
+
+        return cache_main(args.action, args.names)
+    if args.command == "export":
+        return interruptible(PROG, lambda: run_export(args))
     set_pixel_limit(args.max_pixels)  # Pillow's own guard follows the flag: it is the one limit
     return interruptible(PROG, lambda: run_predict(args) if args.command == "predict" else run_video(args))
 
@@ -187,14 +226,23 @@ def check_size_flag(args: argparse.Namespace) -> bool:
 
 
 def load_model(args: argparse.Namespace):
-    """(Batcher, net size), or None after reporting a bad weights file, a net size over --max-pixels or --devices."""
+    """(Batcher, net size), or None after reporting a bad weights file, a net size over --max-pixels, --devices, or
+    ZoeDepth flags for a MiDaS model. A ZoeDepth's net size is (H, W) (--size N: N x N)."""
     try:
-        model, params = load(args.weights, dtype=args.dtype)
+        model, params = load(resolve(args.weights, progress=not args.quiet), dtype=args.dtype)
     except (OSError, ValueError) as err:
         report(f"error: cannot load weights: {err}")
         return None
+    metric = isinstance(model, ZoeDepth)
+    if not metric and (args.no_pad or args.no_flip):
+        report(f"error: --no-pad / --no-flip are ZoeDepth options; {args.weights} is a MiDaS (relative depth) model")
+        return None
     try:
-        net = args.size or check_net_size(model.config.net_size, args.max_pixels)
+        if metric:
+            net = check_net_hw(args.size or model.config.net_size)
+            check_net_input(net, args.max_pixels)
+        else:
+            net = args.size or check_net_size(model.config.net_size, args.max_pixels)
     except ValueError as err:
         report(f"error: {args.weights}: the model's {err}")
         return None
@@ -210,6 +258,55 @@ def load_model(args: argparse.Namespace):
 def describe(batcher: Batcher) -> str:
     n = batcher.device_count
     return f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
+
+
+# --- the two kinds of model: relative inverse depth (MiDaS) and metric depth (ZoeDepth) ------------------------------
+
+
+def is_metric(batcher: Batcher) -> bool:
+    return isinstance(batcher.model, ZoeDepth)
+
+
+def network_size(height: int, width: int, net, args: argparse.Namespace, metric: bool) -> tuple[int, int]:
+    """The network input (H', W') of a (height, width) image (ZoeDepth's: of the padded image)."""
+    if not metric:
+        return target_size(height, width, net, square=args.square)
+    pad_h, pad_w = pad_sizes(height, width, not args.no_pad)
+    return zoedepth_target_size(height + 2 * pad_h, width + 2 * pad_w, net, keep_aspect=not args.square)
+
+
+def network_inputs(image: np.ndarray, index: int, net, args: argparse.Namespace, metric: bool) -> list:
+    """[(view or None, network input)]: ZoeDepth's views of the image (plain, flipped), or MiDaS' one input."""
+    if metric:
+        return preprocess_views(image, net, index=index, pad=not args.no_pad, flip=not args.no_flip,
+                                keep_aspect=not args.square)
+    return [(None, preprocess(image, net, square=args.square))]
+
+
+def regroup(results, args: argparse.Namespace, metric: bool):
+    """`Batcher.run`'s `((meta, view), depth)` -> `(meta, [(view, depth), ...])`, an image's views together."""
+    if metric:
+        yield from grouped(results, 1 if args.no_flip else 2)
+    else:
+        for (meta, view), depth in results:
+            yield meta, [(view, depth)]
+
+
+def full_depth(parts: list, size_hw: tuple[int, int], metric: bool) -> np.ndarray:
+    """An image's network outputs -> (H, W) float32: meters (ZoeDepth) or relative inverse depth (MiDaS)."""
+    return merge(parts) if metric else postprocess(parts[0][1], size_hw)
+
+
+def render(depth: np.ndarray, args: argparse.Namespace, top_m: float | None) -> np.ndarray:
+    """The PNG / video picture: MiDaS' min-max per map, or (top_m set) ZoeDepth's fixed 0..top_m meters."""
+    if top_m is None:
+        return colorize(depth, args.colormap)
+    return colorize_metric(depth, top_m, args.colormap)
+
+
+def metric_png16(depth_m: np.ndarray, top_m: float) -> np.ndarray:
+    """(H, W) meters -> uint16 over the fixed range: 65535 at 0 m, 0 at top_m and beyond (near = bright)."""
+    return (65535 * (1.0 - np.clip(np.nan_to_num(depth_m, nan=top_m) / top_m, 0.0, 1.0))).astype(np.uint16)
 
 
 def progress(total: int | None, unit: str, quiet: bool):
@@ -339,6 +436,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_USAGE
     batcher, net = loaded
+    metric = is_metric(batcher)
+    top_m = depth_range_m(batcher.config) if metric else None
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -346,12 +445,14 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     jobs = process_slice(every_job, index, count)
 
-    def decode(job: Job) -> tuple[Job, np.ndarray | None, str | None]:
-        """-> (the job with its image's size, network input or None, error or None)."""
+    def decode(item: tuple[int, Job]) -> tuple[Job, list | None, str | None]:
+        """-> (the job with its image's size, [(view, network input)] or None, error or None)."""
+        position, job = item
         try:
             image = read_image(job.source, args.max_pixels)
-            check_net_input(target_size(*image.shape[:2], net, square=args.square), args.max_pixels)
-            return dataclasses.replace(job, size_hw=image.shape[:2]), preprocess(image, net, square=args.square), None
+            check_net_input(network_size(*image.shape[:2], net, args, metric), args.max_pixels)
+            inputs = network_inputs(image, position, net, args, metric)
+            return dataclasses.replace(job, size_hw=image.shape[:2]), inputs, None
         except ImageError as err:
             return job, None, str(err)
         except ValueError as err:  # the network input over --max-pixels
@@ -359,14 +460,19 @@ def run_predict(args: argparse.Namespace) -> int:
         except MemoryError:
             return job, None, f"{job.source}: out of memory"
 
-    def write(result: tuple[Job, np.ndarray]) -> str | None:
-        job, depth = result
+    png_text = {"depth": "metric, meters", "depth_range_m": f"0 {top_m:g}", "near": "bright"} if metric else None
+
+    def write(result: tuple[Job, list]) -> str | None:
+        job, parts = result
         try:
-            full = postprocess(depth, job.size_hw)
+            full = full_depth(parts, job.size_hw, metric)
             atomic_write_bytes(args.out / f"{job.stem}.npy", encode_npy(full))
             if not args.no_png:
-                picture = to_png16(full) if args.grayscale16 else colorize(full, args.colormap)
-                atomic_write_bytes(args.out / f"{job.stem}.png", encode_png(picture))
+                if args.grayscale16:
+                    picture = metric_png16(full, top_m) if metric else to_png16(full)
+                else:
+                    picture = render(full, args, top_m)
+                atomic_write_bytes(args.out / f"{job.stem}.png", encode_png(picture, png_text))
         except OSError as err:
             return f"{job.source}: cannot write output: {err}"
         return None
@@ -375,10 +481,12 @@ def run_predict(args: argparse.Namespace) -> int:
     bar = progress(len(jobs), "img", args.quiet)
     start = time.perf_counter()
 
-    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[Job, np.ndarray]]:
-        for job, net_input, error in ordered_map(decode, jobs, pool, limit=2 * args.workers + batcher.batch_size):
+    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[Job, object], np.ndarray]]:
+        limit = 2 * args.workers + batcher.batch_size
+        for job, inputs, error in ordered_map(decode, enumerate(jobs), pool, limit=limit):
             if error is None:
-                yield job, net_input
+                for view, net_input in inputs:
+                    yield (job, view), net_input
             else:
                 failures.append(error)
                 report(f"error: {error}")
@@ -393,22 +501,28 @@ def run_predict(args: argparse.Namespace) -> int:
             report(f"error: {error}")
         bar.update()
 
-    def device_failed(failed: list[Job], err: Exception) -> None:  # e.g. out of device memory for a panorama
-        for job in failed:
+    reported: set[Path] = set()
+
+    def device_failed(failed: list[tuple[Job, object]], err: Exception) -> None:  # e.g. out of device memory
+        for job, _ in failed:
+            if job.source in reported:  # both views of a ZoeDepth image
+                continue
+            reported.add(job.source)
             failures.append(f"{job.source}: inference failed ({type(err).__name__}: {str(err)[:300]})")
             report(f"error: {failures[-1]}")
             bar.update()
 
     with (bar, ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
           ThreadPoolExecutor(args.workers, "beit-write") as writer):
-        results = batcher.run(decoded(decoder), on_error=device_failed)
+        results = regroup(batcher.run(decoded(decoder), on_error=device_failed), args, metric)
         for error in ordered_map(write, results, writer, limit=2 * args.workers):
             finish(error)
     elapsed = time.perf_counter() - start
     who = f"process {index} of {count}: " if count > 1 else ""
     print(
         f"{PROG}: {who}{done} image{'s' * (done != 1)} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s), "
-        f"{describe(batcher)}, {len(batcher.shapes)} input shape{'s' * (len(batcher.shapes) != 1)}, "
+        f"{describe(batcher)}, {len(batcher.input_shapes)} input shape{'s' * (len(batcher.input_shapes) != 1)}, "
+        f"{f'metric depth, PNG range 0..{top_m:g} m (near bright), ' if metric else ''}"
         f"{len(failures)} failed{', ' + str(len(skipped)) + ' skipped' if skipped else ''}; outputs in {args.out}"
     )
     return EXIT_FAILED_INPUTS if failures else 0
@@ -467,8 +581,10 @@ def run_video(args: argparse.Namespace) -> int:
             reader.close()
             return EXIT_USAGE
         batcher, net = loaded
+        metric = is_metric(batcher)
+        top_m = depth_range_m(batcher.config) if metric else None
         if width and height:
-            check_net_input(target_size(height, width, net, square=args.square), args.max_pixels)
+            check_net_input(network_size(height, width, net, args, metric), args.max_pixels)
     except ValueError as err:
         reader.close()
         report(f"error: {args.input}: {err}")
@@ -485,20 +601,25 @@ def run_video(args: argparse.Namespace) -> int:
     if args.max_frames:
         total = min(total, args.max_frames) if total else args.max_frames
 
-    def read() -> Iterator[np.ndarray]:
+    def read() -> Iterator[tuple[int, np.ndarray]]:
         for index, frame in enumerate(reader):
             if args.max_frames and index >= args.max_frames:
                 break
-            yield frame
+            yield index, frame
 
-    def prepare(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """-> (the frame, as the metadata that travels with it; its network input)."""
+    def prepare(item: tuple[int, np.ndarray]) -> list:
+        """-> [((the frame, as the metadata that travels with it; its view), its network input)]."""
+        index, frame = item
         frame = np.asarray(frame)[:, :, :3]
-        return frame, preprocess(frame, net, square=args.square)
+        return [((frame, view), net_input) for view, net_input in network_inputs(frame, index, net, args, metric)]
 
-    def render(result: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        frame, depth = result
-        picture = colorize(postprocess(depth, frame.shape[:2]), args.colormap)
+    def inputs(pool: ThreadPoolExecutor) -> Iterator:
+        for prepared in ordered_map(prepare, read(), pool, limit=2 * args.workers + 8):
+            yield from prepared
+
+    def picture_of(result: tuple[np.ndarray, list]) -> np.ndarray:
+        frame, parts = result
+        picture = render(full_depth(parts, frame.shape[:2], metric), args, top_m)
         return even(np.concatenate([frame, picture], axis=1) if args.side_by_side else picture)
 
     count, start = 0, time.perf_counter()
@@ -512,8 +633,8 @@ def run_video(args: argparse.Namespace) -> int:
                 with (progress(total, "frame", args.quiet) as bar,
                       ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
                       ThreadPoolExecutor(1, "beit-render") as renderer):
-                    results = batcher.run(ordered_map(prepare, read(), decoder, limit=2 * args.workers + 8))
-                    for picture in ordered_map(render, results, renderer, limit=4):
+                    results = regroup(batcher.run(inputs(decoder)), args, metric)
+                    for picture in ordered_map(picture_of, results, renderer, limit=4):
                         writer.append_data(picture)
                         count += 1
                         bar.update()
@@ -534,9 +655,10 @@ def run_video(args: argparse.Namespace) -> int:
     finally:
         reader.close()
     elapsed = time.perf_counter() - start
-    shapes = ", ".join(size_text(h, w) for _, h, w, _ in sorted(batcher.shapes))
+    shapes = ", ".join(size_text(h, w) for h, w in sorted(batcher.input_shapes))
+    scale = f", metric depth, colour range 0..{top_m:g} m (near bright)" if metric else ""
     print(f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
-          f"{shapes}, {describe(batcher)}; wrote {args.out}")
+          f"{shapes}, {describe(batcher)}{scale}; wrote {args.out}")
     return 0
 
 

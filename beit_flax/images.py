@@ -109,10 +109,25 @@ def colorize(depth: np.ndarray, colormap: str = "inferno") -> np.ndarray:
     return colormap_lut(colormap)[levels]
 
 
-def encode_png(array: np.ndarray) -> bytes:
-    """(H, W) uint8 / uint16 or (H, W, 3) uint8 -> PNG bytes (fast compression: these are previews)."""
+def colorize_metric(depth_m: np.ndarray, max_depth: float, colormap: str = "inferno") -> np.ndarray:
+    """(H, W) metric depth in meters -> (H, W, 3) uint8 over the fixed range 0..max_depth (the same colour is the
+    same distance in every image and frame): 0 m the bright end, max_depth and beyond the dark end."""
+    near = 1.0 - np.clip(np.nan_to_num(np.asarray(depth_m, np.float64), nan=max_depth) / max_depth, 0.0, 1.0)
+    return colormap_lut(colormap)[(255 * near).astype(np.uint8)]
+
+
+def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """(H, W) uint8 / uint16 or (H, W, 3) uint8 -> PNG bytes (fast compression: these are previews); `text` becomes
+    tEXt chunks (PIL: `Image.open(...).text`)."""
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    info = None
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1, pnginfo=info)
     return buffer.getvalue()
 
 

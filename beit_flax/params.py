@@ -2,6 +2,7 @@
 
 Paths are flax's, joined with "/" ("encoder/block_0/attn/query/kernel"); parameters are float32 whatever the compute
 dtype. `param_shapes` traces the model abstractly (`jax.eval_shape`), so it costs no compile and no memory.
+`param_shapes` and `check_params` take a `DPTConfig` or a `ZoeDepthConfig` (whose core's tree is under "core/").
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from flax import traverse_util
 
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.dpt import DPT
+from beit_flax.models.zoedepth.config import ZoeDepthConfig
+
+ModelConfig = DPTConfig | ZoeDepthConfig
 
 
 @functools.lru_cache(maxsize=8)
@@ -30,13 +34,20 @@ def _param_shapes(config: DPTConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((path, tuple(leaf.shape)) for path, leaf in flat.items())
 
 
-def param_shapes(config: DPTConfig) -> dict[str, tuple[int, ...]]:
-    """{"patch_embed/proj/kernel": (16, 16, 3, C), ...}: every parameter the model with `config` has."""
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{"patch_embed/proj/kernel": (16, 16, 3, C), ...}: every parameter the model with `config` has (a ZoeDepth's:
+    "core/patch_embed/proj/kernel", ..., "metric/...")."""
+    if isinstance(config, ZoeDepthConfig):
+        from beit_flax.models.zoedepth.params import param_shapes as zoedepth_param_shapes
+
+        return zoedepth_param_shapes(config)
+    if not isinstance(config, DPTConfig):
+        raise TypeError(f"config must be a DPTConfig or a ZoeDepthConfig, got {type(config).__name__}")
     return dict(_param_shapes(config))
 
 
-def _blocks(flat: dict[str, Any]) -> set[int]:
-    return {int(m[1]) for path in flat if (m := re.match(r"encoder/block_(\d+)/", path))}
+def _blocks(flat: dict[str, Any], prefix: str = "") -> set[int]:
+    return {int(m[1]) for path in flat if (m := re.match(re.escape(prefix) + r"encoder/block_(\d+)/", path))}
 
 
 def _is_float(leaf: Any) -> bool:
@@ -46,20 +57,21 @@ def _is_float(leaf: Any) -> bool:
         return False
 
 
-def check_params(config: DPTConfig, params: Any, source: str = "params") -> None:
+def check_params(config: ModelConfig, params: Any, source: str = "params") -> None:
     """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path, or a non-float leaf.
 
-    The tree's encoder blocks are counted against `config.depth` first, so that a config that disagrees with its
-    tree fails before the shapes are traced.
+    The tree's encoder blocks (a ZoeDepth's under "core/") are counted against the (core's) depth first, so that a
+    config that disagrees with its tree fails before the shapes are traced.
     """
     # keys joined with str(): a hostile file's tree may have non-string keys
     flat = {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(params).items()} if isinstance(
         params, dict) else {}
-    blocks = _blocks(flat)
-    if blocks != set(range(config.depth)):
+    prefix, depth = ("core/", config.core.depth) if isinstance(config, ZoeDepthConfig) else ("", config.depth)
+    blocks = _blocks(flat, prefix)
+    if blocks != set(range(depth)):
         have = f"blocks {min(blocks)}..{max(blocks)} ({len(blocks)})" if blocks else "no encoder blocks"
         raise ValueError(f"{source}: parameters do not match the config: the tree has {have}, "
-                         f"the config's depth is {config.depth}")
+                         f"the config's depth is {depth}")
     expected = param_shapes(config)
     arrays = {p: leaf for p, leaf in flat.items() if hasattr(leaf, "shape") and hasattr(leaf, "dtype")}
     got = {p: tuple(leaf.shape) for p, leaf in arrays.items()}
@@ -77,7 +89,7 @@ def check_params(config: DPTConfig, params: Any, source: str = "params") -> None
         raise ValueError(f"{source}: parameters do not match the config: {shown}")
 
 
-def init_params(config: DPTConfig, seed: int = 0, *, spread: float = 0.0) -> dict[str, Any]:
+def init_params(config: ModelConfig, seed: int = 0, *, spread: float = 0.0) -> dict[str, Any]:
     """Random float32 numpy parameters for `config` (no tracing or compiling, unlike `DPT.init`): the one random
     init of training, tests and benchmarks.
 
@@ -88,7 +100,9 @@ def init_params(config: DPTConfig, seed: int = 0, *, spread: float = 0.0) -> dic
 
     spread > 0 adds N(0, spread^2) to every leaf the rules set to a constant (biases, norms, layer scales, tables),
     so that every parameter takes part in a comparison or an accuracy measurement.
+    A ZoeDepth's tree gets the same rules (its core's head bias is "core/head/conv3/bias").
     """
+    head_bias = "core/head/conv3/bias" if isinstance(config, ZoeDepthConfig) else "head/conv3/bias"
     rng = np.random.default_rng(seed)
 
     def leaf(path: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -98,7 +112,7 @@ def init_params(config: DPTConfig, seed: int = 0, *, spread: float = 0.0) -> dic
         if name == "cls_token":
             return rng.normal(0.0, 0.02, shape).astype(np.float32)
         value = {"scale": 1.0, "gamma_1": 0.1, "gamma_2": 0.1}.get(name, 0.0)
-        constant = np.full(shape, 1.0 if path == "head/conv3/bias" else value, np.float32)
+        constant = np.full(shape, 1.0 if path == head_bias else value, np.float32)
         return constant + rng.normal(0.0, spread, shape).astype(np.float32) if spread else constant
 
     flat = {tuple(p.split("/")): leaf(p, s) for p, s in param_shapes(config).items()}

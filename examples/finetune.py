@@ -1,4 +1,5 @@
-"""Fine-tune a BEiT-DPT model in JAX with the MiDaS loss, on generated scenes (exact depth) or on your own data.
+"""Fine-tune a BEiT-DPT model in JAX with the MiDaS loss (or a ZoeDepth with its SILog loss on metric depth), on
+generated scenes (exact depth) or on your own data.
 
     python examples/finetune.py                                    # small random-init model, generated scenes, CPU
     python examples/finetune.py --steps 600 --out runs/a           # a run into runs/a; if it is interrupted, ...
@@ -7,6 +8,13 @@
         --batch-size 4 --lr 1e-5 --layer-decay 0.9 --bf16 --remat  # real fine-tuning (a GPU)
     python examples/finetune.py --weights dpt_beit_large_512.msgpack --data my_data --size 512 \
         --batch-size 16 --bf16 --remat --fsdp                       # 8 GPUs, params and Adam state split
+    python examples/finetune.py --loss silog --weights zoedepth_nyu.msgpack --data my_metric_data --size 384 \
+        --batch-size 4 --lr 1e-5 --bf16 --remat                     # metric: a ZoeDepth, depth maps in meters
+
+--loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`): the
+model is a ZoeDepth (--weights a ZoeDepth file; none: a small random ZoeDepth), the --data depth maps are meters
+(masks as for MiDaS), used as they are (no per-image scaling), and the metrics are AbsRel, RMSE (m) and delta1 of the
+prediction as it is, without alignment. --loss midas (the default) needs a MiDaS (DPT) model.
 
 Prints the loss and AbsRel / delta1 (after scale-and-shift alignment, on held-out data) before and after training.
 The run folder --out (default finetune_out) gets orbax checkpoints of the train state in OUT/checkpoints and the
@@ -40,6 +48,7 @@ import optax
 
 import beit_flax
 from beit_flax import DPT, DPTConfig, training
+from beit_flax.models.zoedepth import BinConfig, ZoeDepth, ZoeDepthConfig
 from beit_flax.params import init_params
 from beit_flax.sharding import place, shard_batch, state_shardings, train_mesh
 from beit_flax.training.data import DepthFolder, batch_indices, synthetic_scenes
@@ -69,6 +78,14 @@ def small_config(size: int) -> DPTConfig:
     )
 
 
+def small_zoedepth_config(size: int) -> ZoeDepthConfig:
+    """`small_config` as the core of a one-head ZoeDepth (16 bins, 16-wide embeddings): for --loss silog."""
+    core = small_config(size)
+    return ZoeDepthConfig(core=core, bins=(BinConfig("nyu", 16),), bin_embedding_dim=16, n_attractors=(4, 3, 2, 1),
+                          seed_mlp_dim=32, projector_mlp_dim=16, attractor_mlp_dim=16,
+                          log_binomial_mlp_dim=(core.head_channels + 1 + 16) // 2, net_size=(size, size))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(
         prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.strip().split("\n\n")[-1],  # exit status
@@ -84,6 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="a folder of your own images/ + depth/ (+ masks/); "
                         "none: generated scenes")
     parser.add_argument("--weights", type=Path, help="start from a beit-flax weights file; none: random init")
+    parser.add_argument("--loss", choices=("midas", "silog"), default="midas",
+                        help="midas: scale-and-shift-invariant on inverse depth (a MiDaS model); silog: ZoeDepth's "
+                        "scale-invariant log loss on metric depth in meters (a ZoeDepth)")
     parser.add_argument("--freeze-encoder", action="store_true", help="train the DPT decoder only")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warmup, then cosine)")
     parser.add_argument("--layer-decay", type=float, help="encoder block i gets lr * decay^(depth - i); none: no decay")
@@ -100,12 +120,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--size must be a positive multiple of 16, got {args.size}")
     if args.steps < 0 or args.batch_size < 1 or args.lr <= 0 or args.save_every < 1 or args.scenes < 1:
         parser.error("--steps >= 0, --batch-size >= 1, --lr > 0, --save-every >= 1 and --scenes >= 1 are required")
+    if args.loss == "silog" and args.size % 32:
+        parser.error(f"--loss silog trains a ZoeDepth: --size must be a multiple of 32, got {args.size}")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         parser.error(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
     return args
 
 
-def run_settings(args: argparse.Namespace, config: DPTConfig) -> dict[str, Any]:
+def run_settings(args: argparse.Namespace, config: DPTConfig | ZoeDepthConfig) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (saved as the checkpoints' metadata, JSON values):
     the model, the data and batch order, and everything the learning-rate schedule and the optimizer depend on."""
     return {
@@ -113,6 +135,7 @@ def run_settings(args: argparse.Namespace, config: DPTConfig) -> dict[str, Any]:
         "scenes": None if args.data else args.scenes, "steps": args.steps, "lr": args.lr,
         "layer_decay": args.layer_decay, "freeze_encoder": args.freeze_encoder, "weight_decay": WEIGHT_DECAY,
         "clip_norm": CLIP_NORM,
+        **({"loss": args.loss} if args.loss != "midas" else {}),  # runs from before --loss are "midas" runs
     }
 
 
@@ -134,11 +157,12 @@ def lr_schedule(steps: int, lr: float) -> optax.Schedule:
 def evaluate(
     eval_step, state: training.TrainState, dataset, indices: np.ndarray, batch_size: int, mesh
 ) -> dict[str, float]:
+    metric = state.loss == "silog"
     """Mean of the eval-step metrics over `indices` in full batches only (another shape would compile again, and
     might not split over the devices): the last partial batch is dropped, or repeated to a full one if it is all."""
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     chunks = [c for c in chunks if len(c) == batch_size] or [np.resize(indices, batch_size)]
-    results = [jax.device_get(eval_step(state, shard_batch(dataset.batch(c), mesh))) for c in chunks]
+    results = [jax.device_get(eval_step(state, shard_batch(dataset.batch(c, metric=metric), mesh))) for c in chunks]
     return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
@@ -162,10 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             fail(f"--weights: {err}", 1)
         config = model.config
-        if args.size % config.patch_size:
-            fail(f"--size {args.size} is not a multiple of the model's patch size {config.patch_size}")
+        if isinstance(model, ZoeDepth) != (args.loss == "silog"):
+            fail(f"--weights {args.weights} is a {'ZoeDepth (metric)' if isinstance(model, ZoeDepth) else 'MiDaS'} "
+                 f"model: {'--loss silog' if isinstance(model, ZoeDepth) else '--loss midas (the default)'} trains it")
+        patch_size = config.core.patch_size if isinstance(config, ZoeDepthConfig) else config.patch_size
+        if args.size % patch_size:
+            fail(f"--size {args.size} is not a multiple of the model's patch size {patch_size}")
     else:
-        config = small_config(args.size)
+        config = small_zoedepth_config(args.size) if args.loss == "silog" else small_config(args.size)
         params = init_params(config, seed=args.seed)
     settings = run_settings(args, config)
     if saved_step is not None:
@@ -173,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         if changed:
             fail(f"{checkpoints} holds a run with other settings ({'; '.join(changed)}): resume it with its own "
                  "settings, or use another --out")
-    model = DPT(config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan)
+    model_class = ZoeDepth if isinstance(config, ZoeDepthConfig) else DPT
+    model = model_class(config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan)
+    metric = args.loss == "silog"
 
     if args.data:
         try:
@@ -194,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     optimizer = optax.adamw(schedule, weight_decay=WEIGHT_DECAY, mask=decay_mask)
     state = training.create_train_state(
-        model, params, optimizer, freeze=training.BACKBONE if args.freeze_encoder else (),
-        layer_decay=args.layer_decay, clip_norm=CLIP_NORM,
+        model, params, optimizer,
+        freeze=(training.ZOEDEPTH_BACKBONE if metric else training.BACKBONE) if args.freeze_encoder else (),
+        layer_decay=args.layer_decay, clip_norm=CLIP_NORM, loss=args.loss,
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     log(f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.dtype}"
@@ -212,17 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     elif args.resume:
         log(f"no checkpoint in {checkpoints}; starting from step 0")
 
+    rmse = lambda m: f"  RMSE {m['rmse']:.4f} m" if metric else ""
     before = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
-    log(f"before: loss {before['loss']:.4f}  AbsRel {before['abs_rel']:.4f}  delta1 {before['delta1']:.4f}")
+    log(f"before: loss {before['loss']:.4f}  AbsRel {before['abs_rel']:.4f}{rmse(before)}  "
+        f"delta1 {before['delta1']:.4f}")
     first = int(state.step)
     try:
         for step in range(first, args.steps):
-            batch = dataset.batch(train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)])
+            batch = dataset.batch(train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)],
+                                  metric=metric)
             state, metrics = train_step(state, shard_batch(batch, mesh))
             done = step + 1
             if done % 25 == 0 or done == args.steps:
                 m = jax.device_get(metrics)
-                log(f"step {done:5d}  loss {m['loss']:.4f} (data {m['data']:.4f}, gradient {m['gradient']:.4f})  "
+                terms = "" if metric else f" (data {m['data']:.4f}, gradient {m['gradient']:.4f})"
+                log(f"step {done:5d}  loss {m['loss']:.4f}{terms}  "
                     f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}")
             if done % args.save_every == 0:
                 training.save_checkpoint(checkpoints, state, settings)
@@ -231,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
              f"(step {training.latest_step(checkpoints)})", 130)
     training.save_checkpoint(checkpoints, state, settings)  # the final step; a no-op if it is saved already
     after = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
-    log(f"after:  loss {after['loss']:.4f}  AbsRel {after['abs_rel']:.4f}  delta1 {after['delta1']:.4f}")
+    log(f"after:  loss {after['loss']:.4f}  AbsRel {after['abs_rel']:.4f}{rmse(after)}  delta1 {after['delta1']:.4f}")
 
     beit_flax.save(weights, config, state.params)
     log(f"{args.steps - first} steps; wrote {weights} and checkpoints up to step {int(state.step)} in {checkpoints}")

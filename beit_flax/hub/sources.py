@@ -15,7 +15,7 @@ MIRROR_ENV = "BEIT_FLAX_RELEASE_MIRROR"
 GITHUB = "https://github.com"
 _MIDAS = f"{GITHUB}/isl-org/MiDaS/releases/download/v3_1/"
 _ZOE = f"{GITHUB}/isl-org/ZoeDepth/releases/download/v1.0/"
-SUPPORTED_FAMILIES = {"dpt"}  # "zoedepth" joins once beit_flax.convert.cli.convert dispatches to its converter
+SUPPORTED_FAMILIES = {"dpt", "zoedepth"}  # the families beit_flax.convert.cli.convert dispatches to a converter
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Fine-tuning in JAX: the train state, the steps, checkpoints, the MiDaS loss, data.
 
 One module per concern: `state` (optimizer, freezing, layer decay), `steps` (jitted / sharded train and eval
-steps), `checkpoints` (orbax), `losses` (MiDaS loss and metrics), `data` (batches, folders of images and depth,
-generated scenes from `scenes`). The names users need are re-exported here:
+steps), `checkpoints` (orbax), `losses` (MiDaS loss and metrics; ZoeDepth's SILog and metric metrics), `data`
+(batches, folders of images and depth, generated scenes from `scenes`). The names users need are re-exported here:
 
     from beit_flax import training
     state = training.create_train_state(model, params, optax.adamw(1e-5))
@@ -11,8 +11,11 @@ generated scenes from `scenes`). The names users need are re-exported here:
 
 from beit_flax.training.checkpoints import checkpoint_metadata, latest_step, restore_checkpoint, save_checkpoint
 from beit_flax.training.data import Batch, check_batch
+from beit_flax.training.losses import metric_depth_metrics, silog_loss
 from beit_flax.training.state import (
     BACKBONE,
+    LOSS_TARGETS,
+    ZOEDEPTH_BACKBONE,
     TrainState,
     build_optimizer,
     create_train_state,
@@ -22,7 +25,8 @@ from beit_flax.training.state import (
 from beit_flax.training.steps import eval_step, jit_eval_step, jit_train_step, loss_fn, sharded_steps, train_step
 
 __all__ = [
-    "BACKBONE", "Batch", "TrainState", "build_optimizer", "check_batch", "checkpoint_metadata", "create_train_state",
+    "BACKBONE", "LOSS_TARGETS", "ZOEDEPTH_BACKBONE", "Batch", "TrainState", "build_optimizer", "check_batch",
+    "checkpoint_metadata", "create_train_state",
     "eval_step", "frozen_paths", "jit_eval_step", "jit_train_step", "latest_step", "layer_decay_scales", "loss_fn",
-    "restore_checkpoint", "save_checkpoint", "sharded_steps", "train_step",
+    "metric_depth_metrics", "restore_checkpoint", "save_checkpoint", "sharded_steps", "silog_loss", "train_step",
 ]

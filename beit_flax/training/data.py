@@ -6,6 +6,9 @@ Both give batches in the form `steps.train_step` takes (numpy, on the host; `che
      "inverse_depth": (B, S, S) float32, 1 / depth where valid scaled to median 1 per image, 0 elsewhere,
      "mask": (B, S, S) bool, valid ground truth}
 
+Metric batches (`metric=True`, for the "silog" loss of a ZoeDepth) hold "depth": (B, S, S) float32 meters where
+valid, 0 elsewhere, unscaled, instead of "inverse_depth".
+
 `batch_indices(n, batch_size, step, seed)` picks the items of a step as a pure function of the step (a fresh
 permutation each epoch), so a resumed run sees exactly the batches an uninterrupted one would.
 
@@ -41,8 +44,9 @@ Batch = Mapping[str, Any]
 DEPTH_EXTENSIONS = (".png", ".npy")
 
 
-def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray) -> Batch:
-    """uint8 images (B, H, W, 3), depth (B, H, W), mask (B, H, W) -> a train-step batch (see the module doc)."""
+def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray, *, metric: bool = False) -> Batch:
+    """uint8 images (B, H, W, 3), depth (B, H, W), mask (B, H, W) -> a train-step batch (see the module doc);
+    `metric`: the depth as it is (meters), under "depth"."""
     images, depth, mask = np.asarray(images), np.asarray(depth, np.float32), np.asarray(mask, bool)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be (B, H, W, 3) uint8; got {images.shape} {images.dtype}")
@@ -51,6 +55,9 @@ def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray) -> Batch
     with np.errstate(divide="ignore", invalid="ignore"):
         valid = mask & np.isfinite(depth) & (depth > 0)
         inverse = np.where(valid, 1.0 / np.where(valid, depth, 1.0), 0.0)
+    if metric:
+        depth = np.where(valid, depth, 0.0).astype(np.float32)
+        return {"image": (images.astype(np.float32) / 255.0 - 0.5) / 0.5, "depth": depth, "mask": valid}
     # Per-image median 1: the loss is invariant to the prediction's scale but not the target's, whose scale sets the
     # balance of the (quadratic) data term and the (linear) gradient term; this makes it independent of units.
     medians = np.array([np.median(d[v]) if v.any() else 1.0 for d, v in zip(inverse, valid)])
@@ -58,17 +65,18 @@ def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray) -> Batch
     return {"image": (images.astype(np.float32) / 255.0 - 0.5) / 0.5, "inverse_depth": inverse, "mask": valid}
 
 
-def check_batch(batch: Batch, patch_size: int) -> None:
+def check_batch(batch: Batch, patch_size: int, target: str = "inverse_depth") -> None:
     """Raise ValueError unless `batch` is {"image": (B, H, W, 3) float normalised as (x - 0.5) / 0.5,
     "inverse_depth": (B, H, W) float, "mask": (B, H, W) bool or 0/1} with H and W multiples of `patch_size` (the
-    model's, `TrainState.patch_size`). Shapes only, so it also runs at trace time inside jit."""
-    missing = {"image", "inverse_depth", "mask"} - set(batch)
+    model's, `TrainState.patch_size`). `target`: "depth" for metric batches. Shapes only, so it also runs at trace
+    time inside jit."""
+    missing = {"image", target, "mask"} - set(batch)
     if missing:
         raise ValueError(f"batch is missing {sorted(missing)}; it has {sorted(batch)}")
-    image, target, mask = (np.shape(batch[k]) for k in ("image", "inverse_depth", "mask"))
-    if len(image) != 4 or image[-1] != 3 or target != image[:3] or mask != image[:3]:
+    image, target_shape, mask = (np.shape(batch[k]) for k in ("image", target, "mask"))
+    if len(image) != 4 or image[-1] != 3 or target_shape != image[:3] or mask != image[:3]:
         raise ValueError(
-            f"batch shapes: image {image} must be (B, H, W, 3), inverse_depth {target} and mask {mask} (B, H, W)"
+            f"batch shapes: image {image} must be (B, H, W, 3), {target} {target_shape} and mask {mask} (B, H, W)"
         )
     if image[1] % patch_size or image[2] % patch_size:
         raise ValueError(f"image size {image[1:3]} is not a multiple of the patch size {patch_size}")
@@ -96,8 +104,8 @@ class Arrays:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, indices: Sequence[int]) -> Batch:
-        return make_batch(self.images[indices], self.depth[indices], self.mask[indices])
+    def batch(self, indices: Sequence[int], *, metric: bool = False) -> Batch:
+        return make_batch(self.images[indices], self.depth[indices], self.mask[indices], metric=metric)
 
 
 def synthetic_scenes(count: int, size: int, seed: int = 0) -> Arrays:
@@ -179,9 +187,9 @@ class DepthFolder:
         depth, valid = _nearest(depth, resized), _nearest(valid, resized)
         return crop(image), crop(depth).astype(np.float32), crop(valid)
 
-    def batch(self, indices: Sequence[int]) -> Batch:
+    def batch(self, indices: Sequence[int], *, metric: bool = False) -> Batch:
         images, depth, mask = (np.stack(parts) for parts in zip(*(self.sample(int(i)) for i in indices)))
-        return make_batch(images, depth, mask)
+        return make_batch(images, depth, mask, metric=metric)
 
     def to_arrays(self) -> Arrays:
         """Everything in memory (small datasets: decoding once instead of every epoch)."""

@@ -1,4 +1,5 @@
-"""MiDaS training losses and metrics (Ranftl et al., "Towards Robust Monocular Depth Estimation"), pure JAX.
+"""MiDaS training losses and metrics (Ranftl et al., "Towards Robust Monocular Depth Estimation"), pure JAX; and
+for metric depth (ZoeDepth) its scale-invariant log loss `silog_loss` and unaligned `metric_depth_metrics`.
 
 All functions take batched maps (B, H, W): `pred` the network output, `target` the ground-truth inverse depth,
 `mask` 1 where the target is valid (bool or 0/1 float). Nothing is computed from invalid pixels, whatever they hold
@@ -127,3 +128,53 @@ def depth_metrics(
         "delta1": _safe_div(jnp.sum(mask * (ratio < 1.25), axis=(1, 2)), count),
         "valid": count,
     }
+
+
+# --- metric depth (ZoeDepth) -----------------------------------------------------------------------------------------
+
+SILOG_EPS = 1e-7  # added inside both logs, as the original's `alpha`
+
+
+def silog_loss(
+    pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, *, beta: float = 0.15, scale: float = 10.0
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """ZoeDepth's scale-invariant log loss on metric depth: (scalar, {"silog": scalar}).
+
+    pred, target: (B, H, W) depth in meters; mask: valid targets. As `SILogLoss.forward` (zoedepth/trainers/loss.py,
+    from AdaBins), over the valid pixels of the whole batch pooled (its `input[mask]`):
+
+        g = log(pred + 1e-7) - log(target + 1e-7)
+        loss = 10 * sqrt(var(g) + beta * mean(g)^2),   beta = 0.15, var unbiased (torch.var: / (n - 1))
+
+    i.e. 10 sqrt(mean(g^2) - 0.85 mean(g)^2) (Eigen et al.'s lambda = 1 - beta = 0.85) up to var's n / (n - 1).
+    Fewer than 2 valid pixels give 0 (the original gives NaN); the square root's gradient is guarded at 0.
+    The original first resizes pred to the target's size (bilinear, align_corners=True); here they must match.
+    """
+    pred, target, mask = _inputs(pred, target, mask)
+    valid = mask > 0
+    g = jnp.where(valid, jnp.log(jnp.where(valid, pred, 1.0) + SILOG_EPS) - jnp.log(
+        jnp.where(valid, target, 1.0) + SILOG_EPS), 0.0)
+    n = jnp.sum(mask)
+    mean = _safe_div(jnp.sum(g), n)
+    var = _safe_div(jnp.sum(mask * (g - mean) ** 2), n - 1.0)
+    dg = jnp.where(n > 1, var + beta * mean**2, 0.0)
+    loss = scale * jnp.where(dg > 0, jnp.sqrt(jnp.where(dg > 0, dg, 1.0)), 0.0)
+    return loss, {"silog": loss}
+
+
+def metric_depth_metrics(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
+    """AbsRel, RMSE (meters) and delta1 per image of metric depth, without any alignment (ZoeDepth's
+    `compute_errors`: a metric model is judged on its own scale).
+
+    pred, target: (B, H, W) meters; mask: valid targets (pixels with target <= 0 are invalid too). pred is floored
+    at 1e-7 m for the ratios. Returns {"abs_rel", "rmse", "delta1", "valid"}, each (B,); no valid pixel gives 0.
+    """
+    pred, target, mask = _inputs(pred, target, mask)
+    mask = mask * (target > 0)
+    true = jnp.where(mask > 0, target, 1.0)
+    pred = jnp.maximum(pred, SILOG_EPS)
+    count = jnp.sum(mask, axis=(1, 2))
+    mean = lambda x: _safe_div(jnp.sum(mask * x, axis=(1, 2)), count)
+    ratio = jnp.maximum(pred / true, true / pred)
+    return {"abs_rel": mean(jnp.abs(pred - true) / true), "rmse": jnp.sqrt(mean((pred - true) ** 2)),
+            "delta1": mean((ratio < 1.25).astype(jnp.float32)), "valid": count}

@@ -20,17 +20,21 @@ import optax
 from flax import struct, traverse_util
 from flax.training import train_state
 
+from beit_flax.models.zoedepth.config import ZoeDepthConfig
 from beit_flax.params import check_params
 
 BACKBONE = ("patch_embed", "encoder")  # the BEiT backbone: `freeze=BACKBONE` trains the DPT decoder only
+ZOEDEPTH_BACKBONE = ("core/patch_embed", "core/encoder")  # a ZoeDepth's
+LOSS_TARGETS = {"midas": "inverse_depth", "silog": "depth"}  # a loss -> the batch key of its target
 
 
 class TrainState(train_state.TrainState):
-    """flax TrainState (step, apply_fn, params, tx, opt_state) + the frozen parameter paths and the model's patch
-    size (static: batches are checked against it)."""
+    """flax TrainState (step, apply_fn, params, tx, opt_state) + the frozen parameter paths, the model's patch
+    size (static: batches are checked against it) and the loss ("midas" or "silog", `LOSS_TARGETS`)."""
 
     frozen: frozenset[str] = struct.field(pytree_node=False, default=frozenset())
     patch_size: int = struct.field(pytree_node=False, default=16)
+    loss: str = struct.field(pytree_node=False, default="midas")
 
 
 def _paths(params: Any) -> list[str]:
@@ -58,12 +62,14 @@ def frozen_paths(params: Any, freeze: Iterable[str]) -> frozenset[str]:
 def layer_decay_scales(params: Any, depth: int, decay: float) -> Any:
     """Learning-rate multipliers, a tree like `params` (BEiT's layer-wise decay).
 
-    encoder/block_i: decay^(depth - i); patch_embed (incl. cls token): decay^(depth + 1); decoder: 1.
+    encoder/block_i: decay^(depth - i); patch_embed (incl. cls token): decay^(depth + 1); decoder: 1. A ZoeDepth's
+    core ("core/...") the same; its metric head 1.
     """
     if not 0 < decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
 
     def scale(path: tuple[str, ...]) -> float:
+        path = path[1:] if path[0] == "core" and len(path) > 1 else path
         if path[0] == "patch_embed":
             return decay ** (depth + 1)
         if path[0] == "encoder":
@@ -120,17 +126,26 @@ def create_train_state(
     freeze: Iterable[str] = (),
     layer_decay: float | None = None,
     clip_norm: float | None = 1.0,
+    loss: str = "midas",
 ) -> TrainState:
-    """A train state for `model` (a `DPT`) from float32 `params` and an optax optimizer, wrapped by
-    `build_optimizer` (freeze, layer_decay, clip_norm; see there)."""
+    """A train state for `model` (a `DPT` or `ZoeDepth`) from float32 `params` and an optax optimizer, wrapped by
+    `build_optimizer` (freeze, layer_decay, clip_norm; see there).
+
+    loss: "midas" (scale-and-shift-invariant, on batches' "inverse_depth") or "silog" (ZoeDepth's, on metric
+    "depth" in meters: the loss for a `ZoeDepth`, whose output is meters). A ZoeDepth's backbone is
+    `ZOEDEPTH_BACKBONE`.
+    """
+    if loss not in LOSS_TARGETS:
+        raise ValueError(f"loss must be one of {sorted(LOSS_TARGETS)}, got {loss!r}")
     config = model.config
     check_params(config, params)
+    core = config.core if isinstance(config, ZoeDepthConfig) else config
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     tx, frozen = build_optimizer(
-        optimizer, params, freeze=freeze, layer_decay=layer_decay, depth=config.depth, clip_norm=clip_norm
+        optimizer, params, freeze=freeze, layer_decay=layer_decay, depth=core.depth, clip_norm=clip_norm
     )
     # step as an int32 array from the start: a Python 0 would be weakly typed and cost a second compilation
     return TrainState(
         step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx, opt_state=tx.init(params),
-        frozen=frozen, patch_size=config.patch_size,
+        frozen=frozen, patch_size=core.patch_size, loss=loss,
     )

@@ -23,15 +23,22 @@ from flax import traverse_util
 
 from beit_flax.sharding import batch_sharded, replicated
 from beit_flax.training.data import Batch, check_batch
-from beit_flax.training.losses import depth_metrics, ssi_loss
-from beit_flax.training.state import TrainState
+from beit_flax.training.losses import depth_metrics, metric_depth_metrics, silog_loss, ssi_loss
+from beit_flax.training.state import LOSS_TARGETS, TrainState
 
 
-def loss_fn(params: Any, apply_fn: Any, batch: Batch) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """MiDaS loss of the model's prediction on `batch`: (scalar, {"data", "gradient", "pred" (B, H, W)})."""
+def loss_fn(
+    params: Any, apply_fn: Any, batch: Batch, loss: str = "midas"
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """The loss of the model's prediction on `batch`: (scalar, {its terms..., "pred" (B, H, W)}).
+
+    loss: "midas" (`ssi_loss` on batch["inverse_depth"]: terms "data", "gradient") or "silog" (`silog_loss` on
+    batch["depth"] in meters, for a ZoeDepth: term "silog").
+    """
     pred = apply_fn({"params": params}, batch["image"])
-    loss, parts = ssi_loss(pred, batch["inverse_depth"], batch["mask"])
-    return loss, {**parts, "pred": pred}
+    terms = ssi_loss if loss == "midas" else silog_loss
+    value, parts = terms(pred, batch[LOSS_TARGETS[loss]], batch["mask"])
+    return value, {**parts, "pred": pred}
 
 
 def _global_norm(grads: Any, frozen: frozenset[str]) -> jnp.ndarray:
@@ -41,23 +48,27 @@ def _global_norm(grads: Any, frozen: frozenset[str]) -> jnp.ndarray:
 
 
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-    """One optimizer step. Returns the new state and {"loss", "data", "gradient", "grad_norm" (before clipping)}."""
-    check_batch(batch, state.patch_size)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.apply_fn, batch)
-    metrics = {"loss": loss, "data": aux["data"], "gradient": aux["gradient"],
-               "grad_norm": _global_norm(grads, state.frozen)}
+    """One optimizer step with the state's loss. Returns the new state and {"loss", the loss's terms ("data",
+    "gradient" for "midas"; "silog"), "grad_norm" (before clipping)}."""
+    check_batch(batch, state.patch_size, LOSS_TARGETS[state.loss])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.apply_fn, batch, state.loss)
+    terms = {k: v for k, v in aux.items() if k != "pred"}
+    metrics = {"loss": loss, **terms, "grad_norm": _global_norm(grads, state.frozen)}
     return state.apply_gradients(grads=grads), metrics
 
 
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jnp.ndarray]:
-    """Loss terms (batch values) and AbsRel / delta1 after alignment (means over the images with valid pixels)."""
-    check_batch(batch, state.patch_size)
-    loss, aux = loss_fn(state.params, state.apply_fn, batch)
-    per_image = depth_metrics(aux["pred"], batch["inverse_depth"], batch["mask"])
-    has_pixels = per_image["valid"] > 0
+    """Loss terms (batch values) and the depth metrics (means over the images with valid pixels): "midas", AbsRel /
+    delta1 after alignment; "silog", AbsRel / RMSE (meters) / delta1 of the metric depth as it is."""
+    target = LOSS_TARGETS[state.loss]
+    check_batch(batch, state.patch_size, target)
+    loss, aux = loss_fn(state.params, state.apply_fn, batch, state.loss)
+    metrics = metric_depth_metrics if state.loss == "silog" else depth_metrics
+    per_image = metrics(aux["pred"], batch[target], batch["mask"])
+    has_pixels = per_image.pop("valid") > 0
     image_mean = lambda x: jnp.sum(jnp.where(has_pixels, x, 0.0)) / jnp.maximum(jnp.sum(has_pixels), 1)
-    return {"loss": loss, "data": aux["data"], "gradient": aux["gradient"],
-            "abs_rel": image_mean(per_image["abs_rel"]), "delta1": image_mean(per_image["delta1"])}
+    terms = {k: v for k, v in aux.items() if k != "pred"}
+    return {"loss": loss, **terms, **{k: image_mean(v) for k, v in per_image.items()}}
 
 
 # No buffer donation: the caller may still hold the old state (or the params it was built from). For memory, use
