@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from beit_flax.training.scenes import intersect_plane, intersect_sphere  # noqa: E402
+from beit_flax.training.scenes import intersect_plane, intersect_sphere
 
 
 def render(height: int = 480, width: int = 640, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +44,11 @@ def render(height: int = 480, width: int = 640, seed: int = 0) -> tuple[np.ndarr
         stripes = 0.5 + 0.5 * np.sin(hit[..., 0] * 3.0) * np.cos(hit[..., 1] * 0.7)
         composite(t, np.stack([0.3 + 0.4 * stripes, 0.45 + 0.2 * stripes, 0.6 - 0.2 * stripes], axis=-1))
 
-    spheres = [((-1.4, 0.5, 4.0), 0.7, (0.85, 0.25, 0.2)), ((0.9, 0.3, 5.5), 0.9, (0.2, 0.6, 0.3)),
-               ((0.1, 0.8, 2.8), 0.4, (0.25, 0.35, 0.9))]
+    spheres = [
+        ((-1.4, 0.5, 4.0), 0.7, (0.85, 0.25, 0.2)),
+        ((0.9, 0.3, 5.5), 0.9, (0.2, 0.6, 0.3)),
+        ((0.1, 0.8, 2.8), 0.4, (0.25, 0.35, 0.9)),
+    ]
     for center, radius, rgb in spheres:
         t, normal = intersect_sphere(rays, np.asarray(center), radius)
         shade = 0.25 + 0.75 * np.clip(normal @ light, 0, 1)

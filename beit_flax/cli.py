@@ -118,33 +118,69 @@ def first_line(err: BaseException) -> str:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     model = common.add_argument_group("model and preprocessing")
-    model.add_argument("--weights", required=True, metavar="W",
-                       help="a known name (dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384: downloaded, "
-                       "converted and cached once), a hub repo id (Intel/dpt-beit-large-512[@revision]), a PyTorch "
-                       "checkpoint or transformers folder (converted once, cached), or a beit-flax .msgpack")
-    model.add_argument("--size", type=net_size_arg, metavar="N",
-                       help="net size to resize towards (default: the model's, 512 or 384)")
+    model.add_argument(
+        "--weights",
+        required=True,
+        metavar="W",
+        help="a known name (dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384: downloaded, "
+        "converted and cached once), a hub repo id (Intel/dpt-beit-large-512[@revision]), a PyTorch "
+        "checkpoint or transformers folder (converted once, cached), or a beit-flax .msgpack",
+    )
+    model.add_argument(
+        "--size", type=net_size_arg, metavar="N", help="net size to resize towards (default: the model's, 512 or 384)"
+    )
     model.add_argument("--square", action="store_true", help="resize to N x N instead of keeping the aspect ratio")
-    model.add_argument("--batch-size", type=positive_int, metavar="B",
-                       help="images per step, all devices together (global), per input shape; rounded up to a "
-                       "multiple of the device count (default: 1 per device on CPU, 8 per device on GPU / TPU)")
-    model.add_argument("--devices", type=positive_int, metavar="N",
-                       help="use the first N local devices (default: all; params replicated, batches split)")
-    model.add_argument("--dtype", choices=COMPUTE_DTYPES, default="float32",
-                       help="compute dtype; parameters stay float32 (default: %(default)s)")
-    model.add_argument("--colormap", choices=COLORMAPS, default="inferno",
-                       help="colormap of the PNGs / video (default: %(default)s, as MiDaS)")
-    model.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
-                       help="threads decoding and writing (default: %(default)s)")
-    model.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                       help="the one pixel limit: larger images (read from the header) and network inputs are "
-                       "refused (default: %(default)s)")
-    model.add_argument("--no-pad", action="store_true",
-                       help="ZoeDepth weights only: no reflect padding before the network (default: padded, as "
-                       "ZoeDepth's infer_pil)")
-    model.add_argument("--no-flip", action="store_true",
-                       help="ZoeDepth weights only: no flip averaging (default: the flipped image's depth averaged "
-                       "in, as ZoeDepth's infer_pil; twice the compute)")
+    model.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="B",
+        help="images per step, all devices together (global), per input shape; rounded up to a "
+        "multiple of the device count (default: 1 per device on CPU, 8 per device on GPU / TPU)",
+    )
+    model.add_argument(
+        "--devices",
+        type=positive_int,
+        metavar="N",
+        help="use the first N local devices (default: all; params replicated, batches split)",
+    )
+    model.add_argument(
+        "--dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="compute dtype; parameters stay float32 (default: %(default)s)",
+    )
+    model.add_argument(
+        "--colormap",
+        choices=COLORMAPS,
+        default="inferno",
+        help="colormap of the PNGs / video (default: %(default)s, as MiDaS)",
+    )
+    model.add_argument(
+        "--workers",
+        type=positive_int,
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="threads decoding and writing (default: %(default)s)",
+    )
+    model.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="the one pixel limit: larger images (read from the header) and network inputs are "
+        "refused (default: %(default)s)",
+    )
+    model.add_argument(
+        "--no-pad",
+        action="store_true",
+        help="ZoeDepth weights only: no reflect padding before the network (default: padded, as ZoeDepth's infer_pil)",
+    )
+    model.add_argument(
+        "--no-flip",
+        action="store_true",
+        help="ZoeDepth weights only: no flip averaging (default: the flipped image's depth averaged "
+        "in, as ZoeDepth's infer_pil; twice the compute)",
+    )
     model.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     model.add_argument("--debug", action="store_true", help="full error detail: tracebacks, ffmpeg's log")
 
@@ -157,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video,cache,export}")
     images = sub.add_parser(
-        "predict", parents=[common], help="image files -> DIR/<stem>.npy + DIR/<stem>.png",
+        "predict",
+        parents=[common],
+        help="image files -> DIR/<stem>.npy + DIR/<stem>.png",
         description="For each image: DIR/<stem>.npy, float32 (H, W) relative inverse depth (larger = nearer) at "
         "the image's own size, and DIR/<stem>.png, the same map min-max normalised and colormapped (or 16-bit "
         "grayscale). Inputs with the same stem get <stem>_1, <stem>_2, ...",
@@ -166,28 +204,39 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     images.add_argument("--grayscale16", action="store_true", help="16-bit grayscale PNG, as MiDaS run.py writes")
     images.add_argument("--no-png", action="store_true", help="write only the .npy files")
-    images.add_argument("--distributed", action="store_true",
-                        help=f"one process of a multi-host job (also ${DISTRIBUTED_ENV}=1): jax.distributed."
-                        "initialize(), then process i of k takes every k-th input of the sorted list from the i-th "
-                        "and writes its own outputs. Run the same command on every host; on GPU hosts set "
-                        "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID")
+    images.add_argument(
+        "--distributed",
+        action="store_true",
+        help=f"one process of a multi-host job (also ${DISTRIBUTED_ENV}=1): jax.distributed."
+        "initialize(), then process i of k takes every k-th input of the sorted list from the i-th "
+        "and writes its own outputs. Run the same command on every host; on GPU hosts set "
+        "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID",
+    )
 
-    video = sub.add_parser("video", parents=[common], help="a video -> a depth video (frame by frame)",
-                           description="Depth of every frame, colormapped (min-max per frame), encoded H.264 "
-                           "with imageio's ffmpeg. Audio is not copied.")
+    video = sub.add_parser(
+        "video",
+        parents=[common],
+        help="a video -> a depth video (frame by frame)",
+        description="Depth of every frame, colormapped (min-max per frame), encoded H.264 "
+        "with imageio's ffmpeg. Audio is not copied.",
+    )
     video.add_argument("input", metavar="IN", help="input video (anything ffmpeg reads)")
     video.add_argument("--out", required=True, type=Path, metavar="OUT.mp4", help="output video")
     video.add_argument("--side-by-side", action="store_true", help="input frame left, depth right")
     video.add_argument("--fps", type=fps_arg, help="output frame rate (default: the input's)")
     video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
 
-    weights_cache = sub.add_parser("cache", help="list or clear the converted weights cache",
-                                   description="Converted weights (and release downloads) live in "
-                                   "~/.cache/beit-flax/weights ($BEIT_FLAX_WEIGHTS_DIR); hub downloads stay in the "
-                                   "Hugging Face cache.")
+    weights_cache = sub.add_parser(
+        "cache",
+        help="list or clear the converted weights cache",
+        description="Converted weights (and release downloads) live in "
+        "~/.cache/beit-flax/weights ($BEIT_FLAX_WEIGHTS_DIR); hub downloads stay in the "
+        "Hugging Face cache.",
+    )
     weights_cache.add_argument("action", choices=("list", "clear"))
-    weights_cache.add_argument("names", nargs="*", metavar="NAME",
-                               help="clear only these (known names, repo ids, sources or cached files)")
+    weights_cache.add_argument(
+        "names", nargs="*", metavar="NAME", help="clear only these (known names, repo ids, sources or cached files)"
+    )
     add_export_parser(sub)
     return parser
 
@@ -278,8 +327,9 @@ def network_size(height: int, width: int, net, args: argparse.Namespace, metric:
 def network_inputs(image: np.ndarray, index: int, net, args: argparse.Namespace, metric: bool) -> list:
     """[(view or None, network input)]: ZoeDepth's views of the image (plain, flipped), or MiDaS' one input."""
     if metric:
-        return preprocess_views(image, net, index=index, pad=not args.no_pad, flip=not args.no_flip,
-                                keep_aspect=not args.square)
+        return preprocess_views(
+            image, net, index=index, pad=not args.no_pad, flip=not args.no_flip, keep_aspect=not args.square
+        )
     return [(None, preprocess(image, net, square=args.square))]
 
 
@@ -395,8 +445,14 @@ def start_distributed(flag: bool) -> tuple[int, int] | None:
         if not maybe_initialize_distributed(flag):
             return 0, 1
     except (RuntimeError, ValueError) as err:  # bad env values, no coordinator, called after the backend started
-        hint = ("; outside Cloud TPU / Slurm / Open MPI set JAX_COORDINATOR_ADDRESS (host:port of process 0), "
-                "JAX_NUM_PROCESSES and JAX_PROCESS_ID") if "coordinator" in str(err).lower() else ""
+        hint = (
+            (
+                "; outside Cloud TPU / Slurm / Open MPI set JAX_COORDINATOR_ADDRESS (host:port of process 0), "
+                "JAX_NUM_PROCESSES and JAX_PROCESS_ID"
+            )
+            if "coordinator" in str(err).lower()
+            else ""
+        )
         print(f"{PROG}: error: cannot start distributed JAX: {err}{hint}", file=sys.stderr)
         return None
     return jax.process_index(), jax.process_count()
@@ -512,8 +568,11 @@ def run_predict(args: argparse.Namespace) -> int:
             report(f"error: {failures[-1]}")
             bar.update()
 
-    with (bar, ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
-          ThreadPoolExecutor(args.workers, "beit-write") as writer):
+    with (
+        bar,
+        ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
+        ThreadPoolExecutor(args.workers, "beit-write") as writer,
+    ):
         results = regroup(batcher.run(decoded(decoder), on_error=device_failed), args, metric)
         for error in ordered_map(write, results, writer, limit=2 * args.workers):
             finish(error)
@@ -573,8 +632,10 @@ def run_video(args: argparse.Namespace) -> int:
         width, height = (int(side) for side in meta.get("size") or (0, 0))
         if width * height > args.max_pixels:  # from the header, before a frame is decoded
             reader.close()
-            report(f"error: {args.input}: frames of {size_text(height, width)} = {megapixels(width * height)} are "
-                   f"over the limit of {megapixels(args.max_pixels)} (raise it with --max-pixels)")
+            report(
+                f"error: {args.input}: frames of {size_text(height, width)} = {megapixels(width * height)} are "
+                f"over the limit of {megapixels(args.max_pixels)} (raise it with --max-pixels)"
+            )
             return EXIT_FAILED_INPUTS
         loaded = load_model(args)
         if loaded is None:
@@ -626,13 +687,23 @@ def run_video(args: argparse.Namespace) -> int:
     try:
         # a new uniquely named file that only we created (ffmpeg then writes it in place), removed on every exit
         with temp_beside(args.out) as temp:
-            writer = imageio.get_writer(temp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
-                                        macro_block_size=1, ffmpeg_log_level="error" if args.debug else "quiet")
+            writer = imageio.get_writer(
+                temp,
+                format="FFMPEG",
+                mode="I",
+                fps=fps,
+                codec="libx264",
+                quality=8,
+                macro_block_size=1,
+                ffmpeg_log_level="error" if args.debug else "quiet",
+            )
             try:
                 # one render thread keeps the frames in order; the batcher yields one shape's results in input order
-                with (progress(total, "frame", args.quiet) as bar,
-                      ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
-                      ThreadPoolExecutor(1, "beit-render") as renderer):
+                with (
+                    progress(total, "frame", args.quiet) as bar,
+                    ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
+                    ThreadPoolExecutor(1, "beit-render") as renderer,
+                ):
                     results = regroup(batcher.run(inputs(decoder)), args, metric)
                     for picture in ordered_map(picture_of, results, renderer, limit=4):
                         writer.append_data(picture)
@@ -657,8 +728,10 @@ def run_video(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     shapes = ", ".join(size_text(h, w) for h, w in sorted(batcher.input_shapes))
     scale = f", metric depth, colour range 0..{top_m:g} m (near bright)" if metric else ""
-    print(f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
-          f"{shapes}, {describe(batcher)}{scale}; wrote {args.out}")
+    print(
+        f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
+        f"{shapes}, {describe(batcher)}{scale}; wrote {args.out}"
+    )
     return 0
 
 

@@ -36,8 +36,14 @@ class OutputError(OSError):
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -64,8 +70,9 @@ def _check_input_stat(path: Path, info: os.stat_result, max_bytes: int | None, w
     if not stat.S_ISREG(info.st_mode):
         raise InputError(f"{path}: {_kind(info.st_mode)}, not a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
-        raise InputError(f"{path}: {_size_text(info.st_size)}, larger than any {what} can be "
-                         f"({_size_text(max_bytes)} at most)")
+        raise InputError(
+            f"{path}: {_size_text(info.st_size)}, larger than any {what} can be ({_size_text(max_bytes)} at most)"
+        )
 
 
 def read_input(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
@@ -94,8 +101,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return info.st_dev, info.st_ino
 
 
-def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = (), *,
-                  make_folders: bool = False) -> None:
+def check_outputs(
+    outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = (), *, make_folders: bool = False
+) -> None:
     """Raise OutputError for the first of `outputs` that we may not write (see the module doc).
 
     make_folders: an output's folder may be missing if the command will make it (`mkdir(parents=True)`): then its

@@ -27,8 +27,23 @@ from beit_flax.files import InputError, check_input
 from beit_flax.transforms import DEFAULT_MAX_PIXELS, megapixels  # the one pixel limit, with the net size's
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif", ".ppm", ".pgm",
-     ".pbm", ".pnm"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
 )
 
 
@@ -44,8 +59,10 @@ def set_pixel_limit(max_pixels: int) -> None:
 
 
 def _over_limit(path: Path, width: int, height: int, max_pixels: int) -> ImageError:
-    return ImageError(f"{path}: {width}x{height} = {megapixels(width * height)} is over the limit of "
-                      f"{megapixels(max_pixels)} (raise it with --max-pixels)")
+    return ImageError(
+        f"{path}: {width}x{height} = {megapixels(width * height)} is over the limit of "
+        f"{megapixels(max_pixels)} (raise it with --max-pixels)"
+    )
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -71,8 +88,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageError(str(err)) from None
     except Image.DecompressionBombError as err:  # Pillow's guard (twice its limit: set_pixel_limit), a frame or tile
         found = re.search(r"\((\d+) pixels\)", str(err))
-        raise ImageError(f"{path}: {megapixels(int(found[1])) if found else 'the image'} is over the limit of "
-                         f"{megapixels(max_pixels)} (raise it with --max-pixels)") from None
+        raise ImageError(
+            f"{path}: {megapixels(int(found[1])) if found else 'the image'} is over the limit of "
+            f"{megapixels(max_pixels)} (raise it with --max-pixels)"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # truncated / corrupt data, unreadable file

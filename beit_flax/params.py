@@ -64,14 +64,18 @@ def check_params(config: ModelConfig, params: Any, source: str = "params") -> No
     config that disagrees with its tree fails before the shapes are traced.
     """
     # keys joined with str(): a hostile file's tree may have non-string keys
-    flat = {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(params).items()} if isinstance(
-        params, dict) else {}
+    flat = (
+        {"/".join(map(str, k)): v for k, v in traverse_util.flatten_dict(params).items()}
+        if isinstance(params, dict)
+        else {}
+    )
     prefix, depth = ("core/", config.core.depth) if isinstance(config, ZoeDepthConfig) else ("", config.depth)
     blocks = _blocks(flat, prefix)
     if blocks != set(range(depth)):
         have = f"blocks {min(blocks)}..{max(blocks)} ({len(blocks)})" if blocks else "no encoder blocks"
-        raise ValueError(f"{source}: parameters do not match the config: the tree has {have}, "
-                         f"the config's depth is {depth}")
+        raise ValueError(
+            f"{source}: parameters do not match the config: the tree has {have}, the config's depth is {depth}"
+        )
     expected = param_shapes(config)
     arrays = {p: leaf for p, leaf in flat.items() if hasattr(leaf, "shape") and hasattr(leaf, "dtype")}
     got = {p: tuple(leaf.shape) for p, leaf in arrays.items()}

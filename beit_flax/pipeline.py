@@ -196,11 +196,18 @@ class Batcher:
     `shapes`: the distinct batch shapes run; `input_shapes`: the distinct (H', W').
     """
 
-    def __init__(self, model: DPT, params: Any, batch_size: int | None = None, devices: Devices = None,
-                 programs: int | None = None) -> None:
+    def __init__(
+        self,
+        model: DPT,
+        params: Any,
+        batch_size: int | None = None,
+        devices: Devices = None,
+        programs: int | None = None,
+    ) -> None:
         if not isinstance(model, (DPT, ZoeDepth)):  # a ZoeDepth's output is metric depth, in meters
-            raise ValueError(f"model must be a beit_flax DPT or ZoeDepth (from beit_flax.load), got "
-                             f"{type(model).__name__}")
+            raise ValueError(
+                f"model must be a beit_flax DPT or ZoeDepth (from beit_flax.load), got {type(model).__name__}"
+            )
         self.model = model
         self.config = model.config
         self.mesh = local_mesh(devices)
@@ -369,8 +376,14 @@ def predict(
         net_hw = check_net_hw(model.config.net_size if net_size is None else net_size)
         if not images:
             return []
-        return predict_zoedepth(_batcher(model, params, batch_size, devices), images, net_hw,
-                                pad=pad is not False, flip=flip is not False, keep_aspect=not square)
+        return predict_zoedepth(
+            _batcher(model, params, batch_size, devices),
+            images,
+            net_hw,
+            pad=pad is not False,
+            flip=flip is not False,
+            keep_aspect=not square,
+        )
     if pad is not None or flip is not None:
         raise ValueError("pad and flip are ZoeDepth options (its test-time padding and flip); this model is a DPT")
     if not images:

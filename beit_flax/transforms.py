@@ -33,8 +33,10 @@ def check_net_size(net_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     if isinstance(net_size, bool) or not isinstance(net_size, (int, np.integer)) or net_size < MIN_NET_SIZE:
         raise ValueError(f"net size must be an int >= {MIN_NET_SIZE}, got {net_size!r}")
     if int(net_size) ** 2 > max_pixels:
-        raise ValueError(f"net size {net_size}: a {net_size}x{net_size} network input is over the limit of "
-                         f"{megapixels(max_pixels)} (raise it with --max-pixels)")
+        raise ValueError(
+            f"net size {net_size}: a {net_size}x{net_size} network input is over the limit of "
+            f"{megapixels(max_pixels)} (raise it with --max-pixels)"
+        )
     return int(net_size)
 
 
@@ -43,8 +45,10 @@ def check_net_input(size_hw: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXE
     times the net size squared. ValueError otherwise."""
     height, width = size_hw
     if height * width > max_pixels:
-        raise ValueError(f"network input {size_text(height, width)} = {megapixels(height * width)} is over the "
-                         f"limit of {megapixels(max_pixels)} (raise it with --max-pixels)")
+        raise ValueError(
+            f"network input {size_text(height, width)} = {megapixels(height * width)} is over the "
+            f"limit of {megapixels(max_pixels)} (raise it with --max-pixels)"
+        )
     return size_hw
 
 

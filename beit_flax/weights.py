@@ -40,11 +40,12 @@ MODEL_KINDS: dict[str, tuple[type, type]] = {"dpt": (DPTConfig, DPT), "zoedepth"
 
 
 def model_kind(config: ModelConfig) -> str:
-    """"dpt" or "zoedepth": the kind a weights file stores for `config`. TypeError for anything else."""
+    """ "dpt" or "zoedepth": the kind a weights file stores for `config`. TypeError for anything else."""
     for kind, (config_class, _) in MODEL_KINDS.items():
         if isinstance(config, config_class):
             return kind
     raise TypeError(f"config must be a DPTConfig or a ZoeDepthConfig, got {type(config).__name__}")
+
 
 # First bytes of the PyTorch / safetensors files users may hand us instead (they need `convert_weights` first).
 _CHECKPOINT_MAGIC = ((b"PK\x03\x04", "a PyTorch checkpoint (zip)"), (b"\x80", "a pickled PyTorch checkpoint"))
@@ -71,8 +72,13 @@ def save(path: str | os.PathLike, config: ModelConfig, params: Any) -> None:
     kind = model_kind(config)
     params = jax.tree.map(lambda leaf: np.asarray(leaf, dtype=np.float32), params)
     check_params(config, params)
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": kind, "config": config.to_dict(),
-               "params": params}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": kind,
+        "config": config.to_dict(),
+        "params": params,
+    }
     atomic_write(path, _msgpack_chunks(payload))
 
 

@@ -30,8 +30,9 @@ def depth_range_m(config: Any) -> float:
     return max(b.max_depth for b in config.bins)
 
 
-def grouped(results: Iterable[tuple[tuple[M, ViewMeta], np.ndarray]], views: int
-            ) -> Iterator[tuple[M, list[tuple[ViewMeta, np.ndarray]]]]:
+def grouped(
+    results: Iterable[tuple[tuple[M, ViewMeta], np.ndarray]], views: int
+) -> Iterator[tuple[M, list[tuple[ViewMeta, np.ndarray]]]]:
     """`Batcher.run`'s `((meta, ViewMeta), depth)` -> `(meta, [(ViewMeta, depth), ...])` once all `views` of an
     image (by `ViewMeta.index`) are in. An image's views have the same shape, so they meet in one bucket and come
     back together or in neighbouring batches: only a batch's worth waits here."""
@@ -44,12 +45,21 @@ def grouped(results: Iterable[tuple[tuple[M, ViewMeta], np.ndarray]], views: int
             yield meta, sorted(parts, key=lambda p: p[0].flip)
 
 
-def predict_zoedepth(batcher: Any, images: Sequence[np.ndarray], net_hw: tuple[int, int], *, pad: bool = True,
-                     flip: bool = True, keep_aspect: bool = True) -> list[np.ndarray]:
+def predict_zoedepth(
+    batcher: Any,
+    images: Sequence[np.ndarray],
+    net_hw: tuple[int, int],
+    *,
+    pad: bool = True,
+    flip: bool = True,
+    keep_aspect: bool = True,
+) -> list[np.ndarray]:
     """Metric depth (H, W) float32 meters per image at its own size, through `batcher` (a ZoeDepth `Batcher`)."""
-    inputs = (((i, view), net_input) for i, image in enumerate(images)
-              for view, net_input in preprocess_views(image, net_hw, index=i, pad=pad, flip=flip,
-                                                      keep_aspect=keep_aspect))
+    inputs = (
+        ((i, view), net_input)
+        for i, image in enumerate(images)
+        for view, net_input in preprocess_views(image, net_hw, index=i, pad=pad, flip=flip, keep_aspect=keep_aspect)
+    )
     out: list[np.ndarray | None] = [None] * len(images)
     for i, views in grouped(batcher.run(inputs), 2 if flip else 1):
         out[i] = merge(views)

@@ -90,8 +90,9 @@ def resize_bilinear_align_corners(image: np.ndarray, size_hw: tuple[int, int]) -
         low, high, w_low, w_high = linear_taps(out.shape[axis], size_hw[axis])
         shape = [1] * out.ndim
         shape[axis] = -1
-        out = (np.take(out, low, axis=axis) * w_low.reshape(shape)
-               + np.take(out, high, axis=axis) * w_high.reshape(shape))
+        out = np.take(out, low, axis=axis) * w_low.reshape(shape) + np.take(out, high, axis=axis) * w_high.reshape(
+            shape
+        )
     return out
 
 
@@ -105,8 +106,15 @@ def to_unit(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def preprocess_views(image: np.ndarray, net_hw: tuple[int, int], *, index: int = 0, pad: bool = True,
-                     flip: bool = True, keep_aspect: bool = True) -> list[tuple[ViewMeta, np.ndarray]]:
+def preprocess_views(
+    image: np.ndarray,
+    net_hw: tuple[int, int],
+    *,
+    index: int = 0,
+    pad: bool = True,
+    flip: bool = True,
+    keep_aspect: bool = True,
+) -> list[tuple[ViewMeta, np.ndarray]]:
     """(H, W, 3) RGB image -> [(ViewMeta, network input (H', W', 3) float32 in [-1, 1])]: the plain view, and with
     `flip` the flipped one."""
     unit = to_unit(image)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from beit_flax.models.dpt.config import PRESETS
 from beit_flax.demo.torch_model import as_spec, build_model
+from beit_flax.models.dpt.config import PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from torch_reference import state_dict_v5, to_midas_layout  # noqa: E402  (test support code, torch only)
+from torch_reference import state_dict_v5, to_midas_layout
 
 
 def measure(checkpoint: Path, out: Path) -> tuple[float, float]:
@@ -63,10 +63,18 @@ def main() -> None:
     ]:
         seconds, peak = measure(checkpoint, args.workdir / "out.msgpack")
         size = size_file.stat().st_size / 2**30
-        print(json.dumps({
-            "variant": args.variant, "input": label, "checkpoint_gib": round(size, 3), "seconds": round(seconds, 1),
-            "peak_rss_gib": round(peak, 2), "peak_over_checkpoint": round(peak / size, 2),
-        }))
+        print(
+            json.dumps(
+                {
+                    "variant": args.variant,
+                    "input": label,
+                    "checkpoint_gib": round(size, 3),
+                    "seconds": round(seconds, 1),
+                    "peak_rss_gib": round(peak, 2),
+                    "peak_over_checkpoint": round(peak / size, 2),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

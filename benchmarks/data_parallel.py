@@ -32,8 +32,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-TINY = dict(width=32, depth=4, num_heads=2, train_grid=(4, 4), hooks=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32),
-            fusion_channels=16, head_channels=8, net_size=64)
+TINY = dict(
+    width=32,
+    depth=4,
+    num_heads=2,
+    train_grid=(4, 4),
+    hooks=(0, 1, 2, 3),
+    reassemble_channels=(8, 16, 32, 32),
+    fusion_channels=16,
+    head_channels=8,
+    net_size=64,
+)
 
 
 def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
@@ -59,16 +68,26 @@ def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
         start = time.perf_counter()
         done = sum(1 for _ in batcher.run(enumerate(inputs)))
         elapsed = time.perf_counter() - start
-        print(json.dumps({
-            "variant": variant, "net": side, "backend": jax.default_backend(), "devices": batcher.device_count,
-            "batch": batcher.batch_size, "images": done, "seconds": round(elapsed, 3),
-            "images_per_s": round(done / elapsed, 2), "first_batch_s": round(compile_s, 2),
-            "host_cores": os.cpu_count(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "variant": variant,
+                    "net": side,
+                    "backend": jax.default_backend(),
+                    "devices": batcher.device_count,
+                    "batch": batcher.batch_size,
+                    "images": done,
+                    "seconds": round(elapsed, 3),
+                    "images_per_s": round(done / elapsed, 2),
+                    "first_batch_s": round(compile_s, 2),
+                    "host_cores": os.cpu_count(),
+                }
+            ),
+            flush=True,
+        )
 
 
-def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | None, bf16: bool,
-                  remat: bool) -> None:
+def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | None, bf16: bool, remat: bool) -> None:
     import jax
     import numpy as np
     import optax
@@ -99,21 +118,42 @@ def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | 
         jax.block_until_ready((state, metrics))
         elapsed = time.perf_counter() - start
         split = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state.params))
-        print(json.dumps({
-            "mode": "train", "variant": variant, "net": config.net_size, "backend": jax.default_backend(),
-            "devices": devices, "layout": "fsdp" if fsdp else "replicated", "split_param_arrays": split,
-            "min_size": min_size if fsdp else None, "batch": batch, "dtype": model.dtype, "remat": remat,
-            "steps": steps, "seconds": round(elapsed, 3), "steps_per_s": round(steps / elapsed, 3),
-            "images_per_s": round(steps * batch / elapsed, 2), "first_step_s": round(compile_s, 2),
-            "loss": round(float(metrics["loss"]), 5), "host_cores": os.cpu_count(),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "mode": "train",
+                    "variant": variant,
+                    "net": config.net_size,
+                    "backend": jax.default_backend(),
+                    "devices": devices,
+                    "layout": "fsdp" if fsdp else "replicated",
+                    "split_param_arrays": split,
+                    "min_size": min_size if fsdp else None,
+                    "batch": batch,
+                    "dtype": model.dtype,
+                    "remat": remat,
+                    "steps": steps,
+                    "seconds": round(elapsed, 3),
+                    "steps_per_s": round(steps / elapsed, 3),
+                    "images_per_s": round(steps * batch / elapsed, 2),
+                    "first_step_s": round(compile_s, 2),
+                    "loss": round(float(metrics["loss"]), 5),
+                    "host_cores": os.cpu_count(),
+                }
+            ),
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=8, help="N for the data-parallel rows (default: 8)")
-    parser.add_argument("--variant", nargs="+", help="default: tiny and dpt_beit_base_384; tiny with --train",
-                        choices=["tiny", "dpt_beit_large_512", "dpt_beit_large_384", "dpt_beit_base_384"])
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        help="default: tiny and dpt_beit_base_384; tiny with --train",
+        choices=["tiny", "dpt_beit_large_512", "dpt_beit_large_384", "dpt_beit_base_384"],
+    )
     parser.add_argument("--images", type=int, default=0, help="images per measurement (default: 64 tiny, 16 else)")
     parser.add_argument("--train", action="store_true", help="time train steps instead of inference")
     parser.add_argument("--batch", type=int, default=0, help="--train: global batch (default: N)")
@@ -135,8 +175,12 @@ def main() -> None:
                 measure(variant, args.images or (64 if variant == "tiny" else 16), settings)
         return
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "BEIT_FLAX_CACHE_DIR": "off",
-           "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={n}"])}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "BEIT_FLAX_CACHE_DIR": "off",
+        "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={n}"]),
+    }
     subprocess.run([sys.executable, __file__, "--child", *sys.argv[1:]], env=env, check=True)
 
 

@@ -97,8 +97,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
         temp = compiled.memory_analysis().temp_size_in_bytes
         name = device.device_kind if device.platform != "cpu" else f"cpu: {cpu_name()} ({os.cpu_count()} cores)"
-        row.update(compile_s=round(time.perf_counter() - t0, 2), xla_temp_gib=round(temp / 2**30, 3),
-                   query_chunk=args.query_chunk, jax_version=jax.__version__, device=name)
+        row.update(
+            compile_s=round(time.perf_counter() - t0, 2),
+            xla_temp_gib=round(temp / 2**30, 3),
+            query_chunk=args.query_chunk,
+            jax_version=jax.__version__,
+            device=name,
+        )
         step = lambda: jax.block_until_ready(compiled(params, x))
 
         def device_peak() -> float | None:
@@ -135,8 +140,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    row.update(s_per_img=round(statistics.median(times) / args.batch, 3), s_min=round(min(times) / args.batch, 3),
-               iters=len(times), device_peak_gib=device_peak())
+    row.update(
+        s_per_img=round(statistics.median(times) / args.batch, 3),
+        s_min=round(min(times) / args.batch, 3),
+        iters=len(times),
+        device_peak_gib=device_peak(),
+    )
     return row
 
 
@@ -154,9 +163,29 @@ def child_main(args: argparse.Namespace) -> int:
 
 def run_one(args: argparse.Namespace, hw: tuple[int, int], impl: str, dtype: str) -> dict[str, Any]:
     """Run one measurement in a child process (address space capped at --limit-gib) and return its row."""
-    command = [sys.executable, __file__, "--child", "--variant", args.variant, "--size", f"{hw[0]}x{hw[1]}",
-               "--impl", impl, "--dtype", dtype, "--batch", str(args.batch), "--iters", str(args.iters),
-               "--warmup", str(args.warmup), "--query-chunk", str(args.query_chunk).lower(), "--device", args.device]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--variant",
+        args.variant,
+        "--size",
+        f"{hw[0]}x{hw[1]}",
+        "--impl",
+        impl,
+        "--dtype",
+        dtype,
+        "--batch",
+        str(args.batch),
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--query-chunk",
+        str(args.query_chunk).lower(),
+        "--device",
+        args.device,
+    ]
     if args.threads:
         command += ["--threads", str(args.threads)]
     limit = int(args.limit_gib * 2**30) if args.limit_gib else None
@@ -171,16 +200,25 @@ def run_one(args: argparse.Namespace, hw: tuple[int, int], impl: str, dtype: str
     _, status, usage = os.wait4(child.pid, 0)  # the child's own peak RSS, even if it was killed
     out, err = child.stdout.read(), child.stderr.read()
     child.returncode = os.waitstatus_to_exitcode(status)
-    row: dict[str, Any] = {"variant": args.variant, "size": f"{hw[0]}x{hw[1]}", "impl": impl, "dtype": dtype,
-                           "batch": args.batch, "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3)}
+    row: dict[str, Any] = {
+        "variant": args.variant,
+        "size": f"{hw[0]}x{hw[1]}",
+        "impl": impl,
+        "dtype": dtype,
+        "batch": args.batch,
+        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+    }
     lines = [line for line in out.splitlines() if line.startswith("ROW ")]
     if lines:
         row.update(json.loads(lines[-1][4:]))
     else:
         tail = (err.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
         row["error"] = f"child died (exit status {child.returncode}): {tail[:300]}"
-    row.update(limit_gib=args.limit_gib, wall_s=round(time.perf_counter() - start, 1),
-               loadavg_1m=[round(load_start, 2), round(os.getloadavg()[0], 2)])
+    row.update(
+        limit_gib=args.limit_gib,
+        wall_s=round(time.perf_counter() - start, 1),
+        loadavg_1m=[round(load_start, 2), round(os.getloadavg()[0], 2)],
+    )
     return row
 
 

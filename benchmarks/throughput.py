@@ -9,9 +9,9 @@ Prints one JSON line per measurement (see benchmarks/README.md for the fields), 
 carry `vs_best_torch` when printed (and, on a GPU, torch's cached memory is emptied before JAX allocates).
 `--interleave` instead times the implementations of a group round-robin, for machines whose load changes.
 
-Parameters are random (Flax: `beit_flax.params.init_params` with every leaf spread; torch: the model's own transformers init) and images are
-random normal: the numbers are for speed only (`--accuracy` adds how far 16-bit rows are from float32 on the same
-random weights). Nothing is downloaded.
+Parameters are random (Flax: `beit_flax.params.init_params` with every leaf spread; torch: the model's own
+transformers init) and images are random normal: the numbers are for speed only (`--accuracy` adds how far 16-bit
+rows are from float32 on the same random weights). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -26,18 +26,21 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # JAX would otherwise grab 75% of the GPU up front and leave nothing for torch in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-import numpy as np  # noqa: E402
+import contextlib
 
-from beit_flax.models.dpt.attention import ATTENTION_IMPLS  # noqa: E402
-from beit_flax.models.precision import COMPUTE_DTYPES  # noqa: E402
+import numpy as np
+
+from beit_flax.models.dpt.attention import ATTENTION_IMPLS
+from beit_flax.models.precision import COMPUTE_DTYPES
 
 GFLOP_PER_IMAGE = {"dpt_beit_large_512": 963.0, "dpt_beit_large_384": 516.0, "dpt_beit_base_384": 224.0}
 """torch's flop counter on transformers' DPTForDepthEstimation, one image at the variant's net size."""
@@ -99,8 +102,13 @@ class Prepared:
     """One measurement ready to run: `step()` launches a forward, `sync(out)` waits for it, `finish()` returns the
     impl-specific fields (memory, device, versions) once the timed calls are done."""
 
-    def __init__(self, step: Callable[[], Any], sync: Callable[[Any], Any], compile_s: float | None,
-                 finish: Callable[[], dict[str, Any]]):
+    def __init__(
+        self,
+        step: Callable[[], Any],
+        sync: Callable[[Any], Any],
+        compile_s: float | None,
+        finish: Callable[[], dict[str, Any]],
+    ):
         self.step, self.sync, self.compile_s, self.finish = step, sync, compile_s, finish
         self.first_call_s: float | None = None
         self.times_s: list[float] = []
@@ -210,9 +218,15 @@ class TorchBench:
                 note = "torch.cuda.max_memory_allocated since this measurement began"
             else:
                 peak, note = max_rss_gib(), "process max RSS, cumulative over the run"
-            return {"peak_mem_gib": round(peak, 3), "peak_mem_note": note, "device": self.device_name,
-                    "torch_mode": mode, "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if self.dev.type == "cuda" else None}
+            return {
+                "peak_mem_gib": round(peak, 3),
+                "peak_mem_note": note,
+                "device": self.device_name,
+                "torch_mode": mode,
+                "torch_version": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if self.dev.type == "cuda" else None,
+            }
 
         return Prepared(step, self.sync, compile_s, finish)
 
@@ -229,8 +243,15 @@ class TorchBench:
 
 
 class FlaxBench:
-    def __init__(self, config, device: str, matmul_precision: str | None, scan: bool = False,
-                 attention: str = "auto", accuracy: bool = False):
+    def __init__(
+        self,
+        config,
+        device: str,
+        matmul_precision: str | None,
+        scan: bool = False,
+        attention: str = "auto",
+        accuracy: bool = False,
+    ):
         import jax
 
         from beit_flax.params import init_params
@@ -271,19 +292,25 @@ class FlaxBench:
 
         def finish() -> dict[str, Any]:
             stats = None
-            try:
+            with contextlib.suppress(Exception):
                 stats = self.device.memory_stats()
-            except Exception:
-                pass
             if stats and "peak_bytes_in_use" in stats:
                 peak, note = stats["peak_bytes_in_use"] / 2**30, "jax peak_bytes_in_use, cumulative over the run"
             else:
                 peak, note = max_rss_gib(), "process max RSS, cumulative over the run (includes any torch rows)"
-            return {"peak_mem_gib": round(peak, 3), "peak_mem_note": note, "device": self.device_name,
-                    "jax_device_kind": self.device_kind, "jax_version": jax.__version__,
-                    "xla_gflop_per_img": xla_gflop, "scan": self.scan, "attention": self.attention,
-                    "matmul_precision": jax.config.jax_default_matmul_precision
-                    or ("highest (model default for float32)" if dtype == "float32" else "default"), **accuracy}
+            return {
+                "peak_mem_gib": round(peak, 3),
+                "peak_mem_note": note,
+                "device": self.device_name,
+                "jax_device_kind": self.device_kind,
+                "jax_version": jax.__version__,
+                "xla_gflop_per_img": xla_gflop,
+                "scan": self.scan,
+                "attention": self.attention,
+                "matmul_precision": jax.config.jax_default_matmul_precision
+                or ("highest (model default for float32)" if dtype == "float32" else "default"),
+                **accuracy,
+            }
 
         return Prepared(lambda: compiled(params, images), jax.block_until_ready, compile_s, finish)
 
@@ -301,9 +328,11 @@ class FlaxBench:
         full = self.float32_outputs[images.shape]
         lit = full > 0.1 * full.max()
         relative = np.abs(ours - full)[lit] / full[lit]
-        return {"vs_float32_median_rel": float(f"{np.median(relative):.3g}"),
-                "vs_float32_p99_rel": float(f"{np.percentile(relative, 99):.3g}"),
-                "vs_float32_max_over_max": float(f"{np.abs(ours - full).max() / np.abs(full).max():.3g}")}
+        return {
+            "vs_float32_median_rel": float(f"{np.median(relative):.3g}"),
+            "vs_float32_p99_rel": float(f"{np.percentile(relative, 99):.3g}"),
+            "vs_float32_max_over_max": float(f"{np.abs(ours - full).max() / np.abs(full).max():.3g}"),
+        }
 
 
 # ------------------------------------------------------------------------------------------------------ onnxruntime
@@ -340,10 +369,15 @@ class OrtBench:
         images = np.random.default_rng(1).standard_normal((batch, *hw, 3), dtype=np.float32)
 
         def finish() -> dict[str, Any]:
-            return {"peak_mem_gib": round(max_rss_gib(), 3), "device": self.device_name,
-                    "peak_mem_note": "process max RSS, cumulative over the run", "ort_version": self.ort.__version__,
-                    "ort_providers": session.get_providers(), "onnx_mib": round(nbytes / 2**20, 1),
-                    "compile_note": "export to ONNX + session creation, once per size"}
+            return {
+                "peak_mem_gib": round(max_rss_gib(), 3),
+                "device": self.device_name,
+                "peak_mem_note": "process max RSS, cumulative over the run",
+                "ort_version": self.ort.__version__,
+                "ort_providers": session.get_providers(),
+                "onnx_mib": round(nbytes / 2**20, 1),
+                "compile_note": "export to ONNX + session creation, once per size",
+            }
 
         return Prepared(lambda: session.run(None, {"images": images}), lambda out: out, setup_s, finish)
 
@@ -357,8 +391,11 @@ class OrtBench:
 
 def default_impls(device: str, dtype: str) -> list[str]:
     if device == "gpu":
-        torch_impls = ["torch-eager", "torch-compile"] if dtype == "float32" else [
-            "torch-eager", "torch-autocast", "torch-compile"]
+        torch_impls = (
+            ["torch-eager", "torch-compile"]
+            if dtype == "float32"
+            else ["torch-eager", "torch-autocast", "torch-compile"]
+        )
     else:
         torch_impls = ["torch-eager"] if dtype == "float32" else ["torch-autocast"]
     import importlib.util
@@ -396,34 +433,61 @@ def emit(row: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--variant", choices=VARIANTS, default="dpt_beit_large_512")
-    ap.add_argument("--size", type=parse_size, nargs="+", default=None,
-                    help="N or HxW, one or more (default: the variant's net size)")
+    ap.add_argument(
+        "--size",
+        type=parse_size,
+        nargs="+",
+        default=None,
+        help="N or HxW, one or more (default: the variant's net size)",
+    )
     ap.add_argument("--batch", type=int, nargs="+", default=[1])
     ap.add_argument("--dtype", choices=COMPUTE_DTYPES, nargs="+", default=["float32"])
-    ap.add_argument("--impl", choices=IMPLS, nargs="+", default=None,
-                    help="default: flax + torch-eager (fp32) / torch-autocast (bf16, fp16); on GPU also torch-compile "
-                         "and pure-dtype torch-eager")
+    ap.add_argument(
+        "--impl",
+        choices=IMPLS,
+        nargs="+",
+        default=None,
+        help="default: flax + torch-eager (fp32) / torch-autocast (bf16, fp16); on GPU also torch-compile "
+        "and pure-dtype torch-eager",
+    )
     ap.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--interleave", action="store_true",
-                    help="per group, warm every impl up, then time them round-robin (one call each in turn), so a "
-                         "shared machine's changing load hits all impls alike")
+    ap.add_argument(
+        "--interleave",
+        action="store_true",
+        help="per group, warm every impl up, then time them round-robin (one call each in turn), so a "
+        "shared machine's changing load hits all impls alike",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: the core count)")
-    ap.add_argument("--torch-tf32", action="store_true",
-                    help="allow TF32 in torch fp32 matmuls/convs on GPU (off by default, torch's own default)")
-    ap.add_argument("--jax-matmul-precision", default=None,
-                    help="jax_default_matmul_precision for the Flax rows (default: the model's policy, full float32 "
-                         "for float32 compute; e.g. tensorfloat32 to allow TF32 on GPU)")
+    ap.add_argument(
+        "--torch-tf32",
+        action="store_true",
+        help="allow TF32 in torch fp32 matmuls/convs on GPU (off by default, torch's own default)",
+    )
+    ap.add_argument(
+        "--jax-matmul-precision",
+        default=None,
+        help="jax_default_matmul_precision for the Flax rows (default: the model's policy, full float32 "
+        "for float32 compute; e.g. tensorfloat32 to allow TF32 on GPU)",
+    )
     ap.add_argument("--scan", action="store_true", help="Flax: the encoder as nn.scan loops (DPT(scan=True))")
-    ap.add_argument("--attention", choices=ATTENTION_IMPLS, default="auto",
-                    help="Flax: the attention implementation (DPT(attention=...))")
-    ap.add_argument("--accuracy", action="store_true",
-                    help="Flax rows in 16-bit dtypes also report their difference to the float32 model (one more "
-                         "compile and call per shape)")
+    ap.add_argument(
+        "--attention",
+        choices=ATTENTION_IMPLS,
+        default="auto",
+        help="Flax: the attention implementation (DPT(attention=...))",
+    )
+    ap.add_argument(
+        "--accuracy",
+        action="store_true",
+        help="Flax rows in 16-bit dtypes also report their difference to the float32 model (one more "
+        "compile and call per shape)",
+    )
     args = ap.parse_args(argv)
     if args.iters < 1 or args.warmup < 1 or any(b < 1 for b in args.batch):
         ap.error("--iters, --warmup and --batch must be >= 1")
@@ -443,8 +507,16 @@ def main(argv: list[str] | None = None) -> int:
         for impl in args.impl or default_impls(device, dt):
             why = impl_makes_sense(impl, dt, device)
             if why:
-                emit({"impl": impl, "variant": args.variant, "size": size_str(hw), "batch": b, "dtype": dt,
-                      "skipped": why})
+                emit(
+                    {
+                        "impl": impl,
+                        "variant": args.variant,
+                        "size": size_str(hw),
+                        "batch": b,
+                        "dtype": dt,
+                        "skipped": why,
+                    }
+                )
             else:
                 chosen.append(impl)
         plan[(hw, b, dt)] = chosen
@@ -458,11 +530,19 @@ def main(argv: list[str] | None = None) -> int:
         row = base_row(impl, hw, b, dt)
         row.update(row_stats(prep.times_s, prep.cpu_s, b, gflop_img))
         extra = prep.finish()
-        row.update({"compile_s": prep.compile_s, "first_call_s": round(prep.first_call_s, 3),
-                    "peak_mem_gib": extra.pop("peak_mem_gib"), "gflop_per_img": round(gflop_img, 1),
-                    "flops_source": flop_src, "device": extra.pop("device"), "warmup": args.warmup,
-                    "interleaved": args.interleave,
-                    "loadavg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)]})
+        row.update(
+            {
+                "compile_s": prep.compile_s,
+                "first_call_s": round(prep.first_call_s, 3),
+                "peak_mem_gib": extra.pop("peak_mem_gib"),
+                "gflop_per_img": round(gflop_img, 1),
+                "flops_source": flop_src,
+                "device": extra.pop("device"),
+                "warmup": args.warmup,
+                "interleaved": args.interleave,
+                "loadavg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+            }
+        )
         row.update(extra)
         results[(hw, b, dt)].append(row)
         if impl == "flax":
@@ -548,9 +628,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = results[(hw, b, dt)]
         if not rows:
             continue
-        summary = {"summary": True, "variant": args.variant, "size": size_str(hw), "batch": b, "dtype": dt,
-                   "img_per_s": {r["impl"] + (f"[{r['torch_mode']}]" if "torch_mode" in r else ""): r["img_per_s"]
-                                 for r in rows}}
+        summary = {
+            "summary": True,
+            "variant": args.variant,
+            "size": size_str(hw),
+            "batch": b,
+            "dtype": dt,
+            "img_per_s": {
+                r["impl"] + (f"[{r['torch_mode']}]" if "torch_mode" in r else ""): r["img_per_s"] for r in rows
+            },
+        }
         flax = [r for r in rows if r["impl"] == "flax"]
         if flax and flax[0].get("vs_best_torch") is not None:
             summary["flax_vs_best_torch"] = flax[0]["vs_best_torch"]

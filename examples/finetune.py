@@ -73,45 +73,78 @@ class _Parser(argparse.ArgumentParser):
 def small_config(size: int) -> DPTConfig:
     """A ~0.6M-parameter BEiT-DPT that trains in minutes on a CPU (the released models are 100-340M)."""
     return DPTConfig(
-        width=64, depth=4, num_heads=4, train_grid=(size // 16, size // 16), hooks=(0, 1, 2, 3),
-        reassemble_channels=(16, 32, 64, 64), fusion_channels=32, head_channels=16, net_size=size,
+        width=64,
+        depth=4,
+        num_heads=4,
+        train_grid=(size // 16, size // 16),
+        hooks=(0, 1, 2, 3),
+        reassemble_channels=(16, 32, 64, 64),
+        fusion_channels=32,
+        head_channels=16,
+        net_size=size,
     )
 
 
 def small_zoedepth_config(size: int) -> ZoeDepthConfig:
     """`small_config` as the core of a one-head ZoeDepth (16 bins, 16-wide embeddings): for --loss silog."""
     core = small_config(size)
-    return ZoeDepthConfig(core=core, bins=(BinConfig("nyu", 16),), bin_embedding_dim=16, n_attractors=(4, 3, 2, 1),
-                          seed_mlp_dim=32, projector_mlp_dim=16, attractor_mlp_dim=16,
-                          log_binomial_mlp_dim=(core.head_channels + 1 + 16) // 2, net_size=(size, size))
+    return ZoeDepthConfig(
+        core=core,
+        bins=(BinConfig("nyu", 16),),
+        bin_embedding_dim=16,
+        n_attractors=(4, 3, 2, 1),
+        seed_mlp_dim=32,
+        projector_mlp_dim=16,
+        attractor_mlp_dim=16,
+        log_binomial_mlp_dim=(core.head_channels + 1 + 16) // 2,
+        net_size=(size, size),
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(
-        prog=PROG, description=__doc__.split("\n\n")[0], epilog=__doc__.strip().split("\n\n")[-1],  # exit status
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.strip().split("\n\n")[-1],  # exit status
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--steps", type=int, default=400, help="total optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch (split over the local devices)")
     parser.add_argument("--size", type=int, default=64, help="training crops are SIZE x SIZE (multiple of 16)")
-    parser.add_argument("--out", type=Path, default=Path("finetune_out"),
-                        help="run folder: OUT/checkpoints (orbax), OUT/finetuned.msgpack (the final weights)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its newest checkpoint (needed to reuse an --out)")
-    parser.add_argument("--data", type=Path, help="a folder of your own images/ + depth/ (+ masks/); "
-                        "none: generated scenes")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("finetune_out"),
+        help="run folder: OUT/checkpoints (orbax), OUT/finetuned.msgpack (the final weights)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint (needed to reuse an --out)",
+    )
+    parser.add_argument(
+        "--data", type=Path, help="a folder of your own images/ + depth/ (+ masks/); none: generated scenes"
+    )
     parser.add_argument("--weights", type=Path, help="start from a beit-flax weights file; none: random init")
-    parser.add_argument("--loss", choices=("midas", "silog"), default="midas",
-                        help="midas: scale-and-shift-invariant on inverse depth (a MiDaS model); silog: ZoeDepth's "
-                        "scale-invariant log loss on metric depth in meters (a ZoeDepth)")
+    parser.add_argument(
+        "--loss",
+        choices=("midas", "silog"),
+        default="midas",
+        help="midas: scale-and-shift-invariant on inverse depth (a MiDaS model); silog: ZoeDepth's "
+        "scale-invariant log loss on metric depth in meters (a ZoeDepth)",
+    )
     parser.add_argument("--freeze-encoder", action="store_true", help="train the DPT decoder only")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warmup, then cosine)")
     parser.add_argument("--layer-decay", type=float, help="encoder block i gets lr * decay^(depth - i); none: no decay")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
     parser.add_argument("--remat", action="store_true", help="recompute encoder blocks in the backward pass")
     parser.add_argument("--scan", action="store_true", help="the encoder as nn.scan loops (compiles faster)")
-    parser.add_argument("--fsdp", action="store_true", help="split the large params and optimizer state over the "
-                        "devices (otherwise replicated, only the batch is split)")
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="split the large params and optimizer state over the "
+        "devices (otherwise replicated, only the batch is split)",
+    )
     parser.add_argument("--scenes", type=int, default=512, help="generated training scenes (without --data)")
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--seed", type=int, default=0, help="random init, generated scenes and batch order")
@@ -131,9 +164,16 @@ def run_settings(args: argparse.Namespace, config: DPTConfig | ZoeDepthConfig) -
     """What a resumed run must share with the run it continues (saved as the checkpoints' metadata, JSON values):
     the model, the data and batch order, and everything the learning-rate schedule and the optimizer depend on."""
     return {
-        "config": config.to_dict(), "seed": args.seed, "size": args.size, "batch_size": args.batch_size,
-        "scenes": None if args.data else args.scenes, "steps": args.steps, "lr": args.lr,
-        "layer_decay": args.layer_decay, "freeze_encoder": args.freeze_encoder, "weight_decay": WEIGHT_DECAY,
+        "config": config.to_dict(),
+        "seed": args.seed,
+        "size": args.size,
+        "batch_size": args.batch_size,
+        "scenes": None if args.data else args.scenes,
+        "steps": args.steps,
+        "lr": args.lr,
+        "layer_decay": args.layer_decay,
+        "freeze_encoder": args.freeze_encoder,
+        "weight_decay": WEIGHT_DECAY,
         "clip_norm": CLIP_NORM,
         **({"loss": args.loss} if args.loss != "midas" else {}),  # runs from before --loss are "midas" runs
     }
@@ -143,8 +183,11 @@ def changed_settings(saved: dict[str, Any], settings: dict[str, Any]) -> list[st
     """The settings that differ, as "name saved -> now" ("config" alone: it is long)."""
     names = [*settings, *(k for k in saved if k not in settings)]
     show = lambda d, k: repr(d[k]) if k in d else "(not recorded)"
-    return [k if k == "config" else f"{k} {show(saved, k)} -> {show(settings, k)}"
-            for k in names if saved.get(k, ...) != settings.get(k, ...)]
+    return [
+        k if k == "config" else f"{k} {show(saved, k)} -> {show(settings, k)}"
+        for k in names
+        if saved.get(k, ...) != settings.get(k, ...)
+    ]
 
 
 def lr_schedule(steps: int, lr: float) -> optax.Schedule:
@@ -187,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"--weights: {err}", 1)
         config = model.config
         if isinstance(model, ZoeDepth) != (args.loss == "silog"):
-            fail(f"--weights {args.weights} is a {'ZoeDepth (metric)' if isinstance(model, ZoeDepth) else 'MiDaS'} "
-                 f"model: {'--loss silog' if isinstance(model, ZoeDepth) else '--loss midas (the default)'} trains it")
+            fail(
+                f"--weights {args.weights} is a {'ZoeDepth (metric)' if isinstance(model, ZoeDepth) else 'MiDaS'} "
+                f"model: {'--loss silog' if isinstance(model, ZoeDepth) else '--loss midas (the default)'} trains it"
+            )
         patch_size = config.core.patch_size if isinstance(config, ZoeDepthConfig) else config.patch_size
         if args.size % patch_size:
             fail(f"--size {args.size} is not a multiple of the model's patch size {patch_size}")
@@ -199,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     if saved_step is not None:
         changed = changed_settings(training.checkpoint_metadata(checkpoints), settings)
         if changed:
-            fail(f"{checkpoints} holds a run with other settings ({'; '.join(changed)}): resume it with its own "
-                 "settings, or use another --out")
+            fail(
+                f"{checkpoints} holds a run with other settings ({'; '.join(changed)}): resume it with its own "
+                "settings, or use another --out"
+            )
     model_class = ZoeDepth if isinstance(config, ZoeDepthConfig) else DPT
     model = model_class(config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan)
     metric = args.loss == "silog"
@@ -224,19 +271,27 @@ def main(argv: list[str] | None = None) -> int:
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
     optimizer = optax.adamw(schedule, weight_decay=WEIGHT_DECAY, mask=decay_mask)
     state = training.create_train_state(
-        model, params, optimizer,
+        model,
+        params,
+        optimizer,
         freeze=(training.ZOEDEPTH_BACKBONE if metric else training.BACKBONE) if args.freeze_encoder else (),
-        layer_decay=args.layer_decay, clip_norm=CLIP_NORM, loss=args.loss,
+        layer_decay=args.layer_decay,
+        clip_norm=CLIP_NORM,
+        loss=args.loss,
     )
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-    log(f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.dtype}"
-        f"{', remat' if args.remat else ''}{', scan' if args.scan else ''}")
+    log(
+        f"model: {n_params / 1e6:.2f}M parameters, {len(state.frozen)} frozen tensors, dtype {model.dtype}"
+        f"{', remat' if args.remat else ''}{', scan' if args.scan else ''}"
+    )
     shardings = state_shardings(state, mesh, fsdp=args.fsdp)
     state = place(state, shardings)  # before a restore: the restored arrays take the same layout
     # donate: the old state's buffers hold the new one (the loop never looks back), which matters on a GPU
     train_step, eval_step = training.sharded_steps(shardings, mesh, donate=True)
-    log(f"{mesh.size} {jax.default_backend()} device{'s' * (mesh.size > 1)}, batch {args.batch_size // mesh.size} "
-        f"each, {'FSDP' if args.fsdp else 'data parallel'}")
+    log(
+        f"{mesh.size} {jax.default_backend()} device{'s' * (mesh.size > 1)}, batch {args.batch_size // mesh.size} "
+        f"each, {'FSDP' if args.fsdp else 'data parallel'}"
+    )
     if saved_step is not None:
         state, _ = training.restore_checkpoint(checkpoints, state)
         log(f"resumed from step {int(state.step)}")
@@ -245,33 +300,43 @@ def main(argv: list[str] | None = None) -> int:
 
     rmse = lambda m: f"  RMSE {m['rmse']:.4f} m" if metric else ""
     before = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
-    log(f"before: loss {before['loss']:.4f}  AbsRel {before['abs_rel']:.4f}{rmse(before)}  "
-        f"delta1 {before['delta1']:.4f}")
+    log(
+        f"before: loss {before['loss']:.4f}  AbsRel {before['abs_rel']:.4f}{rmse(before)}  "
+        f"delta1 {before['delta1']:.4f}"
+    )
     first = int(state.step)
     try:
         for step in range(first, args.steps):
-            batch = dataset.batch(train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)],
-                                  metric=metric)
+            batch = dataset.batch(
+                train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)], metric=metric
+            )
             state, metrics = train_step(state, shard_batch(batch, mesh))
             done = step + 1
             if done % 25 == 0 or done == args.steps:
                 m = jax.device_get(metrics)
                 terms = "" if metric else f" (data {m['data']:.4f}, gradient {m['gradient']:.4f})"
-                log(f"step {done:5d}  loss {m['loss']:.4f}{terms}  "
-                    f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}")
+                log(
+                    f"step {done:5d}  loss {m['loss']:.4f}{terms}  "
+                    f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}"
+                )
             if done % args.save_every == 0:
                 training.save_checkpoint(checkpoints, state, settings)
     except KeyboardInterrupt:
-        fail(f"interrupted; --resume continues from the newest checkpoint in {checkpoints} "
-             f"(step {training.latest_step(checkpoints)})", 130)
+        fail(
+            f"interrupted; --resume continues from the newest checkpoint in {checkpoints} "
+            f"(step {training.latest_step(checkpoints)})",
+            130,
+        )
     training.save_checkpoint(checkpoints, state, settings)  # the final step; a no-op if it is saved already
     after = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
     log(f"after:  loss {after['loss']:.4f}  AbsRel {after['abs_rel']:.4f}{rmse(after)}  delta1 {after['delta1']:.4f}")
 
     beit_flax.save(weights, config, state.params)
     log(f"{args.steps - first} steps; wrote {weights} and checkpoints up to step {int(state.step)} in {checkpoints}")
-    print(f"summary: loss {before['loss']:.4f} -> {after['loss']:.4f}, AbsRel {before['abs_rel']:.4f} -> "
-          f"{after['abs_rel']:.4f}, delta1 {before['delta1']:.4f} -> {after['delta1']:.4f}")
+    print(
+        f"summary: loss {before['loss']:.4f} -> {after['loss']:.4f}, AbsRel {before['abs_rel']:.4f} -> "
+        f"{after['abs_rel']:.4f}, delta1 {before['delta1']:.4f} -> {after['delta1']:.4f}"
+    )
     return 0
 
 

@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import optax
 from flax import traverse_util
+from tiny_config import TINY
 
 from beit_flax import DPT, training
 from beit_flax.params import init_params
-from tiny_config import TINY
 
 SIZE = 32  # grid 2x2 against the 4x4 training grid: the relative-position tables are resized too
 
@@ -61,7 +61,11 @@ def tiny_state() -> training.TrainState:
     """DPT(TINY) from init_params(seed=0), AdamW, FROZEN subtrees, layer decay 0.8, clipping at norm 1: one state for
     every model-level step and checkpoint test."""
     return training.create_train_state(
-        DPT(TINY), init_params(TINY, seed=0), optax.adamw(1e-3, weight_decay=1e-4), freeze=FROZEN, layer_decay=0.8,
+        DPT(TINY),
+        init_params(TINY, seed=0),
+        optax.adamw(1e-3, weight_decay=1e-4),
+        freeze=FROZEN,
+        layer_decay=0.8,
         clip_norm=1.0,
     )
 

@@ -55,7 +55,9 @@ def conv_weight(gen: torch.Generator, out_ch: int, in_ch: int, k: int) -> torch.
     return randn(gen, out_ch, in_ch, k, k, scale=(in_ch * k * k) ** -0.5)
 
 
-def random_conv(gen: torch.Generator, out_ch: int, in_ch: int, k: int) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+def random_conv(
+    gen: torch.Generator, out_ch: int, in_ch: int, k: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
     """A random torch conv ((weight, bias)) and the matching Flax param dict {"kernel", "bias"}."""
     w, b = conv_weight(gen, out_ch, in_ch, k), randn(gen, out_ch, scale=0.1)
     return (w, b), {"kernel": torch_conv_to_flax(w), "bias": to_numpy(b)}

@@ -62,7 +62,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pieces = 10 if server.mode == "slow" else 1
         step = -(-len(body) // pieces)
         for i in range(0, len(body), step):
-            self.wfile.write(body[i: i + step])
+            self.wfile.write(body[i : i + step])
             self.wfile.flush()
             if server.mode == "slow":
                 time.sleep(server.slow_s / pieces)

@@ -14,14 +14,19 @@ import sys
 import jax
 import numpy as np
 import optax
+from finetune_helpers import FAST_COMPILE, TINY, tiny_batch
 from flax import traverse_util
 
 from beit_flax import DPT, training
 from beit_flax.params import init_params
 from beit_flax.sharding import (
-    maybe_initialize_distributed, place, replicated, shard_batch, state_shardings, train_mesh,
+    maybe_initialize_distributed,
+    place,
+    replicated,
+    shard_batch,
+    state_shardings,
+    train_mesh,
 )
-from finetune_helpers import FAST_COMPILE, TINY, tiny_batch
 
 GLOBAL_BATCH = 8
 SEEDS = (1, 2)  # one global batch per step
@@ -51,8 +56,13 @@ def main(out: str) -> None:
     params = jax.jit(lambda x: x, out_shardings=replicated(mesh))(state.params)
     if index == 0:
         flat = traverse_util.flatten_dict(params, sep="/")
-        np.savez(out, loss=np.asarray(metrics["loss"]), split=split, mesh=mesh.size,
-                 **{f"params/{k}": np.asarray(v) for k, v in flat.items()})
+        np.savez(
+            out,
+            loss=np.asarray(metrics["loss"]),
+            split=split,
+            mesh=mesh.size,
+            **{f"params/{k}": np.asarray(v) for k, v in flat.items()},
+        )
     print(f"process {index}: {split} param arrays split over {mesh.size} devices", flush=True)
 
 

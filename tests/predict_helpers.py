@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch_reference as ref
 from PIL import Image, ImageOps
 
-import torch_reference as ref
 from beit_flax import save
 from beit_flax.convert import open_checkpoint, torch_to_flax
 

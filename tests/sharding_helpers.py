@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tiny_config import TINY
 
 from beit_flax import save
 from beit_flax.params import init_params
-from tiny_config import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTIDEVICE_ENV = "BEIT_FLAX_MULTIDEVICE"  # set: tests/multidevice is collected (see its conftest.py)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_config import TINY
 
 from beit_flax.models.dpt.attention import (
     CHUNK_ABOVE_TOKENS,
@@ -20,7 +21,6 @@ from beit_flax.models.dpt.attention import (
     xla_attention,
 )
 from beit_flax.models.dpt.encoder import encoder
-from tiny_config import TINY
 
 
 @pytest.mark.parametrize("tokens", [7, 8])  # odd: padded to 8; even: as is
@@ -40,6 +40,7 @@ def test_cudnn_padding_changes_nothing(tokens):
 
     def plain(q, k, v, b):  # jax.nn.dot_product_attention as the reference of both layouts
         return jax.nn.dot_product_attention(q, k, v, bias=b[None], scale=8**-0.5, implementation="xla")
+
     np.testing.assert_allclose(padded(q, k, v, bias), plain(q, k, v, bias), rtol=1e-6, atol=1e-6)
     grads = [jax.grad(loss(fn), argnums=(0, 1, 2, 3))(q, k, v, bias) for fn in (padded, plain)]
     for ours, want in zip(*grads):
@@ -63,13 +64,15 @@ def test_xla_attention_is_jax_dot_product_attention(dtype):
     if dtype == "float32":
         loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))
         reference = lambda q, k, v, b: jax.nn.dot_product_attention(q, k, v, bias=b[None], scale=8**-0.5)
-        for ours_g, want_g in zip(jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias),
-                                  jax.grad(loss(reference), argnums=(0, 1, 2, 3))(q, k, v, bias)):
+        for ours_g, want_g in zip(
+            jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias),
+            jax.grad(loss(reference), argnums=(0, 1, 2, 3))(q, k, v, bias),
+        ):
             np.testing.assert_allclose(ours_g, want_g, rtol=1e-5, atol=1e-6)
 
 
 def test_auto_attention_picks_cudnn_for_16_bit_on_gpu_and_falls_back(monkeypatch):
-    """"auto" on a GPU tries cuDNN for 16-bit compute only, and when jax refuses it at trace time (an unsupported
+    """ "auto" on a GPU tries cuDNN for 16-bit compute only, and when jax refuses it at trace time (an unsupported
     GPU or cuDNN raises RuntimeError / NotImplementedError) runs the XLA path; an explicit "cudnn" lets the refusal
     through. The cuDNN call is a stand-in here (this machine has no GPU)."""
     import beit_flax.models.dpt.attention as attention_module
@@ -86,8 +89,9 @@ def test_auto_attention_picks_cudnn_for_16_bit_on_gpu_and_falls_back(monkeypatch
     bias = jnp.asarray(rng.standard_normal((2, 9, 9)), jnp.float32)
     for dtype in (jnp.bfloat16, jnp.float32):
         q, k, v = (jnp.asarray(rng.standard_normal((1, 9, 2, 8)), dtype) for _ in range(3))
-        np.testing.assert_array_equal(np.asarray(attend(q, k, v, bias, "auto"), np.float32),
-                                      np.asarray(xla_attention(q, k, v, bias), np.float32))
+        np.testing.assert_array_equal(
+            np.asarray(attend(q, k, v, bias, "auto"), np.float32), np.asarray(xla_attention(q, k, v, bias), np.float32)
+        )
     assert tried == [jnp.bfloat16]  # float32 never goes to cuDNN
     with pytest.raises(RuntimeError, match="cuDNN"):
         attend(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), bias, "cudnn")
@@ -130,8 +134,10 @@ def test_chunked_attention_equals_unchunked(tokens, chunk):
     np.testing.assert_allclose(ours, xla_attention(q, k, v, bias), rtol=1e-6, atol=1e-6)
     loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))
     chunked = lambda q, k, v, b: chunked_attention(q, k, v, dense_rows(b), chunk)
-    for ours_g, want_g in zip(jax.grad(loss(chunked), argnums=(0, 1, 2, 3))(q, k, v, bias),
-                              jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias)):
+    for ours_g, want_g in zip(
+        jax.grad(loss(chunked), argnums=(0, 1, 2, 3))(q, k, v, bias),
+        jax.grad(loss(xla_attention), argnums=(0, 1, 2, 3))(q, k, v, bias),
+    ):
         np.testing.assert_allclose(ours_g, want_g, rtol=1e-5, atol=1e-6)
 
 
@@ -143,7 +149,7 @@ def test_chunked_attention_in_bfloat16():
 
 
 def test_query_chunk_knob():
-    """"auto": none up to `CHUNK_ABOVE_TOKENS` (every released model at its native size), then chunks sized by
+    """ "auto": none up to `CHUNK_ABOVE_TOKENS` (every released model at its native size), then chunks sized by
     `CHUNK_BYTES` (at least 64 queries); an int: that many queries when N is larger; None: never."""
     assert query_chunk("auto", 577, 12) is None and query_chunk("auto", 1025, 16) is None  # B-384 @384, L-512 @512
     assert query_chunk("auto", CHUNK_ABOVE_TOKENS, 12) is None

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from finetune_helpers import TINY, flat, run, tiny_batch, tiny_state
 
 from beit_flax import DPT, training
-from finetune_helpers import TINY, flat, run, tiny_batch, tiny_state
 
 
 def test_resume_from_orbax_is_bit_identical(tmp_path):

@@ -44,8 +44,19 @@ def test_predict_folder_end_to_end(weights, tmp_path, capsys):
     (tmp_path / "more").mkdir()
     shutil.copy(images["portrait"][0], tmp_path / "more" / "landscape.png")  # clashes with in/landscape.jpg
     out = tmp_path / "out"
-    argv = ["predict", "--weights", str(weights), str(tmp_path / "in"), str(tmp_path / "more" / "*.png"),
-            str(tmp_path / "missing.jpg"), "--out", str(out), "--batch-size", BATCH, "-q"]
+    argv = [
+        "predict",
+        "--weights",
+        str(weights),
+        str(tmp_path / "in"),
+        str(tmp_path / "more" / "*.png"),
+        str(tmp_path / "missing.jpg"),
+        "--out",
+        str(out),
+        "--batch-size",
+        BATCH,
+        "-q",
+    ]
     assert main(argv) == 1  # three bad inputs; everything else written
 
     err = capsys.readouterr()
@@ -67,14 +78,46 @@ def test_predict_folder_end_to_end(weights, tmp_path, capsys):
 
 def test_grayscale16_and_colormap(weights, tmp_path, capsys):
     Image.fromarray(scene(61, 97)).save(tmp_path / "a.jpg")
-    assert main(["predict", "--weights", str(weights), str(tmp_path / "a.jpg"), "--out", str(tmp_path / "o"),
-                 "--batch-size", BATCH, "--grayscale16", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(weights),
+                str(tmp_path / "a.jpg"),
+                "--out",
+                str(tmp_path / "o"),
+                "--batch-size",
+                BATCH,
+                "--grayscale16",
+                "-q",
+            ]
+        )
+        == 0
+    )
     depth = np.load(tmp_path / "o" / "a.npy")
     with Image.open(tmp_path / "o" / "a.png") as png:
         assert png.mode == "I;16" and png.size == (97, 61)
         np.testing.assert_array_equal(np.asarray(png), to_png16(depth))
-    assert main(["predict", "--weights", str(weights), str(tmp_path / "a.jpg"), "--out", str(tmp_path / "p"),
-                 "--batch-size", BATCH, "--colormap", "turbo", "--no-png", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(weights),
+                str(tmp_path / "a.jpg"),
+                "--out",
+                str(tmp_path / "p"),
+                "--batch-size",
+                BATCH,
+                "--colormap",
+                "turbo",
+                "--no-png",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.npy"]
     assert "1 image in" in capsys.readouterr().out
 
@@ -82,12 +125,24 @@ def test_grayscale16_and_colormap(weights, tmp_path, capsys):
 def test_bad_arguments_and_weights(weights, tmp_path, capsys):
     Image.fromarray(scene(40, 40)).save(tmp_path / "a.png")
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--weights", str(weights), str(tmp_path / "a.png"), "--out", str(tmp_path),
-              "--batch-size", "0"])
+        main(
+            ["predict", "--weights", str(weights), str(tmp_path / "a.png"), "--out", str(tmp_path), "--batch-size", "0"]
+        )
     assert exit_info.value.code == 2 and "expected a positive integer, got 0" in capsys.readouterr().err
     (tmp_path / "bad.msgpack").write_bytes(b"\x00garbage")
-    assert main(["predict", "--weights", str(tmp_path / "bad.msgpack"), str(tmp_path / "a.png"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(tmp_path / "bad.msgpack"),
+                str(tmp_path / "a.png"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "cannot load weights" in capsys.readouterr().err
     assert main(["predict", "--weights", str(weights), str(tmp_path / "nothing*.jpg"), "--out", str(tmp_path)]) == 1
     assert "no file matches" in capsys.readouterr().err
@@ -97,8 +152,15 @@ def test_expand_inputs_and_output_stems(tmp_path):
     for name in ("b.jpg", "a.PNG", "c.txt", "sub/a.jpg", "sub/A.webp", "sub/a_1.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
-    paths, errors, skipped = expand_inputs([str(tmp_path), str(tmp_path / "b.jpg"), str(tmp_path / "sub" / "*"),
-                                            str(tmp_path / "c.txt"), str(tmp_path / "nope")])
+    paths, errors, skipped = expand_inputs(
+        [
+            str(tmp_path),
+            str(tmp_path / "b.jpg"),
+            str(tmp_path / "sub" / "*"),
+            str(tmp_path / "c.txt"),
+            str(tmp_path / "nope"),
+        ]
+    )
     rel = [p.relative_to(tmp_path).as_posix() for p in paths]
     assert rel == ["a.PNG", "b.jpg", "sub/A.webp", "sub/a.jpg", "sub/a_1.png", "c.txt"]  # b.jpg once; c.txt named
     assert [p.name for p in skipped] == ["c.txt"] and len(errors) == 1 and "nope" in errors[0]
@@ -112,9 +174,23 @@ def test_console_script_and_persistent_cache(weights, tmp_path):
         pytest.skip("console script not installed (pip install -e .)")
     Image.fromarray(scene(61, 97, 3)).save(tmp_path / "photo.png")
     env = {**os.environ, "BEIT_FLAX_CACHE_DIR": str(tmp_path / "cache")}
-    run = subprocess.run([str(script), "predict", "--weights", str(weights), str(tmp_path / "photo.png"), "--out",
-                          str(tmp_path / "out"), "--batch-size", BATCH], env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [
+            str(script),
+            "predict",
+            "--weights",
+            str(weights),
+            str(tmp_path / "photo.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--batch-size",
+            BATCH,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert "1 image in" in run.stdout
     depth = np.load(tmp_path / "out" / "photo.npy")
@@ -127,12 +203,26 @@ def test_video(weights, tmp_path, capsys):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
     frames = [scene(48, 96, seed) for seed in range(5)]  # network input 128 wide, 64 high
-    imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1,
-                     ffmpeg_log_level="error")
+    imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1, ffmpeg_log_level="error")
     for extra, width in (([], 96), (["--side-by-side"], 192)):
         out = tmp_path / f"out{width}.mp4"
-        assert main(["video", str(tmp_path / "in.mp4"), "--weights", str(weights), "--out", str(out),
-                     "--batch-size", BATCH, "-q", *extra]) == 0
+        assert (
+            main(
+                [
+                    "video",
+                    str(tmp_path / "in.mp4"),
+                    "--weights",
+                    str(weights),
+                    "--out",
+                    str(out),
+                    "--batch-size",
+                    BATCH,
+                    "-q",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         written = imageio.mimread(out, format="FFMPEG")
         assert len(written) == 5 and written[0].shape == (48, width, 3)
         assert not list(tmp_path.glob(".*"))  # the temp file was renamed
@@ -151,8 +241,11 @@ def _unconverted(kind: str, path: Path) -> Path:
         torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path / "model.pt")
         return path / "model.pt"
     if kind == "torch legacy pickle":
-        torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, path / "model.pth",
-                   _use_new_zipfile_serialization=False)
+        torch.save(
+            {k: torch.from_numpy(v) for k, v in tensors.items()},
+            path / "model.pth",
+            _use_new_zipfile_serialization=False,
+        )
         return path / "model.pth"
     if kind == "safetensors":
         save_file(tensors, str(path / "model.safetensors"))

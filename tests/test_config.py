@@ -92,10 +92,15 @@ def test_invalid_config_raises_clear_error(changes, message):
 
 # every field's bound (config.py), one past it
 OVER_THE_LIMIT = {
-    "width": bounds.MAX_WIDTH * 2, "depth": bounds.MAX_DEPTH + 1, "num_heads": bounds.MAX_HEADS + 1,
-    "patch_size": bounds.PATCH_SIZE + 1, "train_grid": (bounds.MAX_GRID + 1, 4),
-    "reassemble_channels": (8, 16, 32, bounds.MAX_CHANNELS + 1), "fusion_channels": bounds.MAX_CHANNELS + 1,
-    "head_channels": bounds.MAX_CHANNELS + 1, "net_size": bounds.MAX_NET_SIZE + 1,
+    "width": bounds.MAX_WIDTH * 2,
+    "depth": bounds.MAX_DEPTH + 1,
+    "num_heads": bounds.MAX_HEADS + 1,
+    "patch_size": bounds.PATCH_SIZE + 1,
+    "train_grid": (bounds.MAX_GRID + 1, 4),
+    "reassemble_channels": (8, 16, 32, bounds.MAX_CHANNELS + 1),
+    "fusion_channels": bounds.MAX_CHANNELS + 1,
+    "head_channels": bounds.MAX_CHANNELS + 1,
+    "net_size": bounds.MAX_NET_SIZE + 1,
 }
 
 
@@ -109,8 +114,17 @@ def test_every_size_has_a_bound(field):
 
 @pytest.mark.parametrize(
     "changes",
-    [dict(width=32.0), dict(depth="4"), dict(num_heads=True), dict(net_size=None), dict(train_grid=4),
-     dict(train_grid="ab"), dict(hooks=None), dict(reassemble_channels=[8, 16, 32, 32.5]), dict(patch_size=[16])],
+    [
+        dict(width=32.0),
+        dict(depth="4"),
+        dict(num_heads=True),
+        dict(net_size=None),
+        dict(train_grid=4),
+        dict(train_grid="ab"),
+        dict(hooks=None),
+        dict(reassemble_channels=[8, 16, 32, 32.5]),
+        dict(patch_size=[16]),
+    ],
 )
 def test_wrong_types_are_value_errors(changes):
     """What JSON / msgpack can hold in place of an int: one ValueError naming the field, never a TypeError."""
@@ -138,11 +152,17 @@ def test_from_dict_refuses_what_is_not_a_dict_of_fields():
 def test_bounds_fit_the_largest_weights_file():
     """MAX_WEIGHTS_BYTES (the largest weights file `load` reads) holds the largest model the bounds allow, and the
     largest config net size is the default pixel limit's side."""
-    largest = DPTConfig(width=bounds.MAX_WIDTH, depth=bounds.MAX_DEPTH, num_heads=bounds.MAX_HEADS,
-                        train_grid=(bounds.MAX_GRID,) * 2,
-                        hooks=default_hooks(bounds.MAX_DEPTH), reassemble_channels=(bounds.MAX_CHANNELS,) * 4,
-                        fusion_channels=bounds.MAX_CHANNELS, head_channels=bounds.MAX_CHANNELS,
-                        net_size=bounds.MAX_NET_SIZE)
+    largest = DPTConfig(
+        width=bounds.MAX_WIDTH,
+        depth=bounds.MAX_DEPTH,
+        num_heads=bounds.MAX_HEADS,
+        train_grid=(bounds.MAX_GRID,) * 2,
+        hooks=default_hooks(bounds.MAX_DEPTH),
+        reassemble_channels=(bounds.MAX_CHANNELS,) * 4,
+        fusion_channels=bounds.MAX_CHANNELS,
+        head_channels=bounds.MAX_CHANNELS,
+        net_size=bounds.MAX_NET_SIZE,
+    )
     shapes = param_shapes(largest)
     framing = 1024 * len(shapes)  # msgpack: key, ext header, shape and dtype per leaf
     assert 4 * sum(math.prod(s) for s in shapes.values()) + framing <= bounds.MAX_WEIGHTS_BYTES

@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch_reference as ref
 from flax import traverse_util
 from safetensors.torch import save_file
 
-import torch_reference as ref
 from beit_flax import DPT, PRESETS, load
 from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
-from beit_flax.convert.cli import EXIT_BAD_INPUT, main as convert_main
+from beit_flax.convert.cli import EXIT_BAD_INPUT
+from beit_flax.convert.cli import main as convert_main
 
 TOLERANCE = 1e-4
 
@@ -65,8 +66,13 @@ def test_all_layouts_give_identical_params(tiny_files):
     expected = convert(tiny_files / "hf")
     assert expected.layout == "hf-v4"
     flat_expected = traverse_util.flatten_dict(expected.params, sep="/")
-    for name, layout in [("v5.safetensors", "hf-v5"), ("v4.safetensors", "hf-v4"), ("v4.bin", "hf-v4"), ("midas.pt", "midas"),
-                         ("midas_wrapped.pt", "midas")]:
+    for name, layout in [
+        ("v5.safetensors", "hf-v5"),
+        ("v4.safetensors", "hf-v4"),
+        ("v4.bin", "hf-v4"),
+        ("midas.pt", "midas"),
+        ("midas_wrapped.pt", "midas"),
+    ]:
         got = convert(tiny_files / name)
         assert got.layout == layout
         # a bare file has no config.json: hooks come from the depth rule, which TINY follows
@@ -84,8 +90,10 @@ def test_midas_layout_drops_exactly_the_unused_tensors(tiny_files):
         f"pretrained.model.blocks.{i}.attn.relative_position_index" for i in range(ref.TINY["depth"])
     }
     assert {k for k in dropped if "relative_position_index" not in k} == {
-        "pretrained.model.fc_norm.weight", "pretrained.model.fc_norm.bias",
-        "pretrained.model.head.weight", "pretrained.model.head.bias",
+        "pretrained.model.fc_norm.weight",
+        "pretrained.model.fc_norm.bias",
+        "pretrained.model.head.weight",
+        "pretrained.model.head.bias",
         *(f"scratch.refinenet4.resConfUnit1.conv{c}.{leaf}" for c in (1, 2) for leaf in ("weight", "bias")),
     }
 
@@ -158,11 +166,11 @@ def test_unknown_and_missing_keys_are_listed(tiny, tmp_path):
     midas = ref.to_midas_layout(sd_v5, ref.TINY)
     extra = dict(midas, **{"pretrained.model.surprise.weight": torch.ones(3)})
     torch.save(extra, tmp_path / "extra.pt")
-    with pytest.raises(ConversionError, match="unexpected keys: pretrained.model.surprise.weight"):
+    with pytest.raises(ConversionError, match=r"unexpected keys: pretrained\.model\.surprise\.weight"):
         convert(tmp_path / "extra.pt")
     missing = {k: v for k, v in midas.items() if k != "scratch.refinenet2.out_conv.bias"}
     torch.save(missing, tmp_path / "missing.pt")
-    with pytest.raises(ConversionError, match="missing.*fusion_2/out_conv/bias"):
+    with pytest.raises(ConversionError, match=r"missing.*fusion_2/out_conv/bias"):
         convert(tmp_path / "missing.pt")
 
 

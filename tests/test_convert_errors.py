@@ -66,13 +66,21 @@ def _bad_files(tmp_path, midas_sd):
         "not_a_state_dict.pt": _torch_bytes([1, 2, 3]),
         "nan.pt": _torch_bytes(nan_sd),
         "wrong_shape.pt": _torch_bytes(wrong_shape),
-        "vit.pt": _torch_bytes({"pretrained.model.pos_embed": torch.ones(1, 577, 32),
-                                "pretrained.model.blocks.0.attn.qkv.weight": torch.ones(96, 32)}),
+        "vit.pt": _torch_bytes(
+            {
+                "pretrained.model.pos_embed": torch.ones(1, 577, 32),
+                "pretrained.model.blocks.0.attn.qkv.weight": torch.ones(96, 32),
+            }
+        ),
         "swin.pt": _torch_bytes(
             {"pretrained.model.layers.0.blocks.0.attn.relative_position_bias_table": torch.ones(4, 2)}
         ),
-        "hybrid.pt": _torch_bytes({"pretrained.model.patch_embed.backbone.stem.conv.weight": torch.ones(4, 3, 7, 7),
-                                   "pretrained.model.pos_embed": torch.ones(1, 577, 32)}),
+        "hybrid.pt": _torch_bytes(
+            {
+                "pretrained.model.patch_embed.backbone.stem.conv.weight": torch.ones(4, 3, 7, 7),
+                "pretrained.model.pos_embed": torch.ones(1, 577, 32),
+            }
+        ),
         "levit.pt": _torch_bytes({"pretrained.model.stages.0.blocks.0.attn.attention_biases": torch.ones(4, 16)}),
         "nextvit.pt": _torch_bytes({"pretrained.model.stem.0.conv.weight": torch.ones(4, 3, 3, 3)}),
         "midas_v21.pt": _torch_bytes({"pretrained.layer1.0.weight": torch.ones(4, 3, 3, 3)}),

@@ -9,7 +9,6 @@ from PIL import Image
 
 from beit_flax.training import data
 
-
 # --- generated scenes --------------------------------------------------------------------------------------------
 
 
@@ -71,7 +70,7 @@ def folder(tmp_path):
         (tmp_path / name).mkdir()
     depth_m = {"a": rng.uniform(1, 5, (32, 32)), "b": rng.uniform(1, 5, (48, 64)), "c": rng.uniform(1, 5, (32, 32))}
     for name, d in depth_m.items():
-        Image.fromarray(rng.integers(0, 256, d.shape + (3,), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
+        Image.fromarray(rng.integers(0, 256, (*d.shape, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
     mm = (depth_m["a"] * 1000).astype(np.uint16)
     mm[:4, :4] = 0  # no measurement
     Image.fromarray(mm).save(tmp_path / "depth" / "a.png")

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_config import TINY as CFG
 
 from beit_flax.models.dpt.dpt import DPT
 from beit_flax.params import init_params
-from tiny_config import TINY as CFG
-
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,6 @@ import jax
 import pytest
 import torch
 import torch.nn.functional as F
-
-from beit_flax.models.dpt.config import DPTConfig
-from beit_flax.models.dpt.encoder import Block, encoder, segments
 from flax_helpers import (
     assert_close,
     assert_params_match_module,
@@ -25,6 +22,8 @@ from flax_helpers import (
 )
 from tiny_config import TINY as CFG
 
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.encoder import Block, encoder, segments
 
 
 def _torch_block_weights(gen: torch.Generator, cfg: DPTConfig) -> dict[str, torch.Tensor]:

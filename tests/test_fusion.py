@@ -10,16 +10,16 @@ import jax
 import pytest
 import torch
 import torch.nn.functional as F
-
-from beit_flax.models.dpt.fusion import FeatureFusionBlock, ResidualConvUnit
 from flax_helpers import (
     assert_close,
     assert_params_match_module,
     nchw_to_nhwc,
-    random_conv,
     randn,
+    random_conv,
 )
 from tiny_config import TINY as CFG
+
+from beit_flax.models.dpt.fusion import FeatureFusionBlock, ResidualConvUnit
 
 F_CH = CFG.fusion_channels
 

@@ -11,15 +11,17 @@ import struct
 
 import pytest
 import torch
+import torch_reference as ref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-import torch_reference as ref
-from beit_flax.convert.cli import EXIT_BAD_INPUT, main as convert_main
+from beit_flax.convert.cli import EXIT_BAD_INPUT
+from beit_flax.convert.cli import main as convert_main
 
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")

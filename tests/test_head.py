@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from beit_flax.models.dpt.head import DepthHead
 from flax_helpers import assert_close, assert_params_match_module, nchw_to_nhwc, randn, random_conv, to_numpy
 from tiny_config import TINY as CFG
+
+from beit_flax.models.dpt.head import DepthHead
 
 F_CH = CFG.fusion_channels
 

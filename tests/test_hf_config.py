@@ -28,7 +28,9 @@ def test_dict_is_the_config_transformers_builds(name):
     backbone = read.backbone_config
     assert backbone.out_indices == [h + 1 for h in config.hooks]  # index 0 is the embedding output
     assert list(backbone.image_size) == [16 * g for g in config.train_grid]
-    assert backbone.layer_norm_eps == config.layer_norm_eps and read.neck_hidden_sizes == list(config.reassemble_channels)
+    assert backbone.layer_norm_eps == config.layer_norm_eps and read.neck_hidden_sizes == list(
+        config.reassemble_channels
+    )
 
 
 def test_imports_stay_light():
@@ -37,7 +39,8 @@ def test_imports_stay_light():
         "import sys\n"
         "import beit_flax\n"
         "assert 'torch' not in sys.modules, 'beit_flax imported torch'\n"
-        "import beit_flax.convert, beit_flax.convert.cli, beit_flax.convert.flax_to_torch, beit_flax.convert.hf_config\n"
+        "import beit_flax.convert, beit_flax.convert.cli, beit_flax.convert.flax_to_torch\n"
+        "import beit_flax.convert.hf_config\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'transformers' or m.startswith('beit_flax.demo'))\n"
         "assert not bad, bad\n"
     )

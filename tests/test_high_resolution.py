@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 import torch_reference as ref
+
 from beit_flax import DPT
 from beit_flax.convert import open_checkpoint, torch_to_flax
 from beit_flax.models.dpt.attention import query_chunk

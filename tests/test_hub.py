@@ -188,8 +188,13 @@ def test_two_processes_resolving_one_name(env, server):
     and finds the entry; one GET, the same file, both load it."""
     server.mode = "slow"
     code = "import sys, beit_flax; p = beit_flax.hub.resolve(sys.argv[1]); beit_flax.load(p); print(p)"
-    run = lambda: subprocess.Popen([sys.executable, "-c", code, NAME], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, env=os.environ.copy())
+    run = lambda: subprocess.Popen(
+        [sys.executable, "-c", code, NAME],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     procs = [run(), run()]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
@@ -204,10 +209,23 @@ def test_cli_end_to_end_cold_vs_warm(env, hf_folder, tmp_path, capsys):
 
     hub_cache(tmp_path / "hf" / "hub", REPO, hf_folder)
     Image.fromarray(scene(48, 64)).save(tmp_path / "photo.png")
-    environ = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
-               "BEIT_FLAX_CACHE_DIR": str(tmp_path / "jax")}
-    argv = [sys.executable, "-m", "beit_flax.cli", "predict", "--weights", REPO, str(tmp_path / "photo.png"),
-            "--out", str(tmp_path / "out")]
+    environ = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "BEIT_FLAX_CACHE_DIR": str(tmp_path / "jax"),
+    }
+    argv = [
+        sys.executable,
+        "-m",
+        "beit_flax.cli",
+        "predict",
+        "--weights",
+        REPO,
+        str(tmp_path / "photo.png"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     seconds = []
     for _ in range(2):
         (tmp_path / "out" / "photo.npy").unlink(missing_ok=True)
@@ -217,8 +235,10 @@ def test_cli_end_to_end_cold_vs_warm(env, hf_folder, tmp_path, capsys):
         assert done.returncode == 0 and (tmp_path / "out" / "photo.npy").is_file(), done.stderr
         seconds.append("converted" in done.stderr)
     with capsys.disabled():  # the measurement the issue asks for: shown with -s
-        print(f"\nseconds to the first depth map: cold {seconds[0]:.1f} (converted: {seconds[1]}), "
-              f"warm {seconds[2]:.1f} (converted: {seconds[3]})")
+        print(
+            f"\nseconds to the first depth map: cold {seconds[0]:.1f} (converted: {seconds[1]}), "
+            f"warm {seconds[2]:.1f} (converted: {seconds[3]})"
+        )
     assert seconds[1] and not seconds[3]
     assert main(["cache", "list"]) == 0 and REPO in capsys.readouterr().out
     assert main(["cache", "clear"]) == 0 and "removed 1 converted model" in capsys.readouterr().out

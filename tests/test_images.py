@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from predict_helpers import scene, write_images
 
 from beit_flax.images import ImageError, colorize, colormap_lut, depth_range, read_image, to_png16
-from predict_helpers import scene, write_images
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,12 @@ def test_read_image_refuses_bad_files(tmp_path):
     Image.fromarray(scene(40, 60)).save(tmp_path / "cut.jpg")
     (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:300])
     Image.new("L", (3000, 2000)).save(tmp_path / "big.png")
-    cases = {"empty.jpg": "empty file", "text.png": "not an image", "cut.jpg": "cannot read",
-             "missing.jpg": "cannot read"}
+    cases = {
+        "empty.jpg": "empty file",
+        "text.png": "not an image",
+        "cut.jpg": "cannot read",
+        "missing.jpg": "cannot read",
+    }
     for name, message in cases.items():
         with pytest.raises(ImageError, match=message):
             read_image(tmp_path / name)

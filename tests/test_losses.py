@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torch_reference as ref
+from finetune_helpers import TINY, fast_jit, loss_and_grad, tiny_batch
 from flax import traverse_util
+from flax_helpers import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import torch_reference as ref
 from beit_flax.convert import open_checkpoint, torch_to_flax
 from beit_flax.training import losses
-from finetune_helpers import TINY, fast_jit, loss_and_grad, tiny_batch
-from flax_helpers import assert_close
 
 TOL = 1e-4
 
@@ -81,9 +81,7 @@ _ssi_and_grad = fast_jit(jax.value_and_grad(losses.ssi_loss, has_aux=True))
 
 def test_loss_and_prediction_gradient_match_torch():
     pred, target, mask = loss_inputs(0)
-    (total, parts), grad = _ssi_and_grad(
-        jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask)
-    )
+    (total, parts), grad = _ssi_and_grad(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask))
     pred_t = torch.tensor(pred, dtype=torch.float64, requires_grad=True)
     clean = torch.tensor(np.where(mask, target, 0.0), dtype=torch.float64)  # torch: NaN-free input by hand
     total_t, data_t, gradient_t = torch_midas_loss(pred_t, clean, torch.tensor(mask, dtype=torch.float64))
@@ -111,7 +109,7 @@ def test_singular_and_empty_inputs_give_zero_alignment_and_finite_gradients():
     scale, shift = losses.align_scale_shift(constant, target, mask)
     assert np.all(np.asarray(scale) == 0) and np.all(np.asarray(shift) == 0)
     for pred, m in [(constant, mask), (np.random.default_rng(0).random(target.shape), np.zeros_like(mask))]:
-        (total, parts), grad = _ssi_and_grad(jnp.asarray(pred, jnp.float32), jnp.asarray(target), jnp.asarray(m))
+        (total, _parts), grad = _ssi_and_grad(jnp.asarray(pred, jnp.float32), jnp.asarray(target), jnp.asarray(m))
         assert np.isfinite(float(total)) and np.all(np.isfinite(np.asarray(grad)))
     assert float(total) == 0 and np.all(np.asarray(grad) == 0)  # nothing valid: nothing to learn
 
@@ -179,7 +177,8 @@ PARAMS_TO_COMPARE = {
     "encoder/block_1/mlp/fc1/kernel": ("pretrained.model.blocks.1.mlp.fc1.weight", lambda g: g.T),
     "encoder/block_2/attn/key/kernel": ("pretrained.model.blocks.2.attn.qkv.weight", lambda g: g[32:64].T),
     "encoder/block_0/attn/relative_position/table": (
-        "pretrained.model.blocks.0.attn.relative_position_bias_table", lambda g: g,
+        "pretrained.model.blocks.0.attn.relative_position_bias_table",
+        lambda g: g,
     ),
     "patch_embed/proj/kernel": ("pretrained.model.patch_embed.proj.weight", lambda g: g.transpose(2, 3, 1, 0)),
 }

@@ -9,11 +9,11 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx, traverse_util
+from tiny_config import TINY as CFG
 
 import beit_flax
 import beit_flax.nnx as bnnx
 from beit_flax.params import init_params
-from tiny_config import TINY as CFG
 
 LR = 0.5  # large enough that one step visibly moves every parameter that has a gradient
 

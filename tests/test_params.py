@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flax import traverse_util
+from tiny_config import TINY
 
 from beit_flax.params import check_params, init_params, param_shapes
-from tiny_config import TINY
 
 
 def flat(params) -> dict[str, np.ndarray]:
@@ -45,6 +45,10 @@ def test_check_params_lists_every_problem():
         check_params(TINY, params, source="somewhere.msgpack")
     message = str(info.value)
     assert message.startswith("somewhere.msgpack: parameters do not match the config")
-    for needle in ("head/conv3/kernel has shape (1, 1, 8, 2), config needs (1, 1, 8, 1)",
-                   "missing fusion_1/out_conv/bias", "unexpected extra/w (2,)", "head/conv1/bias has dtype int32"):
+    for needle in (
+        "head/conv3/kernel has shape (1, 1, 8, 2), config needs (1, 1, 8, 1)",
+        "missing fusion_1/out_conv/bias",
+        "unexpected extra/w (2,)",
+        "head/conv1/bias has dtype int32",
+    ):
         assert needle in message

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import torch
 import torch.nn.functional as F
-
-from beit_flax.models.dpt.patch_embed import PatchEmbed
 from flax_helpers import assert_close, assert_params_match_module, nchw_to_nhwc, randn, to_numpy, torch_conv_to_flax
 from tiny_config import TINY as CFG
+
+from beit_flax.models.dpt.patch_embed import PatchEmbed
 
 
 def test_patch_embed():

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 import pytest
+from predict_helpers import TINY_NET, scene, tiny_files, torch_run_py, write_images
 
 import beit_flax
 from beit_flax import pipeline
 from beit_flax.images import read_image
 from beit_flax.pipeline import Batcher, batch_plan, ordered_map
-from predict_helpers import TINY_NET, scene, tiny_files, torch_run_py, write_images
 
 BATCH = 2  # every test uses it, so each input shape compiles once for the whole session
 TOLERANCE = 1e-3  # max|ours - torch| / max|torch|; we measure ~1e-6 (float32 vs float64 resizing, XLA vs torch)
@@ -63,7 +63,6 @@ def test_predict_matches_opencv_run_py(tiny, images):
     cv2 = pytest.importorskip("cv2")
     import torch
     import torch.nn.functional as F
-
     import torch_reference as ref
     from predict_helpers import midas_size
 
@@ -77,8 +76,11 @@ def test_predict_matches_opencv_run_py(tiny, images):
         x = torch.from_numpy(((x - 0.5) / 0.5).transpose(2, 0, 1).astype(np.float32))[None]
         network_output = ref.midas_forward(sd_midas, ref.TINY, x)
         ref.assert_nondegenerate(network_output)
-        expected = F.interpolate(network_output.unsqueeze(1), size=size, mode="bicubic",
-                                 align_corners=False).numpy().reshape(size)
+        expected = (
+            F.interpolate(network_output.unsqueeze(1), size=size, mode="bicubic", align_corners=False)
+            .numpy()
+            .reshape(size)
+        )
         depth = beit_flax.predict(model, params, [read_image(path)], batch_size=BATCH)[0]
         err = float(np.abs(depth - expected).max() / max(np.abs(expected).max(), 0.1))
         print(f"[run.py cv2] {name} {size}: rel err {err:.2e}")

@@ -1,4 +1,4 @@
-"""`beit_flax.models.dpt.reassemble.Reassemble` vs MiDaS's `act_postprocess{k}` + `scratch.layer{k}_rn` built from torch modules.
+"""`Reassemble` (models/dpt/reassemble.py) vs MiDaS's `act_postprocess{k}` + `scratch.layer{k}_rn` as torch modules.
 
 Params are made from the torch tensors with the converter's layout transforms (`flax_helpers.py`): Conv2d and
 ConvTranspose2d weights -> `w.transpose(2, 3, 1, 0)`, Linear -> `w.T`. The resample layers are checked in isolation
@@ -12,10 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from beit_flax.models.dpt.config import DPTConfig
-from beit_flax.models.dpt.reassemble import Reassemble
 from flax_helpers import (
     assert_close,
     assert_params_match_module,
@@ -26,7 +22,10 @@ from flax_helpers import (
     torch_linear_to_flax,
 )
 from tiny_config import TINY as CFG
+from torch import nn
 
+from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.reassemble import Reassemble
 
 
 class TorchReassemble(nn.Module):

@@ -1,4 +1,4 @@
-"""`beit_flax.models.dpt.relative_position` vs direct torch versions of timm's `gen_relative_position_index` and MiDaS v3.1's
+"""models/dpt/relative_position.py vs direct torch versions of timm's `gen_relative_position_index` and MiDaS v3.1's
 `_get_rel_pos_bias` (both in `flax_helpers.py`), on square and non-square grids.
 
 The training grid is square here, as in every released model (for a non-square training grid MiDaS reshapes the old
@@ -11,6 +11,13 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax_helpers import (
+    assert_close,
+    to_numpy,
+    torch_relative_position_bias,
+    torch_relative_position_index,
+    torch_resize_table,
+)
 
 from beit_flax.models.dpt.relative_position import (
     RelativePositionBias,
@@ -19,13 +26,6 @@ from beit_flax.models.dpt.relative_position import (
     relative_position_index,
     resize_table,
     table_rows,
-)
-from flax_helpers import (
-    assert_close,
-    to_numpy,
-    torch_relative_position_bias,
-    torch_relative_position_index,
-    torch_resize_table,
 )
 
 HEADS = 3

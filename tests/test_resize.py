@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from flax_helpers import assert_close, nchw_to_nhwc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from beit_flax.models.dpt.resize import interpolation_matrix, resize_bilinear, resize_bilinear_dense
-from flax_helpers import assert_close, nchw_to_nhwc
 
 # Every new shape costs an XLA compile, so the end-to-end property test keeps few examples; the cheap numpy check of
 # the sampling rule itself runs more.

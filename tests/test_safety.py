@@ -64,13 +64,21 @@ def originals() -> dict[str, bytes]:
     assert export_main([str(weights), str(folder / "hub"), "--format", "hf"]) == 0
     buffer = io.BytesIO()
     Image.fromarray(scene(40, 56)).save(buffer, format="PNG")
-    imageio.mimwrite(folder / "clip.mp4", [scene(32, 48, seed) for seed in range(5)], format="FFMPEG", fps=10,
-                     macro_block_size=1, ffmpeg_log_level="error")
+    imageio.mimwrite(
+        folder / "clip.mp4",
+        [scene(32, 48, seed) for seed in range(5)],
+        format="FFMPEG",
+        fps=10,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+    )
     made = {
-        "w.msgpack": weights.read_bytes(), "ckpt.pt": (weights.parent / "midas.pt").read_bytes(),
+        "w.msgpack": weights.read_bytes(),
+        "ckpt.pt": (weights.parent / "midas.pt").read_bytes(),
         "hub/model.safetensors": (folder / "hub" / "model.safetensors").read_bytes(),
         "hub/config.json": (folder / "hub" / "config.json").read_bytes(),
-        "photo.png": buffer.getvalue(), "clip.mp4": (folder / "clip.mp4").read_bytes(),
+        "photo.png": buffer.getvalue(),
+        "clip.mp4": (folder / "clip.mp4").read_bytes(),
     }
     shutil.rmtree(folder)
     return made
@@ -128,8 +136,15 @@ WRITERS = {
 
 
 def _argv(ws: Path, argv: tuple, out: Path) -> tuple:
-    places = {"OUT": out, "HF": ws / "hf", "OUTDIR": ws / "out", "CKPT": ws / "ckpt.pt", "W": ws / "w.msgpack",
-              "PHOTO": ws / "photo.png", "CLIP": ws / "clip.mp4"}
+    places = {
+        "OUT": out,
+        "HF": ws / "hf",
+        "OUTDIR": ws / "out",
+        "CKPT": ws / "ckpt.pt",
+        "W": ws / "w.msgpack",
+        "PHOTO": ws / "photo.png",
+        "CLIP": ws / "clip.mp4",
+    }
     return tuple(places.get(a, a) for a in argv)
 
 
@@ -142,8 +157,14 @@ def test_outputs_that_are_not_regular_files_are_never_replaced(ws, capsys, write
     node = ws / node_name
     node.parent.mkdir(exist_ok=True)
     make_node(node, kind, target=ws / "victim")
-    refused(ws, capsys, *_argv(ws, argv, node), code=EXIT[argv[0]]["output"], names=(node,),
-            says="not a regular file; it is never replaced")
+    refused(
+        ws,
+        capsys,
+        *_argv(ws, argv, node),
+        code=EXIT[argv[0]]["output"],
+        names=(node,),
+        says="not a regular file; it is never replaced",
+    )
 
 
 # --- 2. and 3. outputs that are inputs ------------------------------------------------------------------------------
@@ -164,8 +185,14 @@ def test_an_output_that_is_an_input_is_refused(ws, capsys):
         (depth("video", ws / "clip.mp4", "--weights", ws / "w.msgpack", "--out", ws / "clip.mp4"), ws / "clip.mp4"),
     ]
     for argv, source in cases:
-        refused(ws, capsys, *argv, code=EXIT[argv[0]]["output"], names=(f"is the input {source}",),
-                says="writing it would destroy the input")
+        refused(
+            ws,
+            capsys,
+            *argv,
+            code=EXIT[argv[0]]["output"],
+            names=(f"is the input {source}",),
+            says="writing it would destroy the input",
+        )
 
 
 def test_predict_never_writes_over_its_inputs(ws, capsys):
@@ -176,9 +203,14 @@ def test_predict_never_writes_over_its_inputs(ws, capsys):
     pics.mkdir()
     shutil.copy(ws / "photo.png", pics / "photo.png")
     shutil.copy(ws / "photo.png", pics / "other.png")
-    refused(ws, capsys, *depth("predict", "--weights", ws / "w.msgpack", pics, "--out", pics), code=2,
-            names=(f"cannot write {pics / 'other.png'}: is the input {pics / 'other.png'}",),
-            says="writing it would destroy the input (choose another --out folder)")
+    refused(
+        ws,
+        capsys,
+        *depth("predict", "--weights", ws / "w.msgpack", pics, "--out", pics),
+        code=2,
+        names=(f"cannot write {pics / 'other.png'}: is the input {pics / 'other.png'}",),
+        says="writing it would destroy the input (choose another --out folder)",
+    )
     Image.open(pics / "photo.png").convert("RGB").save(pics / "photo.jpg")
     clash = depth("predict", "--weights", ws / "w.msgpack", pics / "photo.jpg", pics / "photo.png", "--out", pics)
     refused(ws, capsys, *clash, code=2, names=(f"is the input {pics / 'photo.png'}",))
@@ -233,10 +265,22 @@ def _weights_with(ws: Path, name: str, mutate) -> Path:
 
 def _every_weights_reader(ws: Path, capsys, weights: Path, says: str) -> None:
     """predict, video and export_weights refuse `weights` with exit 2, naming it, before any work."""
-    refused(ws, capsys, *depth("predict", "--weights", weights, ws / "photo.png", "--out", ws / "o"), code=2,
-            names=(weights,), says=says)
-    refused(ws, capsys, *depth("video", ws / "clip.mp4", "--weights", weights, "--out", ws / "o.mp4"), code=2,
-            names=(weights,), says=says)
+    refused(
+        ws,
+        capsys,
+        *depth("predict", "--weights", weights, ws / "photo.png", "--out", ws / "o"),
+        code=2,
+        names=(weights,),
+        says=says,
+    )
+    refused(
+        ws,
+        capsys,
+        *depth("video", ws / "clip.mp4", "--weights", weights, "--out", ws / "o.mp4"),
+        code=2,
+        names=(weights,),
+        says=says,
+    )
     refused(ws, capsys, "export", weights, ws / "o.pt", code=2, names=(weights,), says=says)
 
 
@@ -250,8 +294,16 @@ def test_small_files_describing_huge_models_fail_before_tracing(ws, capsys):
     traced = params_module._param_shapes.cache_info().misses
     _every_weights_reader(ws, capsys, huge, "depth 100000 is over the limit of 64")
     _every_weights_reader(ws, capsys, deep, "the tree has blocks 0..3 (4), the config's depth is 60")
-    refused(ws, capsys, "convert", ws / "tables.pt", ws / "out.msgpack", code=2, names=(ws / "tables.pt",),
-            says="depth 2000 is over the limit of 64")
+    refused(
+        ws,
+        capsys,
+        "convert",
+        ws / "tables.pt",
+        ws / "out.msgpack",
+        code=2,
+        names=(ws / "tables.pt",),
+        says="depth 2000 is over the limit of 64",
+    )
     assert params_module._param_shapes.cache_info().misses == traced
 
 
@@ -263,17 +315,42 @@ def test_network_input_is_bounded_by_max_pixels(ws, capsys):
     whose network input (not the image) is over it: refused up front (the panorama: that image, exit 1)."""
     huge = _weights_with(ws, "net.msgpack", lambda p: p["config"].update(net_size=10**9))
     _every_weights_reader(ws, capsys, huge, "net_size 1000000000 is over the limit of 8192")
-    for argv in (depth("predict", "--weights", ws / "w.msgpack", ws / "photo.png", "--out", ws / "o"),
-                 depth("video", ws / "clip.mp4", "--weights", ws / "w.msgpack", "--out", ws / "o.mp4")):
-        refused(ws, capsys, *argv, "--size", "1000000000", code=2, names=("--size 1000000000",),
-                says="over the limit of 67.1 MP (raise it with --max-pixels)")
-        refused(ws, capsys, *argv, "--max-pixels", "4000", code=2, names=(ws / "w.msgpack",),
-                says="64x64 network input is over the limit of 0.004 MP")
+    for argv in (
+        depth("predict", "--weights", ws / "w.msgpack", ws / "photo.png", "--out", ws / "o"),
+        depth("video", ws / "clip.mp4", "--weights", ws / "w.msgpack", "--out", ws / "o.mp4"),
+    ):
+        refused(
+            ws,
+            capsys,
+            *argv,
+            "--size",
+            "1000000000",
+            code=2,
+            names=("--size 1000000000",),
+            says="over the limit of 67.1 MP (raise it with --max-pixels)",
+        )
+        refused(
+            ws,
+            capsys,
+            *argv,
+            "--max-pixels",
+            "4000",
+            code=2,
+            names=(ws / "w.msgpack",),
+            says="64x64 network input is over the limit of 0.004 MP",
+        )
     Image.fromarray(scene(60, 6000)).save(ws / "panorama.png")  # 0.36 MP; network input at net 64: 64 x 6400
     (ws / "o").mkdir()
-    refused(ws, capsys, *depth("predict", "--weights", ws / "w.msgpack", ws / "panorama.png", "--out", ws / "o",
-                               "--max-pixels", "400000"), code=1, names=(ws / "panorama.png",),
-            says="network input 6400x64 = 0.41 MP is over the limit of 0.4 MP")
+    refused(
+        ws,
+        capsys,
+        *depth(
+            "predict", "--weights", ws / "w.msgpack", ws / "panorama.png", "--out", ws / "o", "--max-pixels", "400000"
+        ),
+        code=1,
+        names=(ws / "panorama.png",),
+        says="network input 6400x64 = 0.41 MP is over the limit of 0.4 MP",
+    )
 
 
 # --- 7. inputs that are not regular files, or too large ------------------------------------------------------------
@@ -305,8 +382,16 @@ def test_inputs_that_are_not_regular_files_are_refused_unread(ws, capsys, kind):
 
 def test_export_of_a_missing_or_folder_input_is_a_bad_input(ws, capsys):
     """export_weights said "cannot write OUT.pt" (exit 3) for a missing or folder input: it is a bad input (2)."""
-    refused(ws, capsys, "export", ws / "missing.msgpack", ws / "o.pt", code=2, names=(ws / "missing.msgpack",),
-            says="no such file")
+    refused(
+        ws,
+        capsys,
+        "export",
+        ws / "missing.msgpack",
+        ws / "o.pt",
+        code=2,
+        names=(ws / "missing.msgpack",),
+        says="no such file",
+    )
     refused(ws, capsys, "export", ws / "hub", ws / "o.pt", code=2, names=(ws / "hub",), says="a folder")
 
 
@@ -315,8 +400,9 @@ def test_an_image_that_is_not_a_regular_file_is_reported_and_skipped(ws, capsys,
     """An image input that is a FIFO (would block), a device or a socket: one line, the other image done (exit 1)."""
     node = make_node(ws / f"{kind}.png", kind)
     with fifo_watchdog(node):
-        code, lines = run(capsys, *depth("predict", "--weights", ws / "w.msgpack", node, ws / "photo.png", "--out",
-                                         ws / "o"))
+        code, lines = run(
+            capsys, *depth("predict", "--weights", ws / "w.msgpack", node, ws / "photo.png", "--out", ws / "o")
+        )
     assert code == 1 and lines == [f"beit-depth: error: {node}: {_KIND_TEXT[kind]}, not a regular file"], lines
     assert sorted(p.name for p in (ws / "o").iterdir()) == ["photo.npy", "photo.png"]
 
@@ -363,12 +449,28 @@ def test_only_float_tensors_convert(ws, capsys):
         sd = _midas_sd()
         sd[key] = sd[key].to(dtype)
         torch.save(sd, ws / "typed.pt")
-        refused(ws, capsys, "convert", ws / "typed.pt", ws / "out.msgpack", code=2, names=(ws / "typed.pt", key),
-                says=f"is a {str(dtype).removeprefix('torch.')} tensor")
+        refused(
+            ws,
+            capsys,
+            "convert",
+            ws / "typed.pt",
+            ws / "out.msgpack",
+            code=2,
+            names=(ws / "typed.pt", key),
+            says=f"is a {str(dtype).removeprefix('torch.')} tensor",
+        )
         if dtype is not torch.complex64:  # not a safetensors dtype
             save_file({k: v.contiguous() for k, v in sd.items()}, ws / "typed.safetensors")
-            refused(ws, capsys, "convert", ws / "typed.safetensors", ws / "out.msgpack", code=2,
-                    names=(ws / "typed.safetensors", key), says=f"is a {str(dtype).removeprefix('torch.')} tensor")
+            refused(
+                ws,
+                capsys,
+                "convert",
+                ws / "typed.safetensors",
+                ws / "out.msgpack",
+                code=2,
+                names=(ws / "typed.safetensors", key),
+                says=f"is a {str(dtype).removeprefix('torch.')} tensor",
+            )
     for dtype in (torch.float16, torch.bfloat16):
         torch.save({k: v.to(dtype) if v.is_floating_point() else v for k, v in _midas_sd().items()}, ws / "half.pt")
         assert run(capsys, "convert", ws / "half.pt", ws / "half.msgpack")[0] == 0
@@ -390,8 +492,16 @@ def test_config_values_are_validated_when_read(ws, capsys, eps):
     _every_weights_reader(ws, capsys, weights, "layer_norm_eps must be a number in (0, 0.001]")
 
 
-LEAVES = {"float": 3.0, "str": "x", "None": None, "bool": True, "list": [0.0] * 8, "int array": np.zeros(8, np.int32),
-          "complex array": np.zeros(8, np.complex64), "empty dict": {}}
+LEAVES = {
+    "float": 3.0,
+    "str": "x",
+    "None": None,
+    "bool": True,
+    "list": [0.0] * 8,
+    "int array": np.zeros(8, np.int32),
+    "complex array": np.zeros(8, np.complex64),
+    "empty dict": {},
+}
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
@@ -424,12 +534,28 @@ def test_interrupts_leave_no_temp_file_and_one_line(ws):
     jobs = {
         ("convert", signal.SIGINT): ["convert", ws / "ckpt.pt", ws / "out.msgpack"],
         ("convert", signal.SIGTERM): ["convert", ws / "ckpt.pt", ws / "out.msgpack"],
-        ("video", signal.SIGTERM): ["depth", "video", ws / "clip.mp4", "--weights", ws / "w.msgpack", "--out",
-                                    ws / "out.mp4", "-q"],
+        ("video", signal.SIGTERM): [
+            "depth",
+            "video",
+            ws / "clip.mp4",
+            "--weights",
+            ws / "w.msgpack",
+            "--out",
+            ws / "out.mp4",
+            "-q",
+        ],
     }
     before = snapshot(ws)
-    procs = {job: subprocess.Popen([sys.executable, "-c", SLOW_RENAME, *map(str, argv)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env) for job, argv in jobs.items()}
+    procs = {
+        job: subprocess.Popen(
+            [sys.executable, "-c", SLOW_RENAME, *map(str, argv)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for job, argv in jobs.items()
+    }
     try:
         for (_, signum), proc in procs.items():
             line = proc.stdout.readline()  # the temp file is written and complete
@@ -452,8 +578,8 @@ def test_interrupts_leave_no_temp_file_and_one_line(ws):
 
 def test_video_options_and_ffmpeg_errors(ws, capsys, monkeypatch):
     """--fps nan / -5 / 0 / inf (a traceback, a broken pipe, silently ignored): refused by the parser. A video
-    ffmpeg cannot read, or cannot encode (an unknown codec: was exit 0 with an empty file once the temp file was made
-up front): one line, exit 1; ffmpeg's log only with --debug."""
+        ffmpeg cannot read, or cannot encode (an unknown codec: was exit 0 with an empty file once the temp file was
+    made up front): one line, exit 1; ffmpeg's log only with --debug."""
     argv = depth("video", ws / "clip.mp4", "--weights", ws / "w.msgpack", "--out", ws / "o.mp4")
     for fps in ("nan", "-5", "0", "inf", "1e9", "abc"):
         before = snapshot(ws)
@@ -483,8 +609,10 @@ def test_bad_tensors_are_named_by_their_checkpoint_key(ws, capsys):
     don't match array")."""
     sd = _midas_sd()
     cases = {
-        "pretrained.model.blocks.7.attn.proj.weight": (sd["pretrained.model.blocks.0.attn.proj.weight"],
-                                                       "the config (4 blocks) has no encoder/block_7"),
+        "pretrained.model.blocks.7.attn.proj.weight": (
+            sd["pretrained.model.blocks.0.attn.proj.weight"],
+            "the config (4 blocks) has no encoder/block_7",
+        ),
         "scratch.refinenet2.out_conv.weight": (torch.ones(16, 16), "has shape (16, 16), config needs (16, 16, 1, 1)"),
         "pretrained.model.blocks.0.attn.qkv.weight": (torch.ones(95, 32), "has shape (95, 32), config needs (96, 32)"),
         "pretrained.model.cls_token": (torch.tensor(1.0), "has shape (), not 3 dimensions"),
@@ -524,16 +652,22 @@ def test_an_unwritable_output_folder_is_found_before_the_work(capsys):
         (root / "locked").mkdir()
         for path in (root, root / "hub", root / "locked"):
             path.chmod(0o555)
-        runs = [["convert", root / "ckpt.pt", root / "locked" / "o.msgpack"],
-                ["export", root / "w.msgpack", root / "locked" / "o.pt"],
-                ["depth", "predict", "--weights", root / "w.msgpack", root / "photo.png", "--out", root / "locked"],
-                ["depth", "video", root / "clip.mp4", "--weights", root / "w.msgpack", "--out",
-                 root / "locked" / "o.mp4"]]
+        runs = [
+            ["convert", root / "ckpt.pt", root / "locked" / "o.msgpack"],
+            ["export", root / "w.msgpack", root / "locked" / "o.pt"],
+            ["depth", "predict", "--weights", root / "w.msgpack", root / "photo.png", "--out", root / "locked"],
+            ["depth", "video", root / "clip.mp4", "--weights", root / "w.msgpack", "--out", root / "locked" / "o.mp4"],
+        ]
         before = snapshot(root)
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", AS_NOBODY, json.dumps([[str(a) for a in r] for r in runs])],
-                              capture_output=True, text=True, timeout=120, cwd=root,
-                              env={**os.environ, "BEIT_FLAX_CACHE_DIR": "off", "HOME": str(root)})
+        done = subprocess.run(
+            [sys.executable, "-c", AS_NOBODY, json.dumps([[str(a) for a in r] for r in runs])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=root,
+            env={**os.environ, "BEIT_FLAX_CACHE_DIR": "off", "HOME": str(root)},
+        )
         assert time.perf_counter() - start < TIME_LIMIT
         codes = [json.loads(line)[0] for line in done.stdout.splitlines()]
         lines = done.stderr.strip().splitlines()
@@ -569,8 +703,13 @@ def test_a_checkpoint_truncated_while_converted_is_a_clean_error(ws):
     pread (a short read: exit 2, one line) and a .pt is read whole before (converts from what was read)."""
     outcomes = {}
     for name in ("hub/model.safetensors", "ckpt.pt"):
-        done = subprocess.run([sys.executable, "-c", TRUNCATE_WHILE_CONVERTING, str(ws / name), str(ws / "t.msgpack")],
-                              capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        done = subprocess.run(
+            [sys.executable, "-c", TRUNCATE_WHILE_CONVERTING, str(ws / name), str(ws / "t.msgpack")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
         outcomes[name] = done.returncode, done.stderr.strip().splitlines()
     code, lines = outcomes["hub/model.safetensors"]
     assert code == 2 and len(lines) == 1 and "the file ends inside" in lines[0], outcomes
@@ -604,8 +743,9 @@ def _png_header(path: Path, width: int, height: int) -> Path:
 
     chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100))) +
-                     chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
+    )
     return path
 
 

@@ -17,15 +17,25 @@ import pytest
 from flax import traverse_util
 from jax.sharding import AbstractMesh, PartitionSpec
 from PIL import Image
+from sharding_helpers import MULTIDEVICE_ENV, ROOT, forced_devices_env, picture, tiny_weights
 
 import beit_flax
 from beit_flax import DPT, PRESETS, training
-from beit_flax.sharding import (
-    DISTRIBUTED_ENV, FSDP_MIN_SIZE, check_devices, distributed_requested, fsdp_spec, local_mesh,
-    maybe_initialize_distributed, pad_batch, process_slice, round_up, state_shardings, train_mesh,
-)
 from beit_flax.params import param_shapes
-from sharding_helpers import MULTIDEVICE_ENV, ROOT, forced_devices_env, picture, tiny_weights
+from beit_flax.sharding import (
+    DISTRIBUTED_ENV,
+    FSDP_MIN_SIZE,
+    check_devices,
+    distributed_requested,
+    fsdp_spec,
+    local_mesh,
+    maybe_initialize_distributed,
+    pad_batch,
+    process_slice,
+    round_up,
+    state_shardings,
+    train_mesh,
+)
 
 
 def test_round_up_and_pad_batch():
@@ -53,8 +63,14 @@ def test_check_devices():
     local = jax.local_devices()
     assert check_devices(None) == local and check_devices(1) == local[:1] and check_devices(local) == local
     assert local_mesh().axis_names == ("batch",) and local_mesh().size == len(local)
-    for bad, message in ((0, "between 1 and"), (len(local) + 1, "between 1 and"), (True, "must be None"),
-                         ("cpu", "must be None"), ([], "must be None"), (["gpu:0"], "this process's devices")):
+    for bad, message in (
+        (0, "between 1 and"),
+        (len(local) + 1, "between 1 and"),
+        (True, "must be None"),
+        ("cpu", "must be None"),
+        ([], "must be None"),
+        (["gpu:0"], "this process's devices"),
+    ):
         with pytest.raises(ValueError, match=message):
             check_devices(bad)
 
@@ -116,13 +132,35 @@ def test_cli_refuses_a_bad_distributed_setting(monkeypatch, tmp_path, capsys):
 
     Image.fromarray(picture(40, 40, 0)).save(tmp_path / "a.png")
     monkeypatch.setenv(DISTRIBUTED_ENV, "maybe")
-    assert main(["predict", "--weights", str(tmp_path / "none.msgpack"), str(tmp_path / "a.png"), "--out",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(tmp_path / "none.msgpack"),
+                str(tmp_path / "a.png"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "cannot start distributed JAX: BEIT_FLAX_DISTRIBUTED='maybe'" in capsys.readouterr().err
     monkeypatch.setenv(DISTRIBUTED_ENV, "1")
     monkeypatch.setenv("JAX_PROCESS_ID", "first")
-    assert main(["predict", "--weights", str(tmp_path / "none.msgpack"), str(tmp_path / "a.png"), "--out",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(tmp_path / "none.msgpack"),
+                str(tmp_path / "a.png"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "JAX_PROCESS_ID='first': expected an integer" in capsys.readouterr().err
     assert not jax.distributed.is_initialized()
 
@@ -131,7 +169,11 @@ def test_multidevice_suite_with_8_forced_cpu_devices():
     """tests/multidevice in a subprocess: XLA_FLAGS must be set before JAX starts, and must not leak into this one."""
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/multidevice", "-q", "-s", "-p", "no:cacheprovider"],
-        cwd=ROOT, env=forced_devices_env(8, **{MULTIDEVICE_ENV: "1"}), capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=forced_devices_env(8, **{MULTIDEVICE_ENV: "1"}),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     print(run.stdout[-3000:], run.stderr[-3000:])
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-3000:]
@@ -151,9 +193,20 @@ def two_processes(argv: list[str]) -> Iterator[Callable[[float], list[str]]]:
     The processes are killed on leaving the block, whatever happened."""
     address = f"127.0.0.1:{free_port()}"
     procs = [
-        subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=forced_devices_env(4, JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-                                                JAX_PROCESS_ID=str(i), **{DISTRIBUTED_ENV: "1"}))
+        subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=forced_devices_env(
+                4,
+                JAX_COORDINATOR_ADDRESS=address,
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+                **{DISTRIBUTED_ENV: "1"},
+            ),
+        )
         for i in range(2)
     ]
 
@@ -179,8 +232,18 @@ def test_two_processes_split_the_inputs(tmp_path):
     names = ["e", "b", "d", "a", "c"]
     for seed, (name, size) in enumerate(zip(names, sizes)):
         Image.fromarray(picture(*size, seed)).save(tmp_path / f"{name}.png")
-    argv = [sys.executable, "-m", "beit_flax.cli", "predict", "--weights", str(weights), "--out", str(tmp_path / "out"),
-            *(str(tmp_path / f"{name}.png") for name in names), "-q"]  # not sorted on the command line
+    argv = [
+        sys.executable,
+        "-m",
+        "beit_flax.cli",
+        "predict",
+        "--weights",
+        str(weights),
+        "--out",
+        str(tmp_path / "out"),
+        *(str(tmp_path / f"{name}.png") for name in names),
+        "-q",
+    ]  # not sorted on the command line
     with two_processes(argv) as wait:
         model, params = beit_flax.load(weights)  # the reference, on one device, while the two start up
         images = [picture(*size, seed) for seed, size in enumerate(sizes)]

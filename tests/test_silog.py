@@ -87,8 +87,9 @@ def test_metric_train_and_eval_steps_on_a_tiny_zoedepth():
     batch = make_batch(images, depth, np.ones_like(depth, bool), metric=True)
     assert "depth" in batch and "inverse_depth" not in batch
     np.testing.assert_array_equal(batch["depth"], depth)
-    state = training.create_train_state(model, params, optax.adam(1e-3), loss="silog",
-                                        freeze=training.ZOEDEPTH_BACKBONE, layer_decay=0.9)
+    state = training.create_train_state(
+        model, params, optax.adam(1e-3), loss="silog", freeze=training.ZOEDEPTH_BACKBONE, layer_decay=0.9
+    )
     assert state.loss == "silog" and state.patch_size == config.core.patch_size
     state, metrics = training.jit_train_step(state, batch)
     assert set(metrics) == {"loss", "silog", "grad_norm"} and np.isfinite(float(metrics["loss"]))

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from finetune_helpers import FROZEN, TINY, fast_jit, flat, tiny_state
 
 from beit_flax import DPT, training
 from beit_flax.params import init_params
-from finetune_helpers import FROZEN, TINY, fast_jit, flat, tiny_state
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from finetune_helpers import FROZEN, TINY, eval_step, fast_jit, flat, run, tiny_batch, tiny_state, train_step
 
 from beit_flax import DPT, training
 from beit_flax.models.dpt.encoder import Encoder
-from finetune_helpers import FROZEN, TINY, eval_step, fast_jit, flat, run, tiny_batch, tiny_state, train_step
 
 
 def test_a_few_steps_reduce_the_loss():
@@ -52,8 +52,9 @@ def test_bad_batches_are_refused():
     with pytest.raises(ValueError, match="multiple of the patch size"):
         training.check_batch(tiny_batch(0, size=40), 16)
     with pytest.raises(ValueError, match=r"image \(1, 32, 32, 3\) must be \(B, H, W, 3\), inverse_depth \(1, 32\)"):
-        training.check_batch({"image": np.zeros((1, 32, 32, 3)), "inverse_depth": np.zeros((1, 32)),
-                              "mask": np.zeros((1, 32, 32))}, 16)
+        training.check_batch(
+            {"image": np.zeros((1, 32, 32, 3)), "inverse_depth": np.zeros((1, 32)), "mask": np.zeros((1, 32, 32))}, 16
+        )
 
 
 def test_batches_are_checked_against_the_states_patch_size():

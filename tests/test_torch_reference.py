@@ -99,14 +99,14 @@ def test_tiny_model(tiny):
 
 
 def test_every_parameter_perturbed(tiny):
-    model, sd, _ = tiny
+    _model, sd, _ = tiny
     fresh = tr.build_model(tr.TINY).state_dict()
     for key, value in sd.items():
         assert not torch.equal(value, fresh[key]), f"{key} still has its init value"
         if value.numel() > 1:
             assert float(value.std()) > 1e-3, f"{key} is (nearly) constant"
     lam = torch.stack([v for k, v in sd.items() if "lambda_" in k])
-    assert 0.1 <= float(lam.min()) and float(lam.max()) <= 0.5
+    assert float(lam.min()) >= 0.1 and float(lam.max()) <= 0.5
     again = tr.state_dict_v5(tr.build_reference(tr.TINY, seed=0))
     other = tr.state_dict_v5(tr.build_reference(tr.TINY, seed=1))
     assert all(torch.equal(again[k], sd[k]) for k in sd)
@@ -144,20 +144,24 @@ def test_layouts_match_release_key_tables(name):
 
 
 def test_v4_and_midas_values(tiny):
-    model, sd, mid = tiny
+    _model, sd, mid = tiny
     v4 = tr.to_v4_names(sd)
     assert len(v4) == len(sd)
     back = tr.to_v5_names(v4)
     assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
-    assert torch.equal(v4["backbone.encoder.layer.1.attention.attention.key.weight"],
-                       sd["backbone.beit.layers.1.attention.k_proj.weight"])
+    assert torch.equal(
+        v4["backbone.encoder.layer.1.attention.attention.key.weight"],
+        sd["backbone.beit.layers.1.attention.k_proj.weight"],
+    )
     assert torch.equal(v4["backbone.encoder.layer.3.output.dense.bias"], sd["backbone.beit.layers.3.mlp.fc2.bias"])
     c = tr.TINY["width"]
     qkv = mid["pretrained.model.blocks.2.attn.qkv.weight"]
     for j, which in enumerate("qkv"):
-        assert torch.equal(qkv[j * c:(j + 1) * c], sd[f"backbone.beit.layers.2.attention.{which}_proj.weight"])
-    assert torch.equal(mid["scratch.refinenet4.resConfUnit1.conv2.bias"],
-                       sd["neck.fusion_stage.layers.0.residual_layer1.convolution2.bias"])
+        assert torch.equal(qkv[j * c : (j + 1) * c], sd[f"backbone.beit.layers.2.attention.{which}_proj.weight"])
+    assert torch.equal(
+        mid["scratch.refinenet4.resConfUnit1.conv2.bias"],
+        sd["neck.fusion_stage.layers.0.residual_layer1.convolution2.bias"],
+    )
     assert torch.equal(mid["scratch.refinenet1.out_conv.weight"], sd["neck.fusion_stage.layers.3.projection.weight"])
     assert torch.equal(mid["pretrained.act_postprocess4.4.weight"], sd["neck.reassemble_stage.layers.3.resize.weight"])
     index = mid["pretrained.model.blocks.0.attn.relative_position_index"]
@@ -188,8 +192,9 @@ def test_relative_position_bias_matches_transformers(train_grid, grid):
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("which,size,batch", [("tiny", (64, 96), 2), ("tiny", (32, 32), 1),
-                                              ("tiny_nonsquare", (96, 64), 1)])
+@pytest.mark.parametrize(
+    "which,size,batch", [("tiny", (64, 96), 2), ("tiny", (32, 32), 1), ("tiny_nonsquare", (96, 64), 1)]
+)
 def test_midas_forward_matches_transformers_at_multiples_of_32(request, which, size, batch):
     model, _, mid = request.getfixturevalue(which)
     spec = tr.TINY if which == "tiny" else TINY_NONSQUARE
@@ -224,8 +229,10 @@ def test_midas_differs_from_transformers_at_16_not_32(tiny):
     resized = F.interpolate(ref[:, None], size=(80, 48), mode="bilinear", align_corners=False)[:, 0]
     rel = _rel(resized, depth)
     mean_rel = float((resized - depth).abs().mean() / depth.abs().mean())
-    print(f"\n16-not-32 80x48: transformers {tuple(ref.shape)}, MiDaS {tuple(depth.shape)}; "
-          f"after resizing transformers to 80x48: max rel {rel:.3f}, mean rel {mean_rel:.3f}")
+    print(
+        f"\n16-not-32 80x48: transformers {tuple(ref.shape)}, MiDaS {tuple(depth.shape)}; "
+        f"after resizing transformers to 80x48: max rel {rel:.3f}, mean rel {mean_rel:.3f}"
+    )
     assert rel > 1e-2
 
 
@@ -249,5 +256,6 @@ def test_fusion_step_vs_transformers_layer(tiny, shape):
     with torch.no_grad():
         head_only = model.neck.fusion_stage.layers[0](path)  # refinenet4: no skip, RCU1 unused
     p4 = tr.fusion_params(mid, 4)
-    torch.testing.assert_close(tr.midas_fusion_step(path, None, None, p4.rcu2, p4.out_conv), head_only,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        tr.midas_fusion_step(path, None, None, p4.rcu2, p4.out_conv), head_only, rtol=1e-5, atol=1e-5
+    )

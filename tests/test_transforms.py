@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from predict_helpers import midas_size
 
 from beit_flax.transforms import postprocess, preprocess, resize_bicubic, target_size
-from predict_helpers import midas_size
 
 # (H, W, net, square) -> (H', W'), each entry worked out by hand from MiDaS' rule and checked against midas_size.
 TABLE = [
@@ -66,8 +66,16 @@ def torch_bicubic(image_hwc: np.ndarray, size_hw: tuple[int, int], dtype=np.floa
 
 @pytest.mark.parametrize(
     ("size", "target"),
-    [((61, 97), (64, 96)), ((480, 640), (64, 96)), ((33, 17), (160, 64)), ((1, 1), (32, 32)), ((5, 200), (7, 3)),
-     ((64, 96), (61, 97)), ((96, 64), (480, 640)), ((2, 3), (64, 64))],
+    [
+        ((61, 97), (64, 96)),
+        ((480, 640), (64, 96)),
+        ((33, 17), (160, 64)),
+        ((1, 1), (32, 32)),
+        ((5, 200), (7, 3)),
+        ((64, 96), (61, 97)),
+        ((96, 64), (480, 640)),
+        ((2, 3), (64, 64)),
+    ],
 )
 def test_bicubic_matches_torch(size, target):
     image = np.random.default_rng(0).random((*size, 3), dtype=np.float32)

@@ -78,16 +78,19 @@ def test_config_dict_round_trip(config):
         ZoeDepthConfig.from_dict({k: v for k, v in fields.items() if k != "bins"})
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"bins": ()}, "bins is empty"),
-    ({"bins": (BinConfig("nyu"), BinConfig("kitti"))}, "need a router"),
-    ({"router": RouterConfig()}, "no router"),
-    ({"bins": (BinConfig("nyu", min_depth=2.0, max_depth=1.0),)}, "min_depth"),
-    ({"bin_centers_type": "hybrid1"}, "bin_centers_type"),
-    ({"attractor_kind": "max"}, "attractor_kind"),
-    ({"n_attractors": (16, 8, 4)}, "4 entries"),
-    ({"min_temp": 60.0}, "min_temp"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"bins": ()}, "bins is empty"),
+        ({"bins": (BinConfig("nyu"), BinConfig("kitti"))}, "need a router"),
+        ({"router": RouterConfig()}, "no router"),
+        ({"bins": (BinConfig("nyu", min_depth=2.0, max_depth=1.0),)}, "min_depth"),
+        ({"bin_centers_type": "hybrid1"}, "bin_centers_type"),
+        ({"attractor_kind": "max"}, "attractor_kind"),
+        ({"n_attractors": (16, 8, 4)}, "4 entries"),
+        ({"min_temp": 60.0}, "min_temp"),
+    ],
+)
 def test_config_validation(changes, message):
     with pytest.raises(ValueError, match=message):
         PRESETS["zoedepth_n"].replace(**changes)

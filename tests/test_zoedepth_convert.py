@@ -76,8 +76,11 @@ def to_release(sd_v5: dict[str, torch.Tensor], config: ZoeDepthConfig) -> dict[s
     """A transformers-5 ZoeDepth state dict in the release layout, with the buffers the release files carry."""
     head_names = {"0": "1", "2": "2", "4": "3"}
     core = {k: v for k, v in sd_v5.items() if k.startswith(("backbone.", "neck."))}
-    core |= {f"head.head.{n}.{leaf}": sd_v5[f"relative_head.conv{c}.{leaf}"] for n, c in head_names.items()
-             for leaf in ("weight", "bias")}
+    core |= {
+        f"head.head.{n}.{leaf}": sd_v5[f"relative_head.conv{c}.{leaf}"]
+        for n, c in head_names.items()
+        for leaf in ("weight", "bias")
+    }
     out = {f"core.core.{k}": v for k, v in ref.to_midas_layout(core, as_spec(config.core)).items()}
     fused: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in sd_v5.items():
@@ -92,7 +95,8 @@ def to_release(sd_v5: dict[str, torch.Tensor], config: ZoeDepthConfig) -> dict[s
         out[name] = value
     for (layer, leaf), parts in fused.items():
         out[f"patch_transformer.transformer_encoder.layers.{layer}.self_attn.in_proj_{leaf}"] = torch.cat(
-            [parts["query"], parts["key"], parts["value"]])
+            [parts["query"], parts["key"], parts["value"]]
+        )
     for b in config.bins:
         prefix = "conditional_log_binomial" + (f".{b.name}" if config.router is not None else "")
         out[f"{prefix}.log_binomial_transform.k_idx"] = torch.arange(b.n_bins).view(1, -1, 1, 1)
@@ -124,7 +128,8 @@ def test_renaming_and_export_give_the_release_key_lists(name):
     assert describe(to_v4(sd_v5)) == hub
 
     zeros = traverse_util.unflatten_dict(
-        {tuple(p.split("/")): np.broadcast_to(np.float32(0), s) for p, s in param_shapes(config).items()})
+        {tuple(p.split("/")): np.broadcast_to(np.float32(0), s) for p, s in param_shapes(config).items()}
+    )
     for layout, expected in (("release", release), ("hf-v4", hub), ("hf-v5", describe(sd_v5))):
         assert describe(zoedepth_flax_to_torch(zeros, config, layout)) == expected, layout
 
@@ -177,7 +182,8 @@ def saved(request, tmp_path_factory):
     (folder / "hub").mkdir()
     model.save_pretrained(folder / "hub")  # config.json + model.safetensors, v4 names
     (folder / "hub" / "preprocessor_config.json").write_text(
-        json.dumps({"size": {"height": config.net_size[0], "width": config.net_size[1]}}))
+        json.dumps({"size": {"height": config.net_size[0], "width": config.net_size[1]}})
+    )
     (folder / "v5").mkdir()
     save_file(sd_v5, folder / "v5" / "model.safetensors")
     (folder / "v5" / "config.json").write_text(model.config.to_json_string())
@@ -198,9 +204,12 @@ def test_every_layout_gives_identical_params(saved):
     assert hub.layout == "hf-v4" and hub.config == config  # config.json + preprocessor_config.json say it all
     expected = _flat(hub.params)
     assert {p: v.shape for p, v in expected.items()} == param_shapes(config)
-    for source, layout, kwargs in [("v5", "hf-v5", {}), ("release.pt", "release", {"config": config}),
-                                   ("release_dataparallel.pt", "release", {"config": config}),
-                                   ("bare_hub.safetensors", "hf-v4", {"config": config})]:
+    for source, layout, kwargs in [
+        ("v5", "hf-v5", {}),
+        ("release.pt", "release", {"config": config}),
+        ("release_dataparallel.pt", "release", {"config": config}),
+        ("bare_hub.safetensors", "hf-v4", {"config": config}),
+    ]:
         got = zoedepth_torch_to_flax(open_checkpoint(folder / source), **kwargs)
         assert got.layout == layout, source
         flat = _flat(got.params)
@@ -222,8 +231,11 @@ def test_dropped_are_exactly_the_unused_tensors(saved):
     config, _, _, folder = saved
     release = zoedepth_torch_to_flax(open_checkpoint(folder / "release.pt"), config=config)
     depth = config.core.depth
-    buffers = {f"conditional_log_binomial{'' if config.router is None else '.' + b.name}.log_binomial_transform.{n}"
-               for b in config.bins for n in ("k_idx", "K_minus_1")}
+    buffers = {
+        f"conditional_log_binomial{'' if config.router is None else '.' + b.name}.log_binomial_transform.{n}"
+        for b in config.bins
+        for n in ("k_idx", "K_minus_1")
+    }
     assert set(release.dropped) == {
         *(f"core.core.pretrained.model.blocks.{i}.attn.relative_position_index" for i in range(depth)),
         *(f"core.core.pretrained.model.{m}.{leaf}" for m in ("fc_norm", "head") for leaf in ("weight", "bias")),
@@ -231,8 +243,11 @@ def test_dropped_are_exactly_the_unused_tensors(saved):
         *buffers,
     }
     hub = zoedepth_torch_to_flax(open_checkpoint(folder / "hub"))
-    assert set(hub.dropped) == {f"neck.fusion_stage.layers.0.residual_layer1.convolution{c}.{leaf}"
-                                for c in (1, 2) for leaf in ("weight", "bias")}
+    assert set(hub.dropped) == {
+        f"neck.fusion_stage.layers.0.residual_layer1.convolution{c}.{leaf}"
+        for c in (1, 2)
+        for leaf in ("weight", "bias")
+    }
 
 
 def test_export_gives_back_every_tensor(saved, tmp_path):
@@ -256,15 +271,18 @@ def test_export_gives_back_every_tensor(saved, tmp_path):
 
     # transformers 5 names: a strict load into a fresh model, which then computes exactly the reference's output
     fresh = zt.build_model(config).eval()
-    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in zoedepth_flax_to_torch(params, config, "hf-v5").items()},
-                          strict=True)
+    fresh.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in zoedepth_flax_to_torch(params, config, "hf-v5").items()}, strict=True
+    )
     torch.testing.assert_close(zt.reference_outputs(fresh, images)[0], expected, rtol=0, atol=0)
 
     # transformers 4 (hub) names: a folder that from_pretrained reads
     hub = tmp_path / "hub"
     hub.mkdir()
-    save_file({k: torch.from_numpy(v) for k, v in zoedepth_flax_to_torch(params, config, "hf-v4").items()},
-              hub / "model.safetensors")
+    save_file(
+        {k: torch.from_numpy(v) for k, v in zoedepth_flax_to_torch(params, config, "hf-v4").items()},
+        hub / "model.safetensors",
+    )
     (hub / "config.json").write_text(json.dumps(zoedepth_hf_config_dict(config)))
     loaded = zt.ZoeDepthForDepthEstimation.from_pretrained(hub, attn_implementation="eager").eval()
     torch.testing.assert_close(zt.reference_outputs(loaded, images)[0], expected, rtol=0, atol=0)

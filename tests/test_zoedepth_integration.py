@@ -55,7 +55,8 @@ def tiny(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"zoe_{request.param}") / "hub"
     model.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(
-        json.dumps({"size": {"height": config.net_size[0], "width": config.net_size[1]}}))
+        json.dumps({"size": {"height": config.net_size[0], "width": config.net_size[1]}})
+    )
     converted = zoedepth_torch_to_flax(open_checkpoint(folder))
     assert converted.config == config
     return request.param, config, model, folder, converted.params
@@ -195,8 +196,11 @@ def photo(height: int, width: int, seed: int) -> np.ndarray:
 def test_resize_rules_are_torchs():
     image = np.random.default_rng(0).uniform(0, 1, (37, 53, 3)).astype(np.float32)
     for size in ((64, 96), (32, 32), (37, 20), (1, 5)):
-        theirs = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size, mode="bilinear",
-                               align_corners=True)[0].permute(1, 2, 0).numpy()
+        theirs = (
+            F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size, mode="bilinear", align_corners=True)[0]
+            .permute(1, 2, 0)
+            .numpy()
+        )
         np.testing.assert_allclose(resize_bilinear_align_corners(image, size), theirs, atol=2e-6)
     assert pad_sizes(480, 640) == (int(np.sqrt(240) * 3), int(np.sqrt(320) * 3)) == (46, 53)
     assert target_size(480 + 92, 640 + 106, (384, 512)) == (384, 512)
@@ -246,8 +250,22 @@ def test_beit_depth_predict_writes_meters_and_a_fixed_range_png(tiny, tmp_path, 
     np.testing.assert_allclose(depth, expected, rtol=1e-5, atol=1e-6)
     png = Image.open(out / "room.png")
     assert png.size == (75, 50) and png.text["depth_range_m"] == f"0 {top:g}"
-    assert main(["predict", str(tmp_path / "room.png"), "--weights", str(path), "--out", str(out), "-q",
-                 "--no-flip", "--no-pad"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "room.png"),
+                "--weights",
+                str(path),
+                "--out",
+                str(out),
+                "-q",
+                "--no-flip",
+                "--no-pad",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     single = beit_flax.predict(ZoeDepth(config), params, [image], net_size=(64, 96), pad=False, flip=False)[0]
     np.testing.assert_allclose(np.load(out / "room.npy"), single, rtol=1e-5, atol=1e-6)
@@ -258,8 +276,18 @@ def test_beit_depth_refuses_zoedepth_flags_for_a_midas_file(tmp_path, capsys):
 
     weights.save(tmp_path / "dpt.msgpack", TINY, init_params(TINY))
     Image.fromarray(photo(32, 32, 0)).save(tmp_path / "a.png")
-    code = main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "dpt.msgpack"), "--out",
-                 str(tmp_path / "out"), "--no-flip", "-q"])
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "a.png"),
+            "--weights",
+            str(tmp_path / "dpt.msgpack"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-flip",
+            "-q",
+        ]
+    )
     assert code == 2 and "--no-pad / --no-flip are ZoeDepth options" in capsys.readouterr().err
 
 
@@ -274,8 +302,7 @@ def test_beit_depth_video_uses_the_fixed_metric_range(tiny, tmp_path, capsys):
     path = tmp_path / "zoe.msgpack"
     weights.save(path, config.replace(net_size=(64, 96)), params)
     frames = [photo(48, 64, seed) for seed in range(3)]
-    imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1,
-                     ffmpeg_log_level="error")
+    imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1, ffmpeg_log_level="error")
     out = tmp_path / "out.mp4"
     assert main(["video", str(tmp_path / "in.mp4"), "--weights", str(path), "--out", str(out), "-q"]) == 0
     assert len(imageio.mimread(out, format="FFMPEG")) == 3

@@ -11,8 +11,9 @@ Contents
       {"width": C, "depth": L, "num_heads": nH, "train_grid": (gh, gw), "hooks": (b1, b2, b3, b4),   # 0-based blocks
        "reassemble_channels": (D1, D2, D3, D4), "fusion_channels": F, "head_channels": 32, "layer_norm_eps": 1e-6}
 
-* re-exported from ``beit_flax.demo.torch_model``: ``build_reference(spec, seed)``, a ``DPTForDepthEstimation`` (eval, fp32, eager attention) with *every* parameter
-  perturbed so that the final ReLU output is far from zero (``assert_nondegenerate`` checks that).
+* re-exported from ``beit_flax.demo.torch_model``: ``build_reference(spec, seed)``, a ``DPTForDepthEstimation``
+  (eval, fp32, eager attention) with *every* parameter perturbed so that the final ReLU output is far from zero
+  (``assert_nondegenerate`` checks that).
 * State-dict layouts: ``state_dict_v5`` (this venv's transformers names), ``to_v4_names`` / ``to_v5_names`` (the
   transformers 4 names used by the ``Intel/dpt-beit-*`` hub files, and back) and ``to_midas_layout`` (the MiDaS
   release ``.pt`` layout, including the unused buffers / classifier weights that the real file carries).
@@ -37,9 +38,8 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from tiny_config import TINY as TINY_CONFIG
+from torch import Tensor, nn
 
 from beit_flax.demo.torch_model import (  # the transformers reference model lives in the package (the demo uses it too)
     PATCH,
@@ -57,33 +57,33 @@ from beit_flax.demo.torch_model import (  # the transformers reference model liv
 __all__ = [
     "PATCH",
     "PRESETS",
-    "TINY",
-    "REASSEMBLE_FACTORS",
-    "Conv",
     "RCU",
+    "REASSEMBLE_FACTORS",
+    "TINY",
+    "Conv",
     "FusionParams",
-    "hf_config",
+    "assert_nondegenerate",
     "build_model",
     "build_reference",
-    "reference_depth",
+    "fusion_params",
+    "hf_config",
+    "midas_encoder",
+    "midas_forward",
+    "midas_forward_intermediates",
+    "midas_fusion",
+    "midas_fusion_step",
+    "midas_head",
+    "midas_rcu",
+    "midas_reassemble",
     "random_images",
-    "assert_nondegenerate",
-    "state_dict_v5",
-    "to_v4_names",
-    "to_v5_names",
-    "to_midas_layout",
+    "reference_depth",
+    "relative_position_bias",
     "relative_position_index",
     "resize_relative_position_table",
-    "relative_position_bias",
-    "midas_rcu",
-    "midas_fusion_step",
-    "fusion_params",
-    "midas_encoder",
-    "midas_reassemble",
-    "midas_fusion",
-    "midas_head",
-    "midas_forward_intermediates",
-    "midas_forward",
+    "state_dict_v5",
+    "to_midas_layout",
+    "to_v4_names",
+    "to_v5_names",
 ]
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -399,8 +399,11 @@ def midas_encoder(sd: Mapping[str, Tensor], spec: Mapping[str, Any], images_nchw
         y = F.layer_norm(x, (c,), sd[b + "norm1.weight"], sd[b + "norm1.bias"], eps)
         x = x + sd[b + "gamma_1"] * _attention(y, sd, b + "attn.", spec["num_heads"], bias)
         y = F.layer_norm(x, (c,), sd[b + "norm2.weight"], sd[b + "norm2.bias"], eps)
-        y = F.linear(F.gelu(F.linear(y, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"])),
-                     sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+        y = F.linear(
+            F.gelu(F.linear(y, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"])),
+            sd[b + "mlp.fc2.weight"],
+            sd[b + "mlp.fc2.bias"],
+        )
         x = x + sd[b + "gamma_2"] * y
         if n in spec["hooks"]:
             hooks.append(x)
@@ -426,7 +429,7 @@ def midas_reassemble(sd: Mapping[str, Tensor], hooks: Sequence[Tensor], grid: tu
         if factor > 1:
             y = F.conv_transpose2d(y, sd[a + "4.weight"], sd[a + "4.bias"], stride=int(factor))
         elif factor < 1:
-            y = F.conv2d(y, sd[a + "4.weight"], sd[a + "4.bias"], stride=int(round(1 / factor)), padding=1)
+            y = F.conv2d(y, sd[a + "4.weight"], sd[a + "4.bias"], stride=round(1 / factor), padding=1)
         out.append(y)
     return out
 
@@ -473,8 +476,9 @@ def midas_rcu(x: Tensor, rcu: RCU) -> Tensor:
     return x + y
 
 
-def midas_fusion_step(path: Tensor, skip: Tensor | None, rcu1: RCU | None, rcu2: RCU, out_conv: Conv,
-                      size: tuple[int, int] | None = None) -> Tensor:
+def midas_fusion_step(
+    path: Tensor, skip: Tensor | None, rcu1: RCU | None, rcu2: RCU, out_conv: Conv, size: tuple[int, int] | None = None
+) -> Tensor:
     """The original MiDaS ``FeatureFusionBlock_custom`` forward (no batch norm, align_corners=True).
 
     path (B, F, h, w), skip (B, F, h, w) or None -> (B, F, *size) (or (B, F, 2h, 2w) when ``size`` is None):
@@ -521,8 +525,9 @@ def midas_head(sd: Mapping[str, Tensor], path_1: Tensor) -> Tensor:
     return y.squeeze(1)
 
 
-def midas_forward_intermediates(sd_midas: Mapping[str, Tensor], spec: Mapping[str, Any],
-                                images_nchw: Tensor) -> dict[str, Any]:
+def midas_forward_intermediates(
+    sd_midas: Mapping[str, Tensor], spec: Mapping[str, Any], images_nchw: Tensor
+) -> dict[str, Any]:
     """The full MiDaS forward, keeping every stage (all float32 tensors, NCHW for maps).
 
     Returns {"hooks": 4 x (B, N+1, C), "reassembled": 4 x (B, D_k, h_k, w_k), "layers_rn": 4 x (B, F, h_k, w_k),
@@ -535,8 +540,9 @@ def midas_forward_intermediates(sd_midas: Mapping[str, Tensor], spec: Mapping[st
     with torch.no_grad():
         hooks = midas_encoder(sd, spec, x)
         reassembled = midas_reassemble(sd, hooks, grid)
-        layers_rn = [F.conv2d(y, sd[f"scratch.layer{k}_rn.weight"], None, padding=1)
-                     for k, y in enumerate(reassembled, start=1)]
+        layers_rn = [
+            F.conv2d(y, sd[f"scratch.layer{k}_rn.weight"], None, padding=1) for k, y in enumerate(reassembled, start=1)
+        ]
         paths = midas_fusion(sd, layers_rn)
         depth = midas_head(sd, paths[-1])
     return {"hooks": hooks, "reassembled": reassembled, "layers_rn": layers_rn, "paths": paths, "depth": depth}
@@ -548,4 +554,3 @@ def midas_forward(sd_midas: Mapping[str, Tensor], spec: Mapping[str, Any], image
     images (B, 3, H, W) float32, normalized, H and W multiples of 16 -> relative inverse depth (B, H, W).
     """
     return midas_forward_intermediates(sd_midas, spec, images_nchw)["depth"]
-

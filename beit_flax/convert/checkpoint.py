@@ -35,10 +35,22 @@ MAX_EXPANSION, EXPANSION_SLACK = 4, 64 * 2**20
 
 # safetensors dtype -> (name as torch spells it, bytes per element)
 _SAFETENSORS_DTYPES = {
-    "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2), "F64": ("float64", 8),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U64": ("uint64", 8),
-    "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1), "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1), "C64": ("complex64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "F64": ("float64", 8),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U64": ("uint64", 8),
+    "U32": ("uint32", 4),
+    "U16": ("uint16", 2),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "C64": ("complex64", 8),
 }
 
 
@@ -113,8 +125,9 @@ def _pread_exact(fd: int, buffer: memoryview, offset: int, path: Path, key: str)
     while done < len(buffer):  # one read returns at most ~2 GiB on Linux
         count = os.preadv(fd, [buffer[done:]], offset + done)
         if count == 0:
-            raise ConversionError(f"{path}: cannot read checkpoint: the file ends inside {key} (truncated while "
-                                  f"being read?)")
+            raise ConversionError(
+                f"{path}: cannot read checkpoint: the file ends inside {key} (truncated while being read?)"
+            )
         done += count
 
 
@@ -159,13 +172,18 @@ def _safetensors_header(file: Any, bad: Callable[[str], ConversionError]) -> dic
         if not isinstance(entry, dict) or str(entry.get("dtype")) not in _SAFETENSORS_DTYPES:
             raise bad(f"{key}: no known dtype")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                for d in shape)):
+        if not (
+            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
             raise bad(f"{key}: shape {shape!r}")
         name, itemsize = _SAFETENSORS_DTYPES[str(entry["dtype"])]
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= size - base
-                and offsets[1] - offsets[0] == math.prod(shape) * itemsize):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= size - base
+            and offsets[1] - offsets[0] == math.prod(shape) * itemsize
+        ):
             raise bad(f"{key}: data offsets {offsets!r} for a {name} tensor of shape {tuple(shape)}")
         entries[key] = (name, tuple(shape), base + offsets[0], offsets[1] - offsets[0])
     return entries
@@ -219,6 +237,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
     state = _torch_state_dict(path)
     shapes = {key: tuple(getattr(value, "shape", ())) for key, value in state.items()}
-    dtypes = {key: str(value.dtype).removeprefix("torch.") if isinstance(value, torch.Tensor) else None
-              for key, value in state.items()}
+    dtypes = {
+        key: str(value.dtype).removeprefix("torch.") if isinstance(value, torch.Tensor) else None
+        for key, value in state.items()
+    }
     return Checkpoint(path, shapes, dtypes, state.pop, hf_config)

@@ -119,9 +119,13 @@ def build_export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("weights", help="a beit-flax .msgpack (convert_weights, beit_flax.save)")
     parser.add_argument("output", help="OUT.pt / OUT.safetensors / OUT folder")
-    parser.add_argument("--format", choices=sorted(EXPORT_LAYOUTS), default="midas",
-                        help="midas: the release names (MiDaS v3.1, or ZoeDepth's for a ZoeDepth file); hf: "
-                        "transformers hub (v4) names; hf-v5: transformers 5 module names (default: %(default)s)")
+    parser.add_argument(
+        "--format",
+        choices=sorted(EXPORT_LAYOUTS),
+        default="midas",
+        help="midas: the release names (MiDaS v3.1, or ZoeDepth's for a ZoeDepth file); hf: "
+        "transformers hub (v4) names; hf-v5: transformers 5 module names (default: %(default)s)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 

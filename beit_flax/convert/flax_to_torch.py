@@ -21,9 +21,10 @@ from beit_flax.models.dpt.relative_position import relative_position_index
 def _unused_tensors(layout: str, config: DPTConfig) -> dict[str, np.ndarray]:
     """What the original model carries but never uses, so that its strict `load_state_dict` accepts the export."""
     c, f = config.width, config.fusion_channels
-    zeros_rcu = lambda prefix, conv: {
-        f"{prefix}{conv(n)}.weight": np.zeros((f, f, 3, 3), np.float32) for n in (1, 2)
-    } | {f"{prefix}{conv(n)}.bias": np.zeros((f,), np.float32) for n in (1, 2)}
+    zeros_rcu = lambda prefix, conv: (
+        {f"{prefix}{conv(n)}.weight": np.zeros((f, f, 3, 3), np.float32) for n in (1, 2)}
+        | {f"{prefix}{conv(n)}.bias": np.zeros((f,), np.float32) for n in (1, 2)}
+    )
     if layout != "midas":
         return zeros_rcu("neck.fusion_stage.layers.0.residual_layer1.", lambda n: f"convolution{n}")
     index = relative_position_index(config.train_grid).astype(np.int64)

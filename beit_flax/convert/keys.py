@@ -43,8 +43,12 @@ class Leaf:
     optional: bool = False
 
 
-def _leaf(name: str, to_flax: Callable[[np.ndarray], np.ndarray], to_torch: Callable[[np.ndarray], np.ndarray],
-          optional: bool = False) -> Leaf:
+def _leaf(
+    name: str,
+    to_flax: Callable[[np.ndarray], np.ndarray],
+    to_torch: Callable[[np.ndarray], np.ndarray],
+    optional: bool = False,
+) -> Leaf:
     return Leaf((name,), lambda t: (to_flax(t),), to_torch, optional)
 
 
@@ -55,12 +59,19 @@ _QKV = ("query/kernel", "key/kernel", "value/kernel")
 # kind -> {torch leaf ("" = the rule's torch name itself): Leaf}
 KINDS: dict[str, dict[str, Leaf]] = {
     "dense": {"weight": _leaf("kernel", lambda w: w.T, lambda k: k.T), "bias": _BIAS},
-    "conv": {"weight": _leaf("kernel", lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1)),
-             "bias": _BIAS},
+    "conv": {
+        "weight": _leaf("kernel", lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1)),
+        "bias": _BIAS,
+    },
     "norm": {"weight": _leaf("scale", _same, _same), "bias": _BIAS},
     "param": {"": _leaf("", _same, _same)},
-    "qkv": {"": Leaf(_QKV, lambda w: tuple(part.T for part in np.split(w, 3, axis=0)),
-                     lambda q, k, v: np.concatenate([q.T, k.T, v.T]))},
+    "qkv": {
+        "": Leaf(
+            _QKV,
+            lambda w: tuple(part.T for part in np.split(w, 3, axis=0)),
+            lambda q, k, v: np.concatenate([q.T, k.T, v.T]),
+        )
+    },
 }
 
 
@@ -130,9 +141,17 @@ MIDAS: list[Rule] = [
     *_block_rules(
         "pretrained.model.blocks.{i}",
         {
-            "gamma_1": "gamma_1", "gamma_2": "gamma_2", "norm1": "norm1", "norm2": "norm2",
-            "table": "attn.relative_position_bias_table", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2",
-            "qkv": "attn.qkv.weight", "q_bias": "attn.q_bias", "v_bias": "attn.v_bias",
+            "gamma_1": "gamma_1",
+            "gamma_2": "gamma_2",
+            "norm1": "norm1",
+            "norm2": "norm2",
+            "table": "attn.relative_position_bias_table",
+            "proj": "attn.proj",
+            "fc1": "mlp.fc1",
+            "fc2": "mlp.fc2",
+            "qkv": "attn.qkv.weight",
+            "q_bias": "attn.q_bias",
+            "v_bias": "attn.v_bias",
         },
     ),
     *[Rule(f"pretrained.act_postprocess{s}.0.project.0", f"reassemble_{s}/readout", "dense") for s in STAGES],
@@ -141,7 +160,10 @@ MIDAS: list[Rule] = [
     *[Rule(f"scratch.layer{s}_rn", f"reassemble_{s}/to_fusion", "conv") for s in STAGES],
     *[
         Rule(f"scratch.refinenet{s}.resConfUnit{u}.conv{c}", f"fusion_{s}/rcu{u}/conv{c}", "conv")
-        for s in STAGES for u in (1, 2) for c in (1, 2) if (s, u) != (4, 1)
+        for s in STAGES
+        for u in (1, 2)
+        for c in (1, 2)
+        if (s, u) != (4, 1)
     ],
     *[Rule(f"scratch.refinenet{s}.out_conv", f"fusion_{s}/out_conv", "conv") for s in STAGES],
     *[Rule(f"scratch.output_conv.{n}", f"head/conv{c}", "conv") for c, n in ((1, 0), (2, 2), (3, 4))],
@@ -154,14 +176,24 @@ def _transformers_rules(embeddings: str, blocks: str, names: dict[str, str]) -> 
         Rule(f"{embeddings}.cls_token", "patch_embed/cls_token", "param"),
         Rule(f"{embeddings}.patch_embeddings.projection", "patch_embed/proj", "conv"),
         *_block_rules(blocks, names),
-        *[Rule(f"neck.reassemble_stage.readout_projects.{s - 1}.0", f"reassemble_{s}/readout", "dense") for s in STAGES],
+        *[
+            Rule(f"neck.reassemble_stage.readout_projects.{s - 1}.0", f"reassemble_{s}/readout", "dense")
+            for s in STAGES
+        ],
         *[Rule(f"neck.reassemble_stage.layers.{s - 1}.projection", f"reassemble_{s}/project", "conv") for s in STAGES],
         *[Rule(f"neck.reassemble_stage.layers.{s - 1}.resize", f"reassemble_{s}/resample", "conv") for s in (1, 2, 4)],
         *[Rule(f"neck.convs.{s - 1}", f"reassemble_{s}/to_fusion", "conv") for s in STAGES],
         # transformers' fusion stage starts at the coarsest map: its layer 0 is our (and MiDaS's) stage 4.
         *[
-            Rule(f"neck.fusion_stage.layers.{4 - s}.residual_layer{u}.convolution{c}", f"fusion_{s}/rcu{u}/conv{c}", "conv")
-            for s in STAGES for u in (1, 2) for c in (1, 2) if (s, u) != (4, 1)
+            Rule(
+                f"neck.fusion_stage.layers.{4 - s}.residual_layer{u}.convolution{c}",
+                f"fusion_{s}/rcu{u}/conv{c}",
+                "conv",
+            )
+            for s in STAGES
+            for u in (1, 2)
+            for c in (1, 2)
+            if (s, u) != (4, 1)
         ],
         *[Rule(f"neck.fusion_stage.layers.{4 - s}.projection", f"fusion_{s}/out_conv", "conv") for s in STAGES],
         *[Rule(f"head.head.{n}", f"head/conv{c}", "conv") for c, n in ((1, 0), (2, 2), (3, 4))],
@@ -172,10 +204,17 @@ HF_V4: list[Rule] = _transformers_rules(
     "backbone.embeddings",
     "backbone.encoder.layer.{i}",
     {
-        "gamma_1": "lambda_1", "gamma_2": "lambda_2", "norm1": "layernorm_before", "norm2": "layernorm_after",
+        "gamma_1": "lambda_1",
+        "gamma_2": "lambda_2",
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
         "table": "attention.attention.relative_position_bias.relative_position_bias_table",
-        "proj": "attention.output.dense", "fc1": "intermediate.dense", "fc2": "output.dense",
-        "query": "attention.attention.query", "key": "attention.attention.key", "value": "attention.attention.value",
+        "proj": "attention.output.dense",
+        "fc1": "intermediate.dense",
+        "fc2": "output.dense",
+        "query": "attention.attention.query",
+        "key": "attention.attention.key",
+        "value": "attention.attention.value",
     },
 )
 
@@ -183,23 +222,31 @@ HF_V5: list[Rule] = _transformers_rules(
     "backbone.beit.embeddings",
     "backbone.beit.layers.{i}",
     {
-        "gamma_1": "lambda_1", "gamma_2": "lambda_2", "norm1": "layernorm_before", "norm2": "layernorm_after",
+        "gamma_1": "lambda_1",
+        "gamma_2": "lambda_2",
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
         "table": "relative_position_bias.relative_position_bias_table",
-        "proj": "attention.o_proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2",
-        "query": "attention.q_proj", "key": "attention.k_proj", "value": "attention.v_proj",
+        "proj": "attention.o_proj",
+        "fc1": "mlp.fc1",
+        "fc2": "mlp.fc2",
+        "query": "attention.q_proj",
+        "key": "attention.k_proj",
+        "value": "attention.v_proj",
     },
 )
 
 # Tensors the released files carry that the depth model never uses (regexes over the whole name).
 _ANY_LAYOUT_DROPPED = [r".*\.relative_position_index"]  # a buffer, regenerated for every input grid
 DROPPED: dict[str, list[str]] = {
-    "midas": _ANY_LAYOUT_DROPPED + [
+    "midas": [
+        *_ANY_LAYOUT_DROPPED,
         r"pretrained\.model\.fc_norm\.(weight|bias)",  # classifier pooling norm
         r"pretrained\.model\.head\.(weight|bias)",  # ImageNet classifier
         r"scratch\.refinenet4\.resConfUnit1\..*",  # refinenet4 has no skip input
     ],
-    "hf-v4": _ANY_LAYOUT_DROPPED + [r"neck\.fusion_stage\.layers\.0\.residual_layer1\..*"],
-    "hf-v5": _ANY_LAYOUT_DROPPED + [r"neck\.fusion_stage\.layers\.0\.residual_layer1\..*"],
+    "hf-v4": [*_ANY_LAYOUT_DROPPED, r"neck\.fusion_stage\.layers\.0\.residual_layer1\..*"],
+    "hf-v5": [*_ANY_LAYOUT_DROPPED, r"neck\.fusion_stage\.layers\.0\.residual_layer1\..*"],
 }
 
 LAYOUTS: dict[str, list[Rule]] = {"midas": MIDAS, "hf-v4": HF_V4, "hf-v5": HF_V5}

@@ -89,8 +89,9 @@ def _hf_fields(hf_config: dict, config_file: str) -> dict[str, Any]:
         fields["hooks"] = tuple(i - 1 for i in indices)
     elif backbone.get("out_features"):
         names = backbone["out_features"]
-        if not (isinstance(names, list) and all(isinstance(n, str) and n.removeprefix("stage").isdigit()
-                                                for n in names)):
+        if not (
+            isinstance(names, list) and all(isinstance(n, str) and n.removeprefix("stage").isdigit() for n in names)
+        ):
             raise ConversionError(f"{config_file}: backbone_config.out_features {names!r} is not a list of 'stageN'")
         fields["hooks"] = tuple(int(n.removeprefix("stage")) - 1 for n in names)
     if "layer_norm_eps" in backbone:  # transformers runs with what config.json says
@@ -161,8 +162,10 @@ def _plan(checkpoint: Checkpoint, layout: str, config: DPTConfig) -> tuple[list[
         covered.update(paths)
         dtype = checkpoint.dtypes[key]
         if dtype not in FLOAT_DTYPES:
-            problems.append(f"{key} is {'not a tensor' if dtype is None else f'a {dtype} tensor'} "
-                            f"(parameters are {' / '.join(FLOAT_DTYPES)})")
+            problems.append(
+                f"{key} is {'not a tensor' if dtype is None else f'a {dtype} tensor'} "
+                f"(parameters are {' / '.join(FLOAT_DTYPES)})"
+            )
             continue
         want = [expected.get(path) for path in paths]
         if None in want:

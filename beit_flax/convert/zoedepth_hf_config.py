@@ -13,9 +13,18 @@ from beit_flax.convert.hf_config import hf_config_dict
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
 
 # Keys of the DPT config.json that transformers' ZoeDepthConfig shares (the rest are DPT's own).
-_SHARED_DPT_KEYS = ("backbone_config", "hidden_act", "readout_type", "reassemble_factors", "neck_hidden_sizes",
-                    "fusion_hidden_size", "head_in_index", "use_batch_norm_in_fusion_residual",
-                    "use_bias_in_fusion_residual", "add_projection")
+_SHARED_DPT_KEYS = (
+    "backbone_config",
+    "hidden_act",
+    "readout_type",
+    "reassemble_factors",
+    "neck_hidden_sizes",
+    "fusion_hidden_size",
+    "head_in_index",
+    "use_batch_norm_in_fusion_residual",
+    "use_bias_in_fusion_residual",
+    "add_projection",
+)
 
 
 def zoedepth_hf_config_dict(config: ZoeDepthConfig) -> dict[str, Any]:
@@ -64,17 +73,29 @@ def hf_unsupported(config: ZoeDepthConfig) -> list[str]:
     """
     c, e, head = config, config.bin_embedding_dim, config.core.head_channels
     if c.router is None:
-        wanted = {"seed_mlp_dim": 256, "projector_mlp_dim": 128, "condition_on_relative_depth": True,
-                  "log_binomial_mlp_dim": (head + 1 + e) // 2}
+        wanted = {
+            "seed_mlp_dim": 256,
+            "projector_mlp_dim": 128,
+            "condition_on_relative_depth": True,
+            "log_binomial_mlp_dim": (head + 1 + e) // 2,
+        }
     else:
-        wanted = {"seed_mlp_dim": e // 2, "projector_mlp_dim": e // 2, "condition_on_relative_depth": False,
-                  "log_binomial_mlp_dim": (head + e) // 4, "n_attractors": (16, 16, 16, 16)}
+        wanted = {
+            "seed_mlp_dim": e // 2,
+            "projector_mlp_dim": e // 2,
+            "condition_on_relative_depth": False,
+            "log_binomial_mlp_dim": (head + e) // 4,
+            "n_attractors": (16, 16, 16, 16),
+        }
     wanted |= {"attractor_mlp_dim": e, "attractor_type": "inv", "attractor_alpha": 300.0, "attractor_gamma": 2}
     problems = [f"{k} {getattr(c, k)!r} (transformers: {v!r})" for k, v in wanted.items() if getattr(c, k) != v]
     if c.router is not None:
         if len(c.bins) != 2:
             problems.append(f"{len(c.bins)} bin heads (transformers: 2)")
         wanted_router = {"width": 128, "depth": 4, "layer_norm_eps": 1e-5}
-        problems += [f"router {k} {getattr(c.router, k)!r} (transformers: {v!r})" for k, v in wanted_router.items()
-                     if getattr(c.router, k) != v]
+        problems += [
+            f"router {k} {getattr(c.router, k)!r} (transformers: {v!r})"
+            for k, v in wanted_router.items()
+            if getattr(c.router, k) != v
+        ]
     return problems

@@ -37,8 +37,16 @@ _HF_HEAD = {"0": "1", "2": "2", "4": "3"}  # MiDaS / DPT `head.head.{n}` -> ZoeD
 
 # The router's fused in-projection bias (torch `nn.MultiheadAttention.in_proj_bias`, (3E,) rows [q; k; v]): only
 # ZoeDepth has one, so its kind is registered here, beside "qkv" (the fused weight), which it mirrors untransposed.
-KINDS.setdefault("qkv_bias", {"": Leaf(("query/bias", "key/bias", "value/bias"), lambda b: tuple(np.split(b, 3)),
-                                       lambda q, k, v: np.concatenate([q, k, v]))})
+KINDS.setdefault(
+    "qkv_bias",
+    {
+        "": Leaf(
+            ("query/bias", "key/bias", "value/bias"),
+            lambda b: tuple(np.split(b, 3)),
+            lambda q, k, v: np.concatenate([q, k, v]),
+        )
+    },
+)
 
 
 def core_torch_name(layout: str, dpt_name: str) -> str:
@@ -61,8 +69,10 @@ def dpt_torch_name(layout: str, name: str) -> str | None:
 
 def core_rules(layout: str) -> list[Rule]:
     """The DPT rules of the core, renamed (torch side) and under "core/" (flax side)."""
-    return [Rule(core_torch_name(layout, r.torch_name), f"core/{r.flax_path}", r.kind)
-            for r in DPT_LAYOUTS[CORE_LAYOUT[layout]]]
+    return [
+        Rule(core_torch_name(layout, r.torch_name), f"core/{r.flax_path}", r.kind)
+        for r in DPT_LAYOUTS[CORE_LAYOUT[layout]]
+    ]
 
 
 def domain_path(config: ZoeDepthConfig, index: int) -> str:
@@ -74,8 +84,11 @@ def head_rules(layout: str, config: ZoeDepthConfig) -> list[Rule]:
     """The metric head's rules for `config` (single head or several, with the router)."""
     release, multi = layout == "release", config.router is not None
     # torch names of a module's two 1x1 convs
-    mlp = (lambda prefix: (f"{prefix}._net.0", f"{prefix}._net.2")) if release else (
-        lambda prefix: (f"{prefix}.conv1", f"{prefix}.conv2"))
+    mlp = (
+        (lambda prefix: (f"{prefix}._net.0", f"{prefix}._net.2"))
+        if release
+        else (lambda prefix: (f"{prefix}.conv1", f"{prefix}.conv2"))
+    )
     top = "" if release else "metric_head."
     two_convs = lambda torch_prefix, flax_prefix, names=mlp: [
         Rule(torch_name, f"{flax_prefix}/conv{c}", "conv") for c, torch_name in zip((1, 2), names(torch_prefix))
@@ -85,11 +98,13 @@ def head_rules(layout: str, config: ZoeDepthConfig) -> list[Rule]:
         rules += two_convs(f"{top}projectors.{k}", f"projector_{k}")
     for index, b in enumerate(config.bins):
         d = domain_path(config, index)
-        rules += two_convs(f"{top}seed_bin_regressors.{b.name}" if multi else f"{top}seed_bin_regressor",
-                           f"{d}/seed_bin_regressor")
+        rules += two_convs(
+            f"{top}seed_bin_regressors.{b.name}" if multi else f"{top}seed_bin_regressor", f"{d}/seed_bin_regressor"
+        )
         for k in range(4):
-            rules += two_convs(f"{top}attractors.{b.name}.{k}" if multi else f"{top}attractors.{k}",
-                               f"{d}/attractor_{k}")
+            rules += two_convs(
+                f"{top}attractors.{b.name}.{k}" if multi else f"{top}attractors.{k}", f"{d}/attractor_{k}"
+            )
         clb = f"{top}conditional_log_binomial" + (f".{b.name}" if multi else "")
         rules += two_convs(clb, f"{d}/conditional_log_binomial", lambda p: (f"{p}.mlp.0", f"{p}.mlp.2"))
     if multi:
@@ -101,8 +116,10 @@ def _router_rules(release: bool, top: str) -> list[Rule]:
     encoder = f"{top}patch_transformer.transformer_encoder." + ("layers.{i}" if release else "{i}")
     layer = "router/layer_{i}"
     if release:  # torch nn.MultiheadAttention: fused in_proj (weight rows and bias [q; k; v])
-        attention = [Rule(f"{encoder}.self_attn.in_proj_weight", f"{layer}/attn", "qkv"),
-                     Rule(f"{encoder}.self_attn.in_proj_bias", f"{layer}/attn", "qkv_bias")]
+        attention = [
+            Rule(f"{encoder}.self_attn.in_proj_weight", f"{layer}/attn", "qkv"),
+            Rule(f"{encoder}.self_attn.in_proj_bias", f"{layer}/attn", "qkv_bias"),
+        ]
     else:  # transformers' ZoeDepthMultiheadAttention: three Linear layers
         attention = [Rule(f"{encoder}.self_attn.{n}", f"{layer}/attn/{n}", "dense") for n in ("query", "key", "value")]
     classifier = ("0", "2") if release else ("linear1", "linear2")

@@ -59,8 +59,9 @@ def detect_zoedepth_layout(shapes: dict[str, tuple[int, ...]], source: str) -> s
     raise ConversionError(f"{source}: not a ZoeDepth checkpoint (release or transformers layout); first keys: {sample}")
 
 
-def _plan(layout: str, config: ZoeDepthConfig, names: list[str]) -> tuple[dict[str, tuple[list[str], Leaf]],
-                                                                          list[str], list[str]]:
+def _plan(
+    layout: str, config: ZoeDepthConfig, names: list[str]
+) -> tuple[dict[str, tuple[list[str], Leaf]], list[str], list[str]]:
     """(name -> (flax paths, Leaf), dropped names, unknown names) for the checkpoint names `names`."""
     table, dropped_patterns = rules(layout, config), DROPPED[layout]
     plan, dropped, unknown = {}, [], []
@@ -87,9 +88,15 @@ def shape_problems(layout: str, config: ZoeDepthConfig, shapes: dict[str, tuple[
         except ValueError as err:  # e.g. a fused qkv whose rows do not split in 3
             unknown.append(f"{name} {shapes[name]} ({err})")
     expected = param_shapes(config)
-    return ([f"unexpected {n}" for n in unknown] + [f"missing {p}" for p in sorted(expected.keys() - got.keys())]
-            + [f"{p} has shape {got[p]}, config needs {expected[p]}" for p in sorted(expected.keys() & got.keys())
-               if got[p] != expected[p]])
+    return (
+        [f"unexpected {n}" for n in unknown]
+        + [f"missing {p}" for p in sorted(expected.keys() - got.keys())]
+        + [
+            f"{p} has shape {got[p]}, config needs {expected[p]}"
+            for p in sorted(expected.keys() & got.keys())
+            if got[p] != expected[p]
+        ]
+    )
 
 
 def model_name(config: ZoeDepthConfig) -> str:
@@ -115,8 +122,9 @@ def infer_zoedepth_config(checkpoint: Checkpoint, layout: str, shapes: dict[str,
         if problems:
             raise ConversionError(f"{source}: tensors do not match its config.json: {'; '.join(problems[:10])}")
         return config
-    candidates = [p.replace(core=core) for p in PRESETS.values() if p.core.replace(layer_norm_eps=core.layer_norm_eps)
-                  == core]
+    candidates = [
+        p.replace(core=core) for p in PRESETS.values() if p.core.replace(layer_norm_eps=core.layer_norm_eps) == core
+    ]
     for candidate in candidates:
         if not shape_problems(layout, candidate, shapes):
             return candidate
@@ -126,8 +134,9 @@ def infer_zoedepth_config(checkpoint: Checkpoint, layout: str, shapes: dict[str,
     )
 
 
-def _from_hf_config(hf: dict[str, Any], core: DPTConfig, shapes: dict[str, tuple[int, ...]], checkpoint: Checkpoint,
-                    source: str) -> ZoeDepthConfig:
+def _from_hf_config(
+    hf: dict[str, Any], core: DPTConfig, shapes: dict[str, tuple[int, ...]], checkpoint: Checkpoint, source: str
+) -> ZoeDepthConfig:
     """transformers' ZoeDepthConfig fields + the widths it hard-codes (read off the shapes) -> our config.
 
     transformers calls `inv_attractor(dx)` with its defaults whatever config.json says (alpha 300, gamma 2, "inv"),
@@ -136,8 +145,10 @@ def _from_hf_config(hf: dict[str, Any], core: DPTConfig, shapes: dict[str, tuple
     shape = lambda name: _shape(shapes, name, source)
     confs = hf.get("bin_configurations") or [{"n_bins": 64, "min_depth": 1e-3, "max_depth": 10.0}]
     multi = len(confs) > 1
-    bins = tuple(BinConfig(c.get("name", "metric"), int(c["n_bins"]), float(c["min_depth"]), float(c["max_depth"]))
-                 for c in confs)
+    bins = tuple(
+        BinConfig(c.get("name", "metric"), int(c["n_bins"]), float(c["min_depth"]), float(c["max_depth"]))
+        for c in confs
+    )
     first = bins[0].name if multi else None
     seed = f"metric_head.seed_bin_regressors.{first}" if multi else "metric_head.seed_bin_regressor"
     attractor = lambda k: f"metric_head.attractors.{first}.{k}" if multi else f"metric_head.attractors.{k}"
@@ -149,22 +160,29 @@ def _from_hf_config(hf: dict[str, Any], core: DPTConfig, shapes: dict[str, tuple
         encoder = r"metric_head\.patch_transformer\.transformer_encoder\.(\d+)\."
         layers = {int(m[1]) for name in shapes if (m := re.match(encoder, name))}
         router = RouterConfig(
-            width=shape("metric_head.patch_transformer.embedding_convPxP.weight")[0], depth=len(layers),
+            width=shape("metric_head.patch_transformer.embedding_convPxP.weight")[0],
+            depth=len(layers),
             num_heads=int(hf.get("patch_transformer_num_attention_heads") or RouterConfig.num_heads),
             mlp_dim=shape("metric_head.patch_transformer.transformer_encoder.0.linear1.weight")[0],
         )
     size = _preprocessor_size(checkpoint)
     try:
         config = ZoeDepthConfig(
-            core=core, bins=bins, bin_centers_type=hf.get("bin_centers_type", "softplus"), bin_embedding_dim=embedding,
+            core=core,
+            bins=bins,
+            bin_centers_type=hf.get("bin_centers_type", "softplus"),
+            bin_embedding_dim=embedding,
             n_attractors=tuple(shape(f"{attractor(k)}.conv2.weight")[0] // (2 if normed else 1) for k in range(4)),
-            attractor_kind=hf.get("attractor_kind", "mean"), min_temp=float(hf.get("min_temp", 0.0212)),
-            max_temp=float(hf.get("max_temp", 50.0)), seed_mlp_dim=shape(f"{seed}.conv1.weight")[0],
+            attractor_kind=hf.get("attractor_kind", "mean"),
+            min_temp=float(hf.get("min_temp", 0.0212)),
+            max_temp=float(hf.get("max_temp", 50.0)),
+            seed_mlp_dim=shape(f"{seed}.conv1.weight")[0],
             projector_mlp_dim=shape("metric_head.seed_projector.conv1.weight")[0],
             attractor_mlp_dim=shape(f"{attractor(0)}.conv1.weight")[0],
             log_binomial_mlp_dim=shape(f"{clb}.mlp.0.weight")[0],
             condition_on_relative_depth=shape(f"{clb}.mlp.0.weight")[1] == core.head_channels + 1 + embedding,
-            router=router, net_size=size or (384, 512),
+            router=router,
+            net_size=size or (384, 512),
         )
     except ValueError as err:
         raise ConversionError(f"{source}: {err}") from None

@@ -38,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import beit_flax
-    from beit_flax.images import colorize, encode_png, read_image
-    from beit_flax.transforms import postprocess, preprocess, size_text
-    from beit_flax.files import atomic_write_bytes
     from beit_flax.convert.cli import main as convert_weights
     from beit_flax.demo.torch_model import build_reference
+    from beit_flax.files import atomic_write_bytes
+    from beit_flax.images import colorize, encode_png, read_image
+    from beit_flax.transforms import postprocess, preprocess, size_text
 
     args.out.mkdir(parents=True, exist_ok=True)
     config = PRESETS[args.variant]
@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     reference = build_reference(config, seed=args.seed)
     checkpoint = args.out / f"hf-{args.variant}"
     reference.save_pretrained(checkpoint)
-    print(f"[1/4] perturbed {args.variant} saved as a transformers checkpoint in {checkpoint} "
-          f"({time.perf_counter() - start:.1f} s)")
+    print(
+        f"[1/4] perturbed {args.variant} saved as a transformers checkpoint in {checkpoint} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
 
     weights = args.out / f"{args.variant}.msgpack"
     print("[2/4] ", end="", flush=True)
@@ -72,15 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     depth = postprocess(raw[0], image.shape[:2])
     np.save(args.out / "depth.npy", depth)
     atomic_write_bytes(args.out / "depth.png", encode_png(colorize(depth)))
-    print(f"[3/4] {args.image.name} {size_text(*image.shape[:2])} -> network {size_text(*network_input.shape[1:3])}: flax {seconds * 1e3:.0f} ms (first call incl. compile {compiled:.1f} s); "
-          f"wrote {args.out / 'depth.npy'} and {args.out / 'depth.png'}")
+    print(
+        f"[3/4] {args.image.name} {size_text(*image.shape[:2])} -> network {size_text(*network_input.shape[1:3])}: "
+        f"flax {seconds * 1e3:.0f} ms (first call incl. compile {compiled:.1f} s); "
+        f"wrote {args.out / 'depth.npy'} and {args.out / 'depth.png'}"
+    )
 
     with torch.inference_mode():
         expected = reference(pixel_values=torch.from_numpy(network_input).permute(0, 3, 1, 2)).predicted_depth
     expected = expected.numpy()
     error = float(np.abs(raw - expected).max() / np.abs(expected).max())
-    print(f"[4/4] parity vs transformers (torch fp32, CPU): max|flax - torch| / max|torch| = {error:.2e} "
-          f"(max|torch| = {np.abs(expected).max():.3f})")
+    print(
+        f"[4/4] parity vs transformers (torch fp32, CPU): max|flax - torch| / max|torch| = {error:.2e} "
+        f"(max|torch| = {np.abs(expected).max():.3f})"
+    )
     print(json.dumps({"variant": args.variant, "parity_max_rel": error, "flax_ms": round(seconds * 1e3, 1)}))
     return 0 if error <= 1e-4 else 1
 

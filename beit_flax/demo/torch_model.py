@@ -45,6 +45,7 @@ SPEC_KEYS = frozenset(
     }
 )
 
+
 def _check_spec(spec: Mapping[str, Any]) -> None:
     missing = SPEC_KEYS - set(spec)
     extra = set(spec) - SPEC_KEYS
@@ -56,7 +57,6 @@ def _check_spec(spec: Mapping[str, Any]) -> None:
         raise ValueError("hooks and reassemble_channels need 4 entries")
     if sorted(spec["hooks"]) != list(spec["hooks"]) or not 0 <= spec["hooks"][0] <= spec["hooks"][-1] < spec["depth"]:
         raise ValueError("hooks must be increasing 0-based block indices < depth")
-
 
 
 def as_spec(spec: Mapping[str, Any] | FlaxConfig) -> dict[str, Any]:
@@ -112,9 +112,7 @@ def _perturb_(model: nn.Module, seed: int) -> None:
                     value = normal(param.shape, 0.1)
             elif p_name in ("lambda_1", "lambda_2"):
                 value = uniform(param.shape, 0.1, 0.5)
-            elif p_name == "relative_position_bias_table":
-                value = normal(param.shape, 0.5)
-            elif p_name == "cls_token":
+            elif p_name == "relative_position_bias_table" or p_name == "cls_token":
                 value = normal(param.shape, 0.5)
             else:
                 raise RuntimeError(f"no perturbation rule for {mod_name}.{p_name}")
@@ -209,8 +207,9 @@ def random_images(batch: int, height: int, width: int, seed: int = 0) -> Tensor:
     return (0.7 * smooth + 0.3 * noise).clamp(-1, 1)
 
 
-def assert_nondegenerate(depth: np.ndarray | Tensor, *, min_max: float = 1e-2, min_positive: float = 0.2,
-                         min_std_ratio: float = 0.05) -> None:
+def assert_nondegenerate(
+    depth: np.ndarray | Tensor, *, min_max: float = 1e-2, min_positive: float = 0.2, min_std_ratio: float = 0.05
+) -> None:
     """Assert a depth map (any shape, e.g. (B, H, W)) is usable for a numerical comparison.
 
     Finite; max > ``min_max``; more than ``min_positive`` of the pixels strictly positive (after the final ReLU);
@@ -224,4 +223,3 @@ def assert_nondegenerate(depth: np.ndarray | Tensor, *, min_max: float = 1e-2, m
     assert dmax > min_max, f"depth max {dmax:.3g} <= {min_max}"
     assert pos > min_positive, f"only {pos:.1%} of the pixels are positive"
     assert std > min_std_ratio * dmax, f"depth std {std:.3g} is tiny relative to its max {dmax:.3g}"
-

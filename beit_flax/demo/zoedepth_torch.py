@@ -33,15 +33,25 @@ def tiny_configs(core: DPTConfig) -> dict[str, ZoeDepthConfig]:
     4, 3, 2, 1), "k" (the same, normed) and "nk" (two softplus heads, the router with a 64-wide FFN). Widths that
     transformers hard-codes stay as it has them (`zoedepth_hf_config.hf_unsupported`)."""
     e = 16
-    n = ZoeDepthConfig(core=core, bins=(BinConfig("nyu", 16),), bin_embedding_dim=e, n_attractors=(4, 3, 2, 1),
-                       attractor_mlp_dim=e, log_binomial_mlp_dim=(core.head_channels + 1 + e) // 2)
+    n = ZoeDepthConfig(
+        core=core,
+        bins=(BinConfig("nyu", 16),),
+        bin_embedding_dim=e,
+        n_attractors=(4, 3, 2, 1),
+        attractor_mlp_dim=e,
+        log_binomial_mlp_dim=(core.head_channels + 1 + e) // 2,
+    )
     return {
         "n": n,
         "k": n.replace(bins=(BinConfig("kitti", 16),), bin_centers_type="normed", net_size=(384, 768)),
         "nk": n.replace(
-            bins=(BinConfig("nyu", 16), BinConfig("kitti", 16, max_depth=80.0)), n_attractors=(16,) * 4,
-            seed_mlp_dim=e // 2, projector_mlp_dim=e // 2, log_binomial_mlp_dim=(core.head_channels + e) // 4,
-            condition_on_relative_depth=False, router=RouterConfig(mlp_dim=64),
+            bins=(BinConfig("nyu", 16), BinConfig("kitti", 16, max_depth=80.0)),
+            n_attractors=(16,) * 4,
+            seed_mlp_dim=e // 2,
+            projector_mlp_dim=e // 2,
+            log_binomial_mlp_dim=(core.head_channels + e) // 4,
+            condition_on_relative_depth=False,
+            router=RouterConfig(mlp_dim=64),
         ),
     }
 

@@ -9,5 +9,15 @@ from beit_flax.hub.download import DigestError, DownloadError
 from beit_flax.hub.resolve import NotCachedError, load, resolve
 from beit_flax.hub.sources import KNOWN, MIRROR_ENV, Known
 
-__all__ = ["KNOWN", "MIRROR_ENV", "WEIGHTS_ENV", "DigestError", "DownloadError", "Known", "NotCachedError", "load",
-           "resolve", "weights_dir"]
+__all__ = [
+    "KNOWN",
+    "MIRROR_ENV",
+    "WEIGHTS_ENV",
+    "DigestError",
+    "DownloadError",
+    "Known",
+    "NotCachedError",
+    "load",
+    "resolve",
+    "weights_dir",
+]

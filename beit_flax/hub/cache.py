@@ -72,8 +72,11 @@ def find(folder: Path, *, source: str | None = None, sha256: str | None = None, 
     """The newest entry whose record has this source and/or digest (and every `match` field), or None."""
     for entry in reversed(entries(folder)):
         info = entry.info
-        if ((source is None or info.get("source") == source) and (sha256 is None or info.get("sha256") == sha256)
-                and all(info.get(k) == v for k, v in match.items())):
+        if (
+            (source is None or info.get("source") == source)
+            and (sha256 is None or info.get("sha256") == sha256)
+            and all(info.get(k) == v for k, v in match.items())
+        ):
             return entry
     return None
 

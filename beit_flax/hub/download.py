@@ -87,8 +87,16 @@ def download(url: str, part: Path, *, sha256: str | None = None, progress: bool 
             with response:
                 length = response.headers.get("Content-Length")
                 total = offset + int(length) if length and length.isdigit() else None
-                bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                           desc=url.rsplit("/", 1)[-1], file=sys.stderr, disable=None if progress else True)
+                bar = tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=url.rsplit("/", 1)[-1],
+                    file=sys.stderr,
+                    disable=None if progress else True,
+                )
                 with bar:
                     try:
                         while chunk := response.read(CHUNK):
@@ -96,11 +104,14 @@ def download(url: str, part: Path, *, sha256: str | None = None, progress: bool 
                             digest.update(chunk)
                             bar.update(len(chunk))
                     except (http.client.HTTPException, OSError) as err:
-                        raise DownloadError(f"{url}: download interrupted after {file.tell()} bytes "
-                                            f"({type(err).__name__}); run again to resume") from None
+                        raise DownloadError(
+                            f"{url}: download interrupted after {file.tell()} bytes "
+                            f"({type(err).__name__}); run again to resume"
+                        ) from None
                 if total is not None and file.tell() != total:
-                    raise DownloadError(f"{url}: download interrupted after {file.tell()} of {total} bytes; "
-                                        f"run again to resume")
+                    raise DownloadError(
+                        f"{url}: download interrupted after {file.tell()} of {total} bytes; run again to resume"
+                    )
         file.flush()
         os.fsync(file.fileno())
     got = digest.hexdigest()

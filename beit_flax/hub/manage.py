@@ -28,8 +28,10 @@ def list_lines(folder: Path) -> list[str]:
     for entry in cache.entries(folder):
         size, info = entry.size, entry.info
         total += size
-        lines.append(f"{info.get('name', '?')}  {_size(size)}  sha256 {str(info.get('sha256', '?'))[:12]}  "
-                     f"from {info.get('source', '?')}  {entry.weights}")
+        lines.append(
+            f"{info.get('name', '?')}  {_size(size)}  sha256 {str(info.get('sha256', '?'))[:12]}  "
+            f"from {info.get('source', '?')}  {entry.weights}"
+        )
     for path in _downloads(folder):
         size = path.stat().st_size
         total += size
@@ -41,20 +43,28 @@ def list_lines(folder: Path) -> list[str]:
 
 def clear(folder: Path, names: list[str]) -> str:
     """Remove every entry (no `names`) or those matching a name, source or file; returns the summary line."""
-    chosen = [e for e in cache.entries(folder)
-              if not names or any(n in (e.info.get("name"), e.info.get("source"), str(e.weights), e.weights.name)
-                                  for n in names)]
+    chosen = [
+        e
+        for e in cache.entries(folder)
+        if not names
+        or any(n in (e.info.get("name"), e.info.get("source"), str(e.weights), e.weights.name) for n in names)
+    ]
     files = [p for e in chosen for p in (e.weights, e.record)]
     if names:
         release = {KNOWN[n].filename for n in names if n in KNOWN}
-        files += [p for p in _downloads(folder) if p.name in release or p.name.startswith(tuple(
-            f".{Path(r).stem}.part" for r in release))]
+        files += [
+            p
+            for p in _downloads(folder)
+            if p.name in release or p.name.startswith(tuple(f".{Path(r).stem}.part" for r in release))
+        ]
     else:
         files += _downloads(folder)
     freed = cache.remove(files)
-    return (f"removed {len(chosen)} converted model{'s' * (len(chosen) != 1)} and "
-            f"{len(files) - 2 * len(chosen)} download{'s' * (len(files) - 2 * len(chosen) != 1)} from {folder}: "
-            f"{_size(freed)} freed (hub downloads stay in the Hugging Face cache: `hf cache`)")
+    return (
+        f"removed {len(chosen)} converted model{'s' * (len(chosen) != 1)} and "
+        f"{len(files) - 2 * len(chosen)} download{'s' * (len(files) - 2 * len(chosen) != 1)} from {folder}: "
+        f"{_size(freed)} freed (hub downloads stay in the Hugging Face cache: `hf cache`)"
+    )
 
 
 def main(action: str, names: list[str]) -> int:

@@ -94,9 +94,11 @@ def _local(path: Path, kind: str, folder: Path, progress: bool) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         _convert(path, out, progress)
     except ValueError as err:  # ConversionError, params that do not fit: the old advice, with the reason
-        raise ValueError(f"{path}: {kind}, not a beit-flax weights file, and converting it failed "
-                         f"({_first_line(err)}); convert it by hand to see why: convert_weights {path} "
-                         f"{path.stem}.msgpack") from None
+        raise ValueError(
+            f"{path}: {kind}, not a beit-flax weights file, and converting it failed "
+            f"({_first_line(err)}); convert it by hand to see why: convert_weights {path} "
+            f"{path.stem}.msgpack"
+        ) from None
     return cache.record(out, name=str(path), source=source, sha256=digest, checkpoint=str(path), stamp=stamp).weights
 
 
@@ -105,14 +107,17 @@ def _not_cached(known: Known, folder: Path, why: str) -> NotCachedError:
     return NotCachedError(
         f"{known.name} is not cached and {why}: download {known.url} (or the hub repo {known.repo}) on a machine "
         f"with internet and put it at {place} (used as is next time), or run convert_weights {known.filename} "
-        f"{known.name}.msgpack and pass --weights {known.name}.msgpack")
+        f"{known.name}.msgpack and pass --weights {known.name}.msgpack"
+    )
 
 
 def _release(known: Known, folder: Path, progress: bool) -> Path:
     """A known name: its cached conversion, else download (resumable), verify, convert, cache."""
     if known.family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"{known.name}: a {known.family} model, which needs the {known.family} converter; this "
-                         f"beit-flax does not have it yet (source: {known.url}, hub repo {known.repo})")
+        raise ValueError(
+            f"{known.name}: a {known.family} model, which needs the {known.family} converter; this "
+            f"beit-flax does not have it yet (source: {known.url}, hub repo {known.repo})"
+        )
     if (hit := cache.find(folder, source=known.url)) is not None:
         return hit.weights
     downloads = folder / "downloads"
@@ -177,7 +182,8 @@ def _hub(repo: str, revision: str | None, folder: Path, hub_cache: str | os.Path
             f"{repo} is not in the Hugging Face cache and cannot be downloaded ({_first_line(err)}): on a machine with "
             f"internet run `hf download {repo} config.json model.safetensors` and copy its cache folder "
             f"models--{repo.replace('/', '--')} into {hub_cache or '$HF_HOME/hub'}, or run "
-            f"convert_weights <that folder> {repo.split('/')[-1]}.msgpack") from None
+            f"convert_weights <that folder> {repo.split('/')[-1]}.msgpack"
+        ) from None
     except OSError as err:  # HTTP errors: missing or gated repo, bad revision, server errors
         raise DownloadError(f"{repo}: {_first_line(err)}") from None
     blob, config_blob = weights.resolve(), config.resolve()
@@ -192,19 +198,32 @@ def _hub(repo: str, revision: str | None, folder: Path, hub_cache: str | os.Path
         if published and digest != published:
             for path in (weights, blob):  # the next run downloads it again
                 path.unlink(missing_ok=True)
-            raise DigestError(f"{repo}: {weights.name} has sha256 {digest}, the hub publishes {published}; "
-                              f"deleted it from the Hugging Face cache")
+            raise DigestError(
+                f"{repo}: {weights.name} has sha256 {digest}, the hub publishes {published}; "
+                f"deleted it from the Hugging Face cache"
+            )
         out = cache.target(folder, repo, key)
         try:
             _convert(weights.parent, out, progress)
         except ValueError as err:
             raise ValueError(f"{repo}: cannot convert its checkpoint ({_first_line(err)})") from None
-        return cache.record(out, name=repo if revision is None else f"{repo}@{revision}", source=source, sha256=key,
-                            weights_sha256=digest, checkpoint=str(weights.parent)).weights
+        return cache.record(
+            out,
+            name=repo if revision is None else f"{repo}@{revision}",
+            source=source,
+            sha256=key,
+            weights_sha256=digest,
+            checkpoint=str(weights.parent),
+        ).weights
 
 
-def resolve(weights: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-            hub_cache: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def resolve(
+    weights: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    hub_cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
     """The path of a beit-flax .msgpack for `weights`:
 
     - a beit-flax weights file (any name) -> itself, as is; so is anything that is not a checkpoint (a missing

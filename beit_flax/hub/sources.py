@@ -33,14 +33,17 @@ class Known:
         return self.url.rsplit("/", 1)[-1]
 
 
-KNOWN: dict[str, Known] = {k.name: k for k in (
-    Known("dpt_beit_large_512", _MIDAS + "dpt_beit_large_512.pt", "Intel/dpt-beit-large-512"),
-    Known("dpt_beit_large_384", _MIDAS + "dpt_beit_large_384.pt", "Intel/dpt-beit-large-384"),
-    Known("dpt_beit_base_384", _MIDAS + "dpt_beit_base_384.pt", "Intel/dpt-beit-base-384"),
-    Known("zoedepth_nyu", _ZOE + "ZoeD_M12_N.pt", "Intel/zoedepth-nyu", family="zoedepth"),
-    Known("zoedepth_kitti", _ZOE + "ZoeD_M12_K.pt", "Intel/zoedepth-kitti", family="zoedepth"),
-    Known("zoedepth_nyu_kitti", _ZOE + "ZoeD_M12_NK.pt", "Intel/zoedepth-nyu-kitti", family="zoedepth"),
-)}
+KNOWN: dict[str, Known] = {
+    k.name: k
+    for k in (
+        Known("dpt_beit_large_512", _MIDAS + "dpt_beit_large_512.pt", "Intel/dpt-beit-large-512"),
+        Known("dpt_beit_large_384", _MIDAS + "dpt_beit_large_384.pt", "Intel/dpt-beit-large-384"),
+        Known("dpt_beit_base_384", _MIDAS + "dpt_beit_base_384.pt", "Intel/dpt-beit-base-384"),
+        Known("zoedepth_nyu", _ZOE + "ZoeD_M12_N.pt", "Intel/zoedepth-nyu", family="zoedepth"),
+        Known("zoedepth_kitti", _ZOE + "ZoeD_M12_K.pt", "Intel/zoedepth-kitti", family="zoedepth"),
+        Known("zoedepth_nyu_kitti", _ZOE + "ZoeD_M12_NK.pt", "Intel/zoedepth-nyu-kitti", family="zoedepth"),
+    )
+}
 
 # owner/name[@revision], as the hub spells them; a weights-file suffix means a path (`models/w.msgpack`), not a repo
 REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]*[\w-])(?:@(?P<revision>[\w./-]+))?")
@@ -50,7 +53,7 @@ FILE_SUFFIXES = (".msgpack", ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 def download_url(url: str) -> str:
     """`url` with https://github.com replaced by $BEIT_FLAX_RELEASE_MIRROR when that is set."""
     mirror = os.environ.get(MIRROR_ENV, "").strip().rstrip("/")
-    return mirror + url[len(GITHUB):] if mirror and url.startswith(GITHUB + "/") else url
+    return mirror + url[len(GITHUB) :] if mirror and url.startswith(GITHUB + "/") else url
 
 
 def parse_repo_id(text: str) -> tuple[str, str | None] | None:

@@ -42,9 +42,13 @@ def save_checkpoint(
     with _manager(directory, keep, create=True) as manager:
         if step in manager.all_steps():
             return step
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(payload), metadata=ocp.args.JsonSave(dict(metadata or {}))
-        ), force=True)
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(payload), metadata=ocp.args.JsonSave(dict(metadata or {}))
+            ),
+            force=True,
+        )
         manager.wait_until_finished()
     return step
 
@@ -79,10 +83,13 @@ def restore_checkpoint(
         if step is None:
             raise FileNotFoundError(f"{directory}: no checkpoint to restore")
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target)),
-                metadata=ocp.args.JsonRestore(),
-            ))
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target)),
+                    metadata=ocp.args.JsonRestore(),
+                ),
+            )
         except (ValueError, KeyError, TypeError) as err:  # orbax reports a tree or shape mismatch in many ways
             raise ValueError(
                 f"{directory} step {step}: does not fit this train state (another model, optimizer or frozen set?): "

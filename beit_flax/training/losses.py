@@ -152,8 +152,11 @@ def silog_loss(
     """
     pred, target, mask = _inputs(pred, target, mask)
     valid = mask > 0
-    g = jnp.where(valid, jnp.log(jnp.where(valid, pred, 1.0) + SILOG_EPS) - jnp.log(
-        jnp.where(valid, target, 1.0) + SILOG_EPS), 0.0)
+    g = jnp.where(
+        valid,
+        jnp.log(jnp.where(valid, pred, 1.0) + SILOG_EPS) - jnp.log(jnp.where(valid, target, 1.0) + SILOG_EPS),
+        0.0,
+    )
     n = jnp.sum(mask)
     mean = _safe_div(jnp.sum(g), n)
     var = _safe_div(jnp.sum(mask * (g - mean) ** 2), n - 1.0)
@@ -176,5 +179,9 @@ def metric_depth_metrics(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarr
     count = jnp.sum(mask, axis=(1, 2))
     mean = lambda x: _safe_div(jnp.sum(mask * x, axis=(1, 2)), count)
     ratio = jnp.maximum(pred / true, true / pred)
-    return {"abs_rel": mean(jnp.abs(pred - true) / true), "rmse": jnp.sqrt(mean((pred - true) ** 2)),
-            "delta1": mean((ratio < 1.25).astype(jnp.float32)), "valid": count}
+    return {
+        "abs_rel": mean(jnp.abs(pred - true) / true),
+        "rmse": jnp.sqrt(mean((pred - true) ** 2)),
+        "delta1": mean((ratio < 1.25).astype(jnp.float32)),
+        "valid": count,
+    }

@@ -146,6 +146,12 @@ def create_train_state(
     )
     # step as an int32 array from the start: a Python 0 would be weakly typed and cost a second compilation
     return TrainState(
-        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx, opt_state=tx.init(params),
-        frozen=frozen, patch_size=core.patch_size, loss=loss,
+        step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        opt_state=tx.init(params),
+        frozen=frozen,
+        patch_size=core.patch_size,
+        loss=loss,
     )

@@ -78,7 +78,10 @@ jit_eval_step = jax.jit(eval_step)
 
 
 def sharded_steps(
-    shardings: TrainState, mesh: jax.sharding.Mesh, *, donate: bool = False,
+    shardings: TrainState,
+    mesh: jax.sharding.Mesh,
+    *,
+    donate: bool = False,
     compiler_options: Mapping[str, Any] | None = None,
 ) -> tuple[Callable[..., tuple[TrainState, dict[str, jnp.ndarray]]], Callable[..., dict[str, jnp.ndarray]]]:
     """(train_step, eval_step) jitted for a state laid out as `shardings` (`sharding.state_shardings`, same mesh)
@@ -92,7 +95,12 @@ def sharded_steps(
     """
     data, metrics = batch_sharded(mesh), replicated(mesh)
     options = dict(compiler_options) if compiler_options else None
-    step = jax.jit(train_step, in_shardings=(shardings, data), out_shardings=(shardings, metrics),
-                   donate_argnums=(0,) if donate else (), compiler_options=options)
+    step = jax.jit(
+        train_step,
+        in_shardings=(shardings, data),
+        out_shardings=(shardings, metrics),
+        donate_argnums=(0,) if donate else (),
+        compiler_options=options,
+    )
     evaluate = jax.jit(eval_step, in_shardings=(shardings, data), out_shardings=metrics, compiler_options=options)
     return step, evaluate

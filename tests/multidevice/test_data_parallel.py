@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
+from sharding_helpers import picture, tiny_weights
 
 import beit_flax
 from beit_flax.cli import main
 from beit_flax.pipeline import Batcher, jitted_apply
-from sharding_helpers import picture, tiny_weights
 
 DEVICES = 8
 if jax.local_device_count() < DEVICES:

@@ -16,13 +16,13 @@ import jax
 import numpy as np
 import optax
 import pytest
+from finetune_helpers import FAST_COMPILE, TINY, fast_jit, tiny_batch
 from flax import traverse_util
 from jax.sharding import PartitionSpec
 
 from beit_flax import DPT, training
 from beit_flax.params import init_params
 from beit_flax.sharding import fsdp_spec, place, shard_batch, state_shardings, train_mesh
-from finetune_helpers import FAST_COMPILE, TINY, fast_jit, tiny_batch
 
 DEVICES = 8
 if jax.local_device_count() < DEVICES:
@@ -68,8 +68,11 @@ def reference(state0, batches):
 def worst_leaf_error(ours, theirs, start) -> tuple[float, str]:
     """max over leaves of max|ours - theirs| / max|theirs - start|, and that leaf's path."""
     ours, theirs, start = flat(ours), flat(theirs), flat(start)
-    errors = {path: float(np.abs(ours[path] - theirs[path]).max() / np.abs(theirs[path] - start[path]).max())
-              for path in theirs if path not in FREEZE}
+    errors = {
+        path: float(np.abs(ours[path] - theirs[path]).max() / np.abs(theirs[path] - start[path]).max())
+        for path in theirs
+        if path not in FREEZE
+    }
     path = max(errors, key=errors.get)
     return errors[path], path
 
@@ -89,8 +92,10 @@ def test_sharded_step_equals_one_device(state0, batches, reference, fsdp):
 
     worst_metric = max(abs(float(m[k]) / float(r[k]) - 1) for m, r in zip(metrics, ref_metrics) for k in r)
     worst, path = worst_leaf_error(state.params, ref2.params, state0.params)
-    print(f"[{'fsdp' if fsdp else 'data parallel'}, {DEVICES} devices vs 1] metrics {worst_metric:.1e}, "
-          f"params {worst:.1e} ({path})")
+    print(
+        f"[{'fsdp' if fsdp else 'data parallel'}, {DEVICES} devices vs 1] metrics {worst_metric:.1e}, "
+        f"params {worst:.1e} ({path})"
+    )
     assert worst_metric <= METRIC_TOLERANCE and worst <= TOLERANCE
     trace = lambda s: jax.tree.leaves(s.opt_state)
     for ours, theirs in zip(trace(state), trace(ref2)):  # momentum traces: gradient-sized

@@ -63,8 +63,14 @@ def dense_rows(bias_hnn: jnp.ndarray) -> BiasRows:
     return rows
 
 
-def attend(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: jnp.ndarray | BiasRows,
-           implementation: AttentionImpl, chunk: QueryChunk = None) -> jnp.ndarray:
+def attend(
+    query: jnp.ndarray,
+    key: jnp.ndarray,
+    value: jnp.ndarray,
+    bias: jnp.ndarray | BiasRows,
+    implementation: AttentionImpl,
+    chunk: QueryChunk = None,
+) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v for (B, N, heads, d) inputs and a float32 (heads, N, N) bias (an array, or
     `BiasRows` that build it, so that a chunk of queries needs only its own rows).
 
@@ -89,8 +95,9 @@ def attend(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: jnp.n
     return chunked_attention(query, key, value, rows, size)
 
 
-def _attention_bhnd(q_bhqd: jnp.ndarray, k_bhkd: jnp.ndarray, v_bhkd: jnp.ndarray, bias_hqk: jnp.ndarray
-                    ) -> jnp.ndarray:
+def _attention_bhnd(
+    q_bhqd: jnp.ndarray, k_bhkd: jnp.ndarray, v_bhkd: jnp.ndarray, bias_hqk: jnp.ndarray
+) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v heads first, (B, heads, Q, d) in the compute dtype."""
     logits = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(logits * q_bhqd.shape[-1] ** -0.5 + bias_hqk[None], axis=-1)
@@ -107,8 +114,9 @@ def xla_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias
     return jnp.transpose(_attention_bhnd(q_bhnd, k_bhnd, v_bhnd, bias_hnn), (0, 2, 1, 3))
 
 
-def chunked_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: BiasRows, chunk: int
-                      ) -> jnp.ndarray:
+def chunked_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: BiasRows, chunk: int
+) -> jnp.ndarray:
     """`xla_attention` `chunk` queries at a time (a `lax.map`, the last chunk padded), each chunk's bias rows built
     inside the loop body: memory grows with N, not N^2 (per chunk: (B, heads, chunk, N) logits and probabilities,
     (heads, chunk, N) bias). The softmax of each row still runs over all N keys at once, so every output is the same
@@ -128,8 +136,9 @@ def chunked_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, 
     return jnp.transpose(out, (1, 0, 3, 2, 4)).reshape(b, count * chunk, heads, d)[:, :n]
 
 
-def cudnn_inputs(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray
-                 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+def cudnn_inputs(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Inputs as cuDNN's fused attention takes them: the bias in the compute dtype, and an even token count (with a
     bias, cuDNN's backward pass needs one, and BEiT's N = h*w + 1 is odd for every even grid). An odd N gets one
     zero token that no query sees (its bias column is the dtype's minimum) and whose own output row is dropped by

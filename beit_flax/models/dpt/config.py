@@ -117,10 +117,13 @@ def _problems(config: DPTConfig) -> list[str]:
             problems.append(f"{name} must be a list of {n} ints, got {value!r}")
     tuples = lambda name: getattr(config, name) if isinstance(getattr(config, name), tuple) else ()
     sizes = {
-        "width": (config.width, MAX_WIDTH), "depth": (config.depth, MAX_DEPTH),
-        "num_heads": (config.num_heads, MAX_HEADS), "patch_size": (config.patch_size, PATCH_SIZE),
+        "width": (config.width, MAX_WIDTH),
+        "depth": (config.depth, MAX_DEPTH),
+        "num_heads": (config.num_heads, MAX_HEADS),
+        "patch_size": (config.patch_size, PATCH_SIZE),
         "fusion_channels": (config.fusion_channels, MAX_CHANNELS),
-        "head_channels": (config.head_channels, MAX_CHANNELS), "net_size": (config.net_size, MAX_NET_SIZE),
+        "head_channels": (config.head_channels, MAX_CHANNELS),
+        "net_size": (config.net_size, MAX_NET_SIZE),
         **{f"train_grid[{i}]": (v, MAX_GRID) for i, v in enumerate(tuples("train_grid"))},
         **{f"reassemble_channels[{i}]": (v, MAX_CHANNELS) for i, v in enumerate(tuples("reassemble_channels"))},
     }
@@ -130,14 +133,17 @@ def _problems(config: DPTConfig) -> list[str]:
         elif value > limit:
             problems.append(f"{name} {value} is over the limit of {limit}")
     if _is_int(config.patch_size) and 0 < config.patch_size < PATCH_SIZE:
-        problems.append(f"patch_size must be {PATCH_SIZE} (the DPT decoder upsamples the patch grid 16x), got "
-                        f"{config.patch_size}")
+        problems.append(
+            f"patch_size must be {PATCH_SIZE} (the DPT decoder upsamples the patch grid 16x), got {config.patch_size}"
+        )
     if not problems and config.width % config.num_heads:
         problems.append(f"width {config.width} is not divisible by num_heads {config.num_heads}")
     hooks = tuples("hooks")
     if len(hooks) == 4 and not (
-        all(_is_int(h) for h in hooks) and list(hooks) == sorted(set(hooks))
-        and _is_int(config.depth) and all(0 <= h < config.depth for h in hooks)
+        all(_is_int(h) for h in hooks)
+        and list(hooks) == sorted(set(hooks))
+        and _is_int(config.depth)
+        and all(0 <= h < config.depth for h in hooks)
     ):
         problems.append(f"hooks {hooks} must be increasing block indices in [0, depth={config.depth})")
     eps = config.layer_norm_eps

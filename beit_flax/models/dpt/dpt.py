@@ -29,9 +29,7 @@ def check_network_input(images: jnp.ndarray, patch_size: int) -> None:
         )
     b, h, w, _ = shape
     if b < 1 or h < patch_size or w < patch_size or h % patch_size or w % patch_size:
-        raise ValueError(
-            f"H and W must be positive multiples of {patch_size} (the patch size); got shape {shape}"
-        )
+        raise ValueError(f"H and W must be positive multiples of {patch_size} (the patch size); got shape {shape}")
 
 
 class DPTFeatures(NamedTuple):

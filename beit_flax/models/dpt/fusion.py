@@ -43,9 +43,7 @@ class FeatureFusionBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(
-        self, path_bhwc: jnp.ndarray, skip_bhwc: jnp.ndarray | None, size_hw: tuple[int, int]
-    ) -> jnp.ndarray:
+    def __call__(self, path_bhwc: jnp.ndarray, skip_bhwc: jnp.ndarray | None, size_hw: tuple[int, int]) -> jnp.ndarray:
         cfg = self.config
         channels, dtype = cfg.fusion_channels, self.dtype
         if skip_bhwc is not None:

@@ -44,8 +44,13 @@ class Reassemble(nn.Module):
         scale = STAGE_SCALES[self.stage - 1]
         if scale > 1:
             features_bhwc = nn.ConvTranspose(
-                channels, (scale, scale), strides=(scale, scale), padding="VALID", transpose_kernel=True,
-                dtype=dtype, name="resample",
+                channels,
+                (scale, scale),
+                strides=(scale, scale),
+                padding="VALID",
+                transpose_kernel=True,
+                dtype=dtype,
+                name="resample",
             )(features_bhwc)
         elif scale < 1:
             features_bhwc = nn.Conv(

@@ -90,9 +90,7 @@ def bias_rows(table: jnp.ndarray, grid_hw: tuple[int, int], first: int | jnp.nda
     return jnp.where((queries == 0)[None, :, None], cls_row, token_rows)
 
 
-def relative_position_bias(
-    table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tuple[int, int]
-) -> jnp.ndarray:
+def relative_position_bias(table_mh: jnp.ndarray, train_grid: tuple[int, int], grid_hw: tuple[int, int]) -> jnp.ndarray:
     """(heads, N, N) attention bias for an input of `grid_hw` patches, N = h*w + 1; shared by the whole batch.
 
     Equals `table[relative_position_index(grid_hw)]` (heads first) for the table resized to the grid; see

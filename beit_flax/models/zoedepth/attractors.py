@@ -56,8 +56,9 @@ class AttractorLayer(nn.Module):
     n_attractors: int
 
     @nn.compact
-    def __call__(self, embedding_bhwc: jnp.ndarray, prev_bins: jnp.ndarray, prev_embedding: jnp.ndarray
-                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(
+        self, embedding_bhwc: jnp.ndarray, prev_bins: jnp.ndarray, prev_embedding: jnp.ndarray
+    ) -> tuple[jnp.ndarray, jnp.ndarray]:
         cfg, b, normed = self.config, self.bins, self.config.bin_centers_type == "normed"
         size = embedding_bhwc.shape[1:3]
         x = embedding_bhwc + resize_to(prev_embedding, size)
@@ -68,8 +69,9 @@ class AttractorLayer(nn.Module):
         else:
             points = jax.nn.softplus(x)
         bins = resize_to(prev_bins, size)
-        pull = ATTRACTIONS[cfg.attractor_type](points[..., :, None] - bins[..., None, :], cfg.attractor_alpha,
-                                               cfg.attractor_gamma)  # (B, h, w, A, n)
+        pull = ATTRACTIONS[cfg.attractor_type](
+            points[..., :, None] - bins[..., None, :], cfg.attractor_alpha, cfg.attractor_gamma
+        )  # (B, h, w, A, n)
         bins = bins + (pull.mean(axis=-2) if cfg.attractor_kind == "mean" else pull.sum(axis=-2))
         if not normed:
             return bins, bins

@@ -125,15 +125,22 @@ class ZoeDepthConfig:
             problems.append(f"{len(self.bins)} bin heads need {'no router' if len(self.bins) == 1 else 'a router'}")
         if self.router is not None and (self.router.width % self.router.num_heads or self.router.width % 2):
             problems.append(f"router width {self.router.width} must be even and divisible by its num_heads")
-        for name, value, allowed in (("bin_centers_type", self.bin_centers_type, BIN_CENTERS_TYPES),
-                                     ("attractor_kind", self.attractor_kind, ATTRACTOR_KINDS),
-                                     ("attractor_type", self.attractor_type, ATTRACTOR_TYPES)):
+        for name, value, allowed in (
+            ("bin_centers_type", self.bin_centers_type, BIN_CENTERS_TYPES),
+            ("attractor_kind", self.attractor_kind, ATTRACTOR_KINDS),
+            ("attractor_type", self.attractor_type, ATTRACTOR_TYPES),
+        ):
             if value not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {value!r}")
-        widths = {"bin_embedding_dim": self.bin_embedding_dim, "seed_mlp_dim": self.seed_mlp_dim,
-                  "projector_mlp_dim": self.projector_mlp_dim, "attractor_mlp_dim": self.attractor_mlp_dim,
-                  "log_binomial_mlp_dim": self.log_binomial_mlp_dim, "attractor_gamma": self.attractor_gamma,
-                  **{f"n_attractors[{i}]": n for i, n in enumerate(self.n_attractors)}}
+        widths = {
+            "bin_embedding_dim": self.bin_embedding_dim,
+            "seed_mlp_dim": self.seed_mlp_dim,
+            "projector_mlp_dim": self.projector_mlp_dim,
+            "attractor_mlp_dim": self.attractor_mlp_dim,
+            "log_binomial_mlp_dim": self.log_binomial_mlp_dim,
+            "attractor_gamma": self.attractor_gamma,
+            **{f"n_attractors[{i}]": n for i, n in enumerate(self.n_attractors)},
+        }
         problems += [f"{name} must be a positive int, got {v!r}" for name, v in widths.items() if not _positive_int(v)]
         if len(self.n_attractors) != 4:
             problems.append(f"n_attractors {self.n_attractors} needs 4 entries (one per decoder stage)")
@@ -183,8 +190,12 @@ PRESETS: dict[str, ZoeDepthConfig] = {
     "zoedepth_k": _N.replace(bins=(BinConfig("kitti"),), bin_centers_type="normed", net_size=(384, 768)),
     # ZoeD_M12_NK.pt / Intel/zoedepth-nyu-kitti
     "zoedepth_nk": _N.replace(
-        bins=(BinConfig("nyu"), BinConfig("kitti", max_depth=80.0)), n_attractors=(16, 16, 16, 16),
-        seed_mlp_dim=64, projector_mlp_dim=64, log_binomial_mlp_dim=40, condition_on_relative_depth=False,
+        bins=(BinConfig("nyu"), BinConfig("kitti", max_depth=80.0)),
+        n_attractors=(16, 16, 16, 16),
+        seed_mlp_dim=64,
+        projector_mlp_dim=64,
+        log_binomial_mlp_dim=40,
+        condition_on_relative_depth=False,
         router=RouterConfig(),
     ),
 }

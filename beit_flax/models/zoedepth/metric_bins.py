@@ -31,8 +31,14 @@ class MetricBins(nn.Module):
     bins: BinConfig
 
     @nn.compact
-    def __call__(self, bottleneck: jnp.ndarray, seed_embedding: jnp.ndarray, embeddings: tuple[jnp.ndarray, ...],
-                 head_activation: jnp.ndarray, relative_depth: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self,
+        bottleneck: jnp.ndarray,
+        seed_embedding: jnp.ndarray,
+        embeddings: tuple[jnp.ndarray, ...],
+        head_activation: jnp.ndarray,
+        relative_depth: jnp.ndarray,
+    ) -> jnp.ndarray:
         cfg, b = self.config, self.bins
         centers = SeedBinRegressor(b, cfg.bin_centers_type, cfg.seed_mlp_dim, name="seed_bin_regressor")(bottleneck)
         # Normed attractors work on [0, 1] (`ZoeDepth.forward`'s b_prev); softplus ones on the centers themselves.

@@ -84,8 +84,15 @@ class ZoeDepth(nn.Module):
     def outputs(self, images_bhwc: jnp.ndarray) -> ZoeDepthOutput:
         cfg = self.config
         check_zoedepth_input(images_bhwc, cfg.core.patch_size)
-        core = DPT(cfg.core, dtype=self.dtype, remat=self.remat, scan=self.scan, attention=self.attention,
-                   query_chunk=self.query_chunk, name="core")
+        core = DPT(
+            cfg.core,
+            dtype=self.dtype,
+            remat=self.remat,
+            scan=self.scan,
+            attention=self.attention,
+            query_chunk=self.query_chunk,
+            name="core",
+        )
         taps = core.features(images_bhwc)
         f32 = lambda x: x.astype(jnp.float32)
         with matmul_precision(jnp.float32):
