@@ -171,11 +171,10 @@ def test_tiny_matches_transformers(tiny):
             assert out.domain_logits is None and out.domain.tolist() == [0] * batch
 
 
+@pytest.mark.parametrize("tiny", ["nk"], indirect=True)  # two heads only
 def test_nk_routes_each_image(tiny):
     """A batch whose images go to different heads: each gets the head (and depth) transformers gives it alone."""
-    name, config, model, params = tiny
-    if name != "nk":
-        pytest.skip("two heads only")
+    _name, config, model, params = tiny
     images = torch.cat([random_images(1, 64, 64, seed=s) for s in range(6)])
     out = flax_outputs(config, params, images)
     assert set(out.domain.tolist()) == {0, 1}, "the calibrated router should split these images"
@@ -186,10 +185,9 @@ def test_nk_routes_each_image(tiny):
         assert relative_error(out.domain_logits[i], logits[0]) <= TOLERANCE
 
 
+@pytest.mark.parametrize("tiny", ["k"], indirect=True)  # one variant is enough
 def test_execution_knobs_pass_through(tiny):
-    name, config, _, params = tiny
-    if name != "k":
-        pytest.skip("one variant is enough")
+    _name, config, _, params = tiny
     images = random_images(1, 64, 64, seed=2)
     plain = flax_outputs(config, params, images).metric_depth
     for knobs in ({"scan": True}, {"remat": True}, {"attention": "xla", "query_chunk": None}):

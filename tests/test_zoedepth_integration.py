@@ -230,12 +230,11 @@ def test_predict_refuses_zoedepth_options_for_a_dpt():
 # --- beit-depth ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("tiny", ["n"], indirect=True)  # one variant is enough for the CLI
 def test_beit_depth_predict_writes_meters_and_a_fixed_range_png(tiny, tmp_path, capsys):
     from beit_flax.cli import main
 
-    name, config, _, _, params = tiny
-    if name != "n":
-        pytest.skip("one variant is enough for the CLI")
+    _name, config, _, _, params = tiny
     path = tmp_path / "zoe.msgpack"
     weights.save(path, config.replace(net_size=(64, 96)), params)
     image = photo(50, 75, 3)
@@ -291,14 +290,13 @@ def test_beit_depth_refuses_zoedepth_flags_for_a_midas_file(tmp_path, capsys):
     assert code == 2 and "--no-pad / --no-flip are ZoeDepth options" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("tiny", ["nk"], indirect=True)  # one variant is enough for the CLI
 def test_beit_depth_video_uses_the_fixed_metric_range(tiny, tmp_path, capsys):
     from beit_flax.cli import main
 
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
-    name, config, _, _, params = tiny
-    if name != "nk":
-        pytest.skip("one variant is enough for the CLI")
+    _name, config, _, _, params = tiny
     path = tmp_path / "zoe.msgpack"
     weights.save(path, config.replace(net_size=(64, 96)), params)
     frames = [photo(48, 64, seed) for seed in range(3)]
