@@ -14,3 +14,10 @@ def test_import_never_imports_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_demo_finds_its_image():
+    """`beit-demo` (one of the two commands) reads assets/scene.jpg from the repository by default."""
+    from beit_flax.demo.cli import DEFAULT_IMAGE
+
+    assert DEFAULT_IMAGE.is_file(), DEFAULT_IMAGE

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "scene.jpg"
+DEFAULT_IMAGE = Path(__file__).resolve().parents[2] / "assets" / "scene.jpg"  # the repository's assets/
 
 
 def main(argv: list[str] | None = None) -> int:
