@@ -32,28 +32,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-TINY = dict(
-    width=32,
-    depth=4,
-    num_heads=2,
-    train_grid=(4, 4),
-    hooks=(0, 1, 2, 3),
-    reassemble_channels=(8, 16, 32, 32),
-    fusion_channels=16,
-    head_channels=8,
-    net_size=64,
-)
-
 
 def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
     import jax
     import numpy as np
 
-    from beit_flax import DPT, PRESETS, DPTConfig
+    from beit_flax import DPT, PRESETS
+    from beit_flax.models.dpt.config import TINY
     from beit_flax.params import init_params
     from beit_flax.pipeline import Batcher
 
-    config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
+    config = TINY if variant == "tiny" else PRESETS[variant]
     rng = np.random.default_rng(0)
     params = init_params(config)
     model = DPT(config)
@@ -92,12 +81,13 @@ def measure_train(variant: str, n: int, batch: int, steps: int, min_size: int | 
     import numpy as np
     import optax
 
-    from beit_flax import DPT, PRESETS, DPTConfig, training
+    from beit_flax import DPT, PRESETS, training
+    from beit_flax.models.dpt.config import TINY
     from beit_flax.params import init_params
     from beit_flax.sharding import FSDP_MIN_SIZE, place, shard_batch, state_shardings, train_mesh
     from beit_flax.training.data import synthetic_scenes
 
-    config = DPTConfig(**TINY) if variant == "tiny" else PRESETS[variant]
+    config = TINY if variant == "tiny" else PRESETS[variant]
     model = DPT(config, dtype="bfloat16" if bf16 else "float32", remat=remat)
     min_size = FSDP_MIN_SIZE if min_size is None else min_size
     state0 = training.create_train_state(model, init_params(config), optax.adam(1e-4))

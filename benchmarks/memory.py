@@ -32,6 +32,9 @@ from typing import Any
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the GPU peak is then what the model needs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import cpu_name  # noqa: E402
 
 VARIANTS = ("dpt_beit_base_384", "dpt_beit_large_384", "dpt_beit_large_512")
 IMPLS = ("flax", "torch-eager")
@@ -55,16 +58,6 @@ def query_chunk_arg(text: str) -> str | int | None:
     if text.isdigit() and int(text) > 0:
         return int(text)
     raise argparse.ArgumentTypeError(f"expected auto, none or a positive int, got {text!r}")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
 
 
 # ------------------------------------------------------------------------------------------------------------ child

@@ -21,7 +21,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import contextlib
 
 import numpy as np
+from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 
 from beit_flax.models.dpt.attention import ATTENTION_IMPLS
 from beit_flax.models.precision import COMPUTE_DTYPES
@@ -73,16 +73,6 @@ def gflop_per_image(variant: str, hw: tuple[int, int], net: int) -> tuple[float,
     if ratio == 1:
         return GFLOP_PER_IMAGE[variant], "anchor"
     return GFLOP_PER_IMAGE[variant] * ratio, "anchor*pixel_ratio(approx)"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def n_cores() -> int:

@@ -166,6 +166,20 @@ PRESETS: dict[str, DPTConfig] = {
     ),
 }
 
+# Not a release: the smallest config that exercises every part (4 blocks, each hooked; a 4 x 4 training grid, so
+# 64-pixel inputs already resize the relative-position tables). The tests, benchmarks and examples share it.
+TINY = DPTConfig(
+    width=32,
+    depth=4,
+    num_heads=2,
+    train_grid=(4, 4),
+    hooks=(0, 1, 2, 3),
+    reassemble_channels=(8, 16, 32, 32),
+    fusion_channels=16,
+    head_channels=8,
+    net_size=64,
+)
+
 
 def default_hooks(depth: int) -> tuple[int, int, int, int]:
     """The hook rule of every released model: the last block of each quarter of the encoder."""

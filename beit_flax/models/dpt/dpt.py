@@ -32,6 +32,14 @@ def check_network_input(images: jnp.ndarray, patch_size: int) -> None:
         raise ValueError(f"H and W must be positive multiples of {patch_size} (the patch size); got shape {shape}")
 
 
+def check_execution_knobs(module: nn.Module) -> None:
+    """Validate a model's execution knobs (`dtype`, `attention`, `query_chunk`) when it is built; ValueError."""
+    check_dtype(module.dtype)
+    if module.attention not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {module.attention!r}")
+    query_chunk(module.query_chunk, 2, 1)  # raises ValueError for anything but "auto", None or a positive int
+
+
 class DPTFeatures(NamedTuple):
     """What `DPT.features` returns: the depth and the decoder maps that ZoeDepth taps (ZoeDepth `MidasCore`
     layer names in brackets). (h, w) = (H/16, W/16); maps are in the compute dtype, F = fusion_channels.
@@ -75,10 +83,7 @@ class DPT(nn.Module):
     query_chunk: QueryChunk = "auto"
 
     def __post_init__(self) -> None:
-        check_dtype(self.dtype)
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
-        query_chunk(self.query_chunk, 2, 1)  # raises ValueError for anything but "auto", None or a positive int
+        check_execution_knobs(self)
         super().__post_init__()
 
     def __call__(self, images_bhwc: jnp.ndarray) -> jnp.ndarray:

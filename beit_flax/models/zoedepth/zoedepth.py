@@ -17,9 +17,9 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from beit_flax.models.dpt.attention import ATTENTION_IMPLS, AttentionImpl, QueryChunk, query_chunk
-from beit_flax.models.dpt.dpt import DPT, check_network_input
-from beit_flax.models.precision import check_dtype, matmul_precision
+from beit_flax.models.dpt.attention import AttentionImpl, QueryChunk
+from beit_flax.models.dpt.dpt import DPT, check_execution_knobs, check_network_input
+from beit_flax.models.precision import matmul_precision
 from beit_flax.models.zoedepth.bins import Projector, conv1x1
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
 from beit_flax.models.zoedepth.metric_bins import MetricBins
@@ -71,10 +71,7 @@ class ZoeDepth(nn.Module):
     query_chunk: QueryChunk = "auto"
 
     def __post_init__(self) -> None:
-        check_dtype(self.dtype)
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {self.attention!r}")
-        query_chunk(self.query_chunk, 2, 1)  # raises ValueError for anything but "auto", None or a positive int
+        check_execution_knobs(self)
         super().__post_init__()
 
     def __call__(self, images_bhwc: jnp.ndarray) -> jnp.ndarray:
