@@ -57,6 +57,12 @@ def _is_float(leaf: Any) -> bool:
         return False
 
 
+def join_problems(problems: list[str], shown: int = 10) -> str:
+    """The first `shown` problems joined with "; ", and how many more there are: one readable error line."""
+    more = f"; ... {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
 def check_params(config: ModelConfig, params: Any, source: str = "params") -> None:
     """Raise ValueError listing every missing, unexpected or wrongly shaped parameter path, or a non-float leaf.
 
@@ -89,8 +95,7 @@ def check_params(config: ModelConfig, params: Any, source: str = "params") -> No
     ]
     problems += [f"{p} has dtype {leaf.dtype}, not a float type" for p, leaf in arrays.items() if not _is_float(leaf)]
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ValueError(f"{source}: parameters do not match the config: {shown}")
+        raise ValueError(f"{source}: parameters do not match the config: {join_problems(problems)}")
 
 
 def init_params(config: ModelConfig, seed: int = 0, *, spread: float = 0.0) -> dict[str, Any]:

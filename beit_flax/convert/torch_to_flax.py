@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import numpy as np
 from flax import traverse_util
 
 from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
-from beit_flax.convert.keys import DROPPED, LAYOUTS, find_rule
+from beit_flax.convert.keys import DROPPED, LAYOUTS, Leaf, find_rule
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
-from beit_flax.params import param_shapes
+from beit_flax.params import join_problems, param_shapes
 
 # A name that only one layout has, used to tell them apart.
 _LAYOUT_MARKERS = {
@@ -183,8 +184,7 @@ def _plan(checkpoint: Checkpoint, layout: str, config: DPTConfig) -> tuple[list[
     if unknown:
         raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ConversionError(f"{source}: {shown}")
+        raise ConversionError(f"{source}: {join_problems(problems)}")
     missing = sorted(expected.keys() - covered)
     if missing:
         listed = ", ".join(f"{names.get(path, '?')} ({path})" for path in missing[:10])
@@ -199,12 +199,17 @@ def torch_to_flax(checkpoint: Checkpoint) -> Converted:
     layout = detect_layout(checkpoint.shapes, source)
     config = infer_config(layout, checkpoint.shapes, checkpoint.hf_config, source)
     plan, dropped = _plan(checkpoint, layout, config)
+    return Converted(config, read_planned(checkpoint, plan), layout, model_name(config), dropped)
+
+
+def read_planned(checkpoint: Checkpoint, plan: Iterable[tuple[str, list[str], Leaf]]) -> dict[str, Any]:
+    """Read each planned tensor once, (checkpoint key, flax paths, Leaf), into the flax tree: float32, contiguous,
+    laid out by the key table. NaN / inf is a ConversionError naming the key. Used by every model's converter."""
     flat: dict[str, np.ndarray] = {}
     for key, paths, leaf in plan:
         tensor = checkpoint.take(key)
         if not np.isfinite(tensor).all():
-            raise ConversionError(f"{source}: {key} has non-finite values (NaN or inf)")
+            raise ConversionError(f"{checkpoint.path}: {key} has non-finite values (NaN or inf)")
         for path, value in zip(paths, leaf.to_flax(tensor), strict=True):
             flat[path] = np.ascontiguousarray(value, dtype=np.float32)
-    params = traverse_util.unflatten_dict(flat, sep="/")
-    return Converted(config, params, layout, model_name(config), dropped)
+    return traverse_util.unflatten_dict(flat, sep="/")

@@ -15,14 +15,14 @@ import re
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
 from beit_flax.convert.checkpoint import Checkpoint, ConversionError
 from beit_flax.convert.keys import Leaf
-from beit_flax.convert.torch_to_flax import infer_config
+from beit_flax.convert.torch_to_flax import infer_config, read_planned
 from beit_flax.convert.zoedepth_keys import CORE_LAYOUT, DROPPED, RELEASE_CORE_PREFIX, dpt_torch_name, rules
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.zoedepth.config import PRESETS, BinConfig, RouterConfig, ZoeDepthConfig
+from beit_flax.params import join_problems
 
 _MARKERS = {  # layout -> names only that layout has
     "release": (RELEASE_CORE_PREFIX + "pretrained.model.cls_token", "conv2.weight"),
@@ -226,15 +226,7 @@ def zoedepth_torch_to_flax(checkpoint: Checkpoint, config: ZoeDepthConfig | None
         config = infer_zoedepth_config(checkpoint, layout, shapes)
     problems = shape_problems(layout, config, shapes)
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise ConversionError(f"{source}: not the ZoeDepth of this config: {shown}")
+        raise ConversionError(f"{source}: not the ZoeDepth of this config: {join_problems(problems)}")
     plan, dropped, _ = _plan(layout, config, list(shapes))
-    flat: dict[str, np.ndarray] = {}
-    for name, (paths, leaf) in plan.items():
-        tensor = checkpoint.take(originals[name])
-        if not np.isfinite(tensor).all():
-            raise ConversionError(f"{source}: {name} has non-finite values (NaN or inf)")
-        for path, value in zip(paths, leaf.to_flax(tensor), strict=True):
-            flat[path] = np.ascontiguousarray(value, dtype=np.float32)
-    params = traverse_util.unflatten_dict(flat, sep="/")
+    params = read_planned(checkpoint, ((originals[name], paths, leaf) for name, (paths, leaf) in plan.items()))
     return ConvertedZoeDepth(config, params, layout, model_name(config), dropped)
