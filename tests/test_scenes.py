@@ -70,3 +70,19 @@ def test_the_demo_image_is_what_the_asset_script_renders():
     with Image.open(encoded) as ours, Image.open(ASSETS / "scene.jpg") as committed:
         difference = np.abs(np.asarray(ours, np.int16) - np.asarray(committed.convert("RGB"), np.int16))
     assert difference.mean() < 0.5, difference.mean()
+
+
+def test_clip_windows_one_room_with_the_camera_motion_and_lighting_asked_for():
+    rng = np.random.default_rng(4)
+    clip, depth = scenes.render_clip(rng, 24, 32, 5, brightness=(0.8, 1.2))
+    assert clip.shape == (5, 24, 32, 3) and clip.dtype == np.uint8 and depth.shape == (5, 24, 32)
+    np.testing.assert_array_equal(depth, np.broadcast_to(depth[0], depth.shape))  # a static camera
+    ratios = clip.reshape(5, -1).astype(float).mean(1) / clip[0].astype(float).mean()
+    assert np.ptp(ratios) > 0.05  # each frame its own brightness ...
+    lit = clip.astype(float) / ratios[:, None, None, None]
+    assert np.abs(lit - clip[0]).mean() < 3  # ... of the same picture (rounding and clipping at white aside)
+    _, panned = scenes.render_clip(np.random.default_rng(5), 24, 32, 3, pan_px=8)
+    wide_rng = np.random.default_rng(5)
+    _, wide = scenes.render_scene(wide_rng, 24, 40)
+    for t, x0 in enumerate((0, 4, 8)):  # the window moves right by pan_px over the clip
+        np.testing.assert_array_equal(panned[t], wide[:, x0 : x0 + 32])

@@ -115,3 +115,33 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     shade = 0.3 + 0.7 * np.clip(normal @ light, 0, 1)
     rgb = albedo * shade[..., None] * (0.95 + 0.05 * rng.random((height, width, 1)))  # a little sensor noise
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8), depth.astype(np.float32)
+
+
+def render_clip(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    frames: int,
+    *,
+    brightness: tuple[float, float] = (1.0, 1.0),
+    jitter_px: int = 0,
+    pan_px: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A video of one random room (`render_scene`): (frames, H, W, 3) uint8 and its exact z-depth (frames, H, W)
+    float32 (inf where a ray hits nothing).
+
+    The room is rendered once, `jitter_px + pan_px` pixels wider and `jitter_px` taller; each frame is a window of it:
+    the camera pans `pan_px` pixels left to right over the clip (a sideways move) and shakes by a random 0..jitter_px
+    offset in x and y per frame. Each frame's brightness is scaled by a random factor in `brightness` (lighting
+    flicker; clipped at white).
+    """
+    wide, wide_depth = render_scene(rng, height + jitter_px, width + jitter_px + pan_px)
+    clip = np.empty((frames, height, width, 3), np.uint8)
+    depth = np.empty((frames, height, width), np.float32)
+    for t in range(frames):
+        dy, dx = rng.integers(0, jitter_px + 1, 2)
+        x0 = dx + round(pan_px * t / max(frames - 1, 1))
+        window = wide[dy : dy + height, x0 : x0 + width].astype(np.float32)
+        clip[t] = np.clip(window * rng.uniform(*brightness), 0, 255).round().astype(np.uint8)
+        depth[t] = wide_depth[dy : dy + height, x0 : x0 + width]
+    return clip, depth

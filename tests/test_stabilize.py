@@ -1,0 +1,105 @@
+"""beit_flax.stabilize: the robust scale-and-shift fit, alignment to the running reference (exact recovery), scene
+cuts, and the noise gate (flicker removed from static pixels, motion passed through without lag)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from beit_flax.images import depth_range
+from beit_flax.stabilize import Stabilizer, fit_scale_shift
+
+
+def smooth_map(seed: int, shape=(48, 64)) -> np.ndarray:
+    """A smooth positive 'inverse depth' with structure: a few random plane waves plus a ramp."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]] / max(shape)
+    waves = sum(np.sin(xs * rng.uniform(2, 9) + ys * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3))
+    return (2.0 + ys + 0.3 * waves).astype(np.float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0.01, 100), st.floats(-50, 50), st.integers(0, 10_000))
+def test_fit_recovers_a_known_scale_and_shift(scale, shift, seed):
+    x = smooth_map(seed).ravel()
+    fit = fit_scale_shift(x, scale * x + shift)
+    assert fit.scale == pytest.approx(scale, rel=1e-9)
+    assert fit.shift == pytest.approx(shift, rel=1e-9, abs=1e-9 * abs(scale))
+    assert fit.outliers == 0
+
+
+def test_fit_ignores_outliers_that_plain_least_squares_follows():
+    rng = np.random.default_rng(0)
+    x = smooth_map(1).ravel()
+    y = 3.0 * x - 2.0 + rng.normal(0, 1e-3, x.size)
+    moved = x > np.quantile(x, 0.7)  # the nearest 30% of the pixels: something that moved closer
+    y[moved] += 1.0 + rng.uniform(0, 0.5, moved.sum())
+    plain = np.polyfit(x, y, 1)
+    fit = fit_scale_shift(x, y)
+    assert abs(plain[0] - 3.0) > 0.3  # the outliers drag plain least squares ...
+    assert fit.scale == pytest.approx(3.0, abs=5e-3) and fit.shift == pytest.approx(-2.0, abs=2e-2)  # ... not this
+    assert 0.25 < fit.outliers < 0.35
+
+
+def test_fit_of_a_constant_frame_is_the_mean():
+    fit = fit_scale_shift(np.full(100, 5.0), np.linspace(0, 1, 100))
+    assert fit.scale == 0 and fit.shift == pytest.approx(0.5)
+
+
+def test_frames_with_their_own_scale_and_shift_come_out_identical():
+    """The MiDaS situation without noise: every frame is the same scene up to an affine map -> one picture."""
+    base, rng, stabilizer = smooth_map(2), np.random.default_rng(3), Stabilizer()
+    expected = depth_range(base)  # the first frame sets the clip's range: min-max -> [0, 1]
+    for _ in range(10):
+        out = stabilizer(rng.uniform(0.2, 5.0) * base + rng.uniform(-3, 3))
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert stabilizer.scenes == 1
+
+
+def test_a_scene_cut_starts_again_from_the_new_frame():
+    stabilizer = Stabilizer()
+    for _ in range(3):
+        stabilizer(smooth_map(4))
+    other = smooth_map(5)[::-1]  # another scene
+    np.testing.assert_allclose(stabilizer(7.0 * other + 1.0), depth_range(other), atol=1e-6)
+    assert stabilizer.scenes == 2
+    np.testing.assert_allclose(stabilizer(2.0 * other), depth_range(other), atol=1e-5)  # and is tracked from there
+    assert stabilizer.scenes == 2
+    stabilizer(smooth_map(5, shape=(24, 32)))  # a new frame size is a new stream
+    assert stabilizer.scenes == 3
+
+
+def test_inverted_depth_is_a_cut_not_a_negative_scale():
+    stabilizer = Stabilizer()
+    stabilizer(smooth_map(6))
+    stabilizer(-smooth_map(6))
+    assert stabilizer.scenes == 2
+
+
+def test_noise_gate_removes_flicker_and_follows_motion_without_lag():
+    """A static noisy scene with a bright disk moving 4 px per frame: away from the disk the output's
+    frame-to-frame change is far below the input's; on the disk's path the output is where the disk is now."""
+    rng, base = np.random.default_rng(7), smooth_map(8, shape=(64, 96))
+    ys, xs = np.mgrid[0:64, 0:96]
+    stabilizer, frames_in, frames_out, truth = Stabilizer(), [], [], []
+    for t in range(16):
+        disk = (ys - 32) ** 2 + (xs - 10 - 4 * t) ** 2 < 8**2
+        clean = base + 1.5 * disk
+        frame = rng.uniform(0.8, 1.2) * (clean + rng.normal(0, 0.01, clean.shape)) + rng.uniform(-1, 1)
+        frames_in.append(depth_range(frame))
+        frames_out.append(stabilizer(frame))
+        truth.append(disk)
+    still = ~np.any(truth, axis=0)
+    change_in = np.mean([np.abs(a - b)[still].mean() for a, b in zip(frames_in[1:], frames_in[:-1])])
+    change_out = np.mean([np.abs(a - b)[still].mean() for a, b in zip(frames_out[1:], frames_out[:-1])])
+    assert change_out < change_in / 3
+    scale = frames_out[0][truth[0]].mean() - frames_out[0][~truth[0]].mean()  # the disk's step, clip units
+    for out, disk in zip(frames_out[1:], truth[1:]):
+        inside = out[disk] - depth_range(base + 0.0)[disk] * 0  # the disk, where it is in this frame
+        assert np.median(inside) > np.median(out[~disk & still]) + 0.8 * scale  # already fully there: no lag
+        left_behind = truth[0] & ~disk  # where the disk was at the start and is no longer
+        if left_behind.any():
+            assert np.median(out[left_behind]) < np.median(out[disk]) - 0.8 * scale
+    assert stabilizer.scenes == 1
