@@ -107,7 +107,9 @@ class Stabilizer:
     scenes: int = 0  # scene starts so far (the first frame is one)
 
     def __call__(self, inverse_depth: np.ndarray) -> np.ndarray:
-        frame = np.nan_to_num(np.asarray(inverse_depth, np.float64))
+        frame = np.asarray(inverse_depth, np.float32)
+        if not np.isfinite(frame).all():
+            frame = np.nan_to_num(frame)
         if self.reference is None or self.reference.shape != frame.shape:
             return self._start(frame)
         stride = max(1, int(np.ceil(np.sqrt(frame.size / self.samples))))
@@ -116,12 +118,20 @@ class Stabilizer:
         )
         if fit.scale <= 0 or fit.outliers > self.cut_fraction:  # nothing of the reference explains it: a new scene
             return self._start(frame)
-        change = fit.scale * frame + fit.shift - self.reference
-        spread = self.gate * max(fit.noise, self.noise_floor)
-        self.reference = self.reference + (1.0 - np.exp(-0.5 * (change / spread) ** 2)) * change
-        return self.reference.astype(np.float32)
+        # reference += (1 - exp(-(change / spread)^2 / 2)) * change, in place in float32: a 1080p frame is 2M pixels
+        change = frame * np.float32(fit.scale)
+        change += np.float32(fit.shift)
+        change -= self.reference
+        kept = change / np.float32(self.gate * max(fit.noise, self.noise_floor))
+        np.square(kept, out=kept)
+        kept *= np.float32(-0.5)
+        np.exp(kept, out=kept)  # the share of the change held back
+        kept *= change
+        self.reference += change
+        self.reference -= kept
+        return self.reference.copy()
 
     def _start(self, frame: np.ndarray) -> np.ndarray:
         self.scenes += 1
-        self.reference = depth_range(frame).astype(np.float64)
-        return self.reference.astype(np.float32)
+        self.reference = depth_range(frame)  # float32
+        return self.reference.copy()
