@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import glob
 import math
@@ -32,48 +31,21 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from beit_flax.compile_cache import enable_compilation_cache
 from beit_flax.export import add_export_parser, run_export
-from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, interruptible, replace, temp_beside
-from beit_flax.hub import resolve
-from beit_flax.images import (
-    COLORMAPS,
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    ImageError,
-    colorize,
-    colorize_metric,
-    encode_npy,
-    encode_png,
-    read_image,
-    set_pixel_limit,
-    to_png16,
-)
+from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, interruptible
+from beit_flax.images import COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, read_image, set_pixel_limit
 from beit_flax.models.precision import COMPUTE_DTYPES
-from beit_flax.models.zoedepth.zoedepth import ZoeDepth
-from beit_flax.pipeline import Batcher, ordered_map
+from beit_flax.outputs import SUFFIXES, image_files
+from beit_flax.pipeline import ordered_map
+from beit_flax.predictor import Predictor
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
-from beit_flax.transforms import (
-    MIN_NET_SIZE,
-    check_net_input,
-    check_net_size,
-    megapixels,
-    postprocess,
-    preprocess,
-    size_text,
-    target_size,
-)
-from beit_flax.weights import load
-from beit_flax.zoedepth_pipeline import check_net_hw, depth_range_m, grouped
-from beit_flax.zoedepth_transforms import merge, pad_sizes, preprocess_views
-from beit_flax.zoedepth_transforms import target_size as zoedepth_target_size
+from beit_flax.transforms import MIN_NET_SIZE, check_net_size, size_text
 
 PROG = "beit-depth"
 EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
@@ -110,9 +82,14 @@ def fps_arg(text: str) -> float:
     return value
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an error: ffmpeg's (through imageio) come with its whole log, shown with --debug only."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+def fov_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a field of view in degrees, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value < 180):
+        raise argparse.ArgumentTypeError(f"expected a horizontal field of view in (0, 180) degrees, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs ('*.jpg')")
     images.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     images.add_argument("--grayscale16", action="store_true", help="16-bit grayscale PNG, as MiDaS run.py writes")
-    images.add_argument("--no-png", action="store_true", help="write only the .npy files")
+    images.add_argument("--no-png", action="store_true", help="no .png files")
+    images.add_argument(
+        "--ply",
+        action="store_true",
+        help="also DIR/<stem>.ply: a binary point cloud, one RGB point per pixel (pinhole camera, glTF axes: x "
+        "right, y up, looking down -z; meters for ZoeDepth, MiDaS depth on a normalised scale: nearest 1, farthest 10)",
+    )
+    images.add_argument(
+        "--glb",
+        action="store_true",
+        help="also DIR/<stem>.glb: the same geometry as a textured mesh, cut at depth discontinuities (opens in "
+        "browsers, Blender, trimesh)",
+    )
+    images.add_argument(
+        "--fov",
+        type=fov_arg,
+        metavar="DEG",
+        help="horizontal field of view of the camera for --ply / --glb (default: from the EXIF focal length when "
+        "the image has one, else 60)",
+    )
     images.add_argument(
         "--distributed",
         action="store_true",
@@ -216,15 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     video = sub.add_parser(
         "video",
         parents=[common],
-        help="a video -> a depth video (frame by frame)",
-        description="Depth of every frame, colormapped (min-max per frame), encoded H.264 "
-        "with imageio's ffmpeg. Audio is not copied.",
+        help="a video -> a depth video (stable: frames aligned, one colour range)",
+        description="Depth of every frame, encoded H.264 with imageio's ffmpeg (audio is not copied). MiDaS "
+        "weights: each frame's relative depth is aligned to a running reference (robust least-squares scale and "
+        "shift; a scene cut starts again) and noise-gated per pixel, and every frame is coloured over one range for "
+        "the whole clip (the first frame's min-max). ZoeDepth weights: no alignment, the fixed range in meters.",
     )
     video.add_argument("input", metavar="IN", help="input video (anything ffmpeg reads)")
     video.add_argument("--out", required=True, type=Path, metavar="OUT.mp4", help="output video")
     video.add_argument("--side-by-side", action="store_true", help="input frame left, depth right")
     video.add_argument("--fps", type=fps_arg, help="output frame rate (default: the input's)")
     video.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
+    video.add_argument(
+        "--no-stabilize",
+        action="store_true",
+        help="MiDaS weights: colour each frame by its own min-max (flickers; MiDaS' behaviour)",
+    )
+    video.add_argument(
+        "--npy",
+        type=Path,
+        metavar="DIR",
+        help="also write each frame's map as DIR/frame_000000.npy...: float32, the stabilized map in clip units "
+        "(0..1 is the colour range), or with --no-stabilize relative inverse depth, or meters (ZoeDepth)",
+    )
 
     weights_cache = sub.add_parser(
         "cache",
@@ -274,89 +284,25 @@ def check_size_flag(args: argparse.Namespace) -> bool:
     return True
 
 
-def load_model(args: argparse.Namespace):
-    """(Batcher, net size), or None after reporting a bad weights file, a net size over --max-pixels, --devices, or
-    ZoeDepth flags for a MiDaS model. A ZoeDepth's net size is (H, W) (--size N: N x N)."""
+def load_model(args: argparse.Namespace) -> Predictor | None:
+    """The Predictor, or None after reporting a bad weights file, a net size over --max-pixels, --devices, or
+    ZoeDepth flags for a MiDaS model."""
     try:
-        model, params = load(resolve(args.weights, progress=not args.quiet), dtype=args.dtype)
-    except (OSError, ValueError) as err:
-        report(f"error: cannot load weights: {err}")
-        return None
-    metric = isinstance(model, ZoeDepth)
-    if not metric and (args.no_pad or args.no_flip):
-        report(f"error: --no-pad / --no-flip are ZoeDepth options; {args.weights} is a MiDaS (relative depth) model")
-        return None
-    try:
-        if metric:
-            net = check_net_hw(args.size or model.config.net_size)
-            check_net_input(net, args.max_pixels)
-        else:
-            net = args.size or check_net_size(model.config.net_size, args.max_pixels)
-    except ValueError as err:
-        report(f"error: {args.weights}: the model's {err}")
-        return None
-    enable_compilation_cache()
-    try:
-        batcher = Batcher(model, params, args.batch_size, args.devices)
-    except ValueError as err:  # --devices over the local count
-        report(f"error: --devices {args.devices}: {err}")
-        return None
-    return batcher, net
-
-
-def describe(batcher: Batcher) -> str:
-    n = batcher.device_count
-    return f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
-
-
-# --- the two kinds of model: relative inverse depth (MiDaS) and metric depth (ZoeDepth) ------------------------------
-
-
-def is_metric(batcher: Batcher) -> bool:
-    return isinstance(batcher.model, ZoeDepth)
-
-
-def network_size(height: int, width: int, net, args: argparse.Namespace, metric: bool) -> tuple[int, int]:
-    """The network input (H', W') of a (height, width) image (ZoeDepth's: of the padded image)."""
-    if not metric:
-        return target_size(height, width, net, square=args.square)
-    pad_h, pad_w = pad_sizes(height, width, not args.no_pad)
-    return zoedepth_target_size(height + 2 * pad_h, width + 2 * pad_w, net, keep_aspect=not args.square)
-
-
-def network_inputs(image: np.ndarray, index: int, net, args: argparse.Namespace, metric: bool) -> list:
-    """[(view or None, network input)]: ZoeDepth's views of the image (plain, flipped), or MiDaS' one input."""
-    if metric:
-        return preprocess_views(
-            image, net, index=index, pad=not args.no_pad, flip=not args.no_flip, keep_aspect=not args.square
+        return Predictor(
+            args.weights,
+            size=args.size,
+            square=args.square,
+            dtype=args.dtype,
+            pad=not args.no_pad,
+            flip=not args.no_flip,
+            batch_size=args.batch_size,
+            devices=args.devices,
+            max_pixels=args.max_pixels,
+            progress=not args.quiet,
         )
-    return [(None, preprocess(image, net, square=args.square))]
-
-
-def regroup(results, args: argparse.Namespace, metric: bool):
-    """`Batcher.run`'s `((meta, view), depth)` -> `(meta, [(view, depth), ...])`, an image's views together."""
-    if metric:
-        yield from grouped(results, 1 if args.no_flip else 2)
-    else:
-        for (meta, view), depth in results:
-            yield meta, [(view, depth)]
-
-
-def full_depth(parts: list, size_hw: tuple[int, int], metric: bool) -> np.ndarray:
-    """An image's network outputs -> (H, W) float32: meters (ZoeDepth) or relative inverse depth (MiDaS)."""
-    return merge(parts) if metric else postprocess(parts[0][1], size_hw)
-
-
-def render(depth: np.ndarray, args: argparse.Namespace, top_m: float | None) -> np.ndarray:
-    """The PNG / video picture: MiDaS' min-max per map, or (top_m set) ZoeDepth's fixed 0..top_m meters."""
-    if top_m is None:
-        return colorize(depth, args.colormap)
-    return colorize_metric(depth, top_m, args.colormap)
-
-
-def metric_png16(depth_m: np.ndarray, top_m: float) -> np.ndarray:
-    """(H, W) meters -> uint16 over the fixed range: 65535 at 0 m, 0 at top_m and beyond (near = bright)."""
-    return (65535 * (1.0 - np.clip(np.nan_to_num(depth_m, nan=top_m) / top_m, 0.0, 1.0))).astype(np.uint16)
+    except (OSError, ValueError) as err:
+        report(f"error: {err}")
+        return None
 
 
 def progress(total: int | None, unit: str, quiet: bool):
@@ -432,8 +378,9 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Job:
     source: Path
-    stem: str  # output files: out/<stem>.npy, out/<stem>.png
+    stem: str  # output files: out/<stem>.npy, out/<stem>.png, ...
     size_hw: tuple[int, int] | None = None  # the decoded image's own size (set by decoding)
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)  # kept only for --ply / --glb colours
 
 
 def start_distributed(flag: bool) -> tuple[int, int] | None:
@@ -481,19 +428,17 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # stems from the whole list, so that processes never write the same name
     every_job = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
-    suffixes = (".npy",) if args.no_png else (".npy", ".png")
+    wanted = {".npy": True, ".png": not args.no_png, ".ply": args.ply, ".glb": args.glb}
+    suffixes = [suffix for suffix in SUFFIXES if wanted[suffix]]
     try:  # before any work: e.g. --out the input folder would replace photo.png with its depth map
         outputs = (args.out / f"{job.stem}{suffix}" for job in every_job for suffix in suffixes)
         check_outputs(outputs, paths, make_folders=True)
     except OutputError as err:
         report(f"error: --out {args.out}: cannot write {err} (choose another --out folder)")
         return EXIT_USAGE
-    loaded = load_model(args)
-    if loaded is None:
+    predictor = load_model(args)
+    if predictor is None:
         return EXIT_USAGE
-    batcher, net = loaded
-    metric = is_metric(batcher)
-    top_m = depth_range_m(batcher.config) if metric else None
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -502,13 +447,14 @@ def run_predict(args: argparse.Namespace) -> int:
     jobs = process_slice(every_job, index, count)
 
     def decode(item: tuple[int, Job]) -> tuple[Job, list | None, str | None]:
-        """-> (the job with its image's size, [(view, network input)] or None, error or None)."""
+        """-> (the job with its image (kept for the 3D files' colours), [(view, network input)] or None, error)."""
         position, job = item
         try:
             image = read_image(job.source, args.max_pixels)
-            check_net_input(network_size(*image.shape[:2], net, args, metric), args.max_pixels)
-            inputs = network_inputs(image, position, net, args, metric)
-            return dataclasses.replace(job, size_hw=image.shape[:2]), inputs, None
+            predictor.check(*image.shape[:2])
+            inputs = predictor.inputs(image, position)
+            keep = image if args.ply or args.glb else None
+            return dataclasses.replace(job, size_hw=image.shape[:2], image=keep), inputs, None
         except ImageError as err:
             return job, None, str(err)
         except ValueError as err:  # the network input over --max-pixels
@@ -516,19 +462,30 @@ def run_predict(args: argparse.Namespace) -> int:
         except MemoryError:
             return job, None, f"{job.source}: out of memory"
 
-    png_text = {"depth": "metric, meters", "depth_range_m": f"0 {top_m:g}", "near": "bright"} if metric else None
+    cameras: set[str] = set()
 
-    def write(result: tuple[Job, list]) -> str | None:
-        job, parts = result
+    def write(result: tuple[Job, np.ndarray]) -> str | None:
+        job, depth = result
+        focal_px = None
+        if args.ply or args.glb:
+            from beit_flax.geometry import camera_focal
+
+            focal_px, camera = camera_focal(job.source, depth.shape[1], args.fov)
+            cameras.add(camera)
+        files = image_files(
+            depth,
+            job.image,
+            top_m=predictor.top_m,
+            colormap=args.colormap,
+            grayscale16=args.grayscale16,
+            png=not args.no_png,
+            ply=args.ply,
+            glb=args.glb,
+            focal_px=focal_px,
+        )
         try:
-            full = full_depth(parts, job.size_hw, metric)
-            atomic_write_bytes(args.out / f"{job.stem}.npy", encode_npy(full))
-            if not args.no_png:
-                if args.grayscale16:
-                    picture = metric_png16(full, top_m) if metric else to_png16(full)
-                else:
-                    picture = render(full, args, top_m)
-                atomic_write_bytes(args.out / f"{job.stem}.png", encode_png(picture, png_text))
+            for suffix, data in files.items():
+                atomic_write_bytes(args.out / f"{job.stem}{suffix}", data)
         except OSError as err:
             return f"{job.source}: cannot write output: {err}"
         return None
@@ -537,12 +494,11 @@ def run_predict(args: argparse.Namespace) -> int:
     bar = progress(len(jobs), "img", args.quiet)
     start = time.perf_counter()
 
-    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[Job, object], np.ndarray]]:
-        limit = 2 * args.workers + batcher.batch_size
+    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[Job, tuple[int, int], list]]:
+        limit = 2 * args.workers + predictor.batcher.batch_size
         for job, inputs, error in ordered_map(decode, enumerate(jobs), pool, limit=limit):
             if error is None:
-                for view, net_input in inputs:
-                    yield (job, view), net_input
+                yield job, job.size_hw, inputs
             else:
                 failures.append(error)
                 report(f"error: {error}")
@@ -559,8 +515,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
     reported: set[Path] = set()
 
-    def device_failed(failed: list[tuple[Job, object]], err: Exception) -> None:  # e.g. out of device memory
-        for job, _ in failed:
+    def device_failed(failed: list[Job], err: Exception) -> None:  # e.g. out of device memory
+        for job in failed:
             if job.source in reported:  # both views of a ZoeDepth image
                 continue
             reported.add(job.source)
@@ -573,15 +529,18 @@ def run_predict(args: argparse.Namespace) -> int:
         ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
         ThreadPoolExecutor(args.workers, "beit-write") as writer,
     ):
-        results = regroup(batcher.run(decoded(decoder), on_error=device_failed), args, metric)
+        results = predictor.run(decoded(decoder), on_error=device_failed)
         for error in ordered_map(write, results, writer, limit=2 * args.workers):
             finish(error)
     elapsed = time.perf_counter() - start
     who = f"process {index} of {count}: " if count > 1 else ""
+    shapes = len(predictor.batcher.input_shapes)
+    top_m = predictor.top_m
+    camera = f"3D camera {', '.join(sorted(cameras))}, " if cameras else ""
     print(
         f"{PROG}: {who}{done} image{'s' * (done != 1)} in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} img/s), "
-        f"{describe(batcher)}, {len(batcher.input_shapes)} input shape{'s' * (len(batcher.input_shapes) != 1)}, "
-        f"{f'metric depth, PNG range 0..{top_m:g} m (near bright), ' if metric else ''}"
+        f"{predictor.describe()}, {shapes} input shape{'s' * (shapes != 1)}, "
+        f"{f'metric depth, PNG range 0..{top_m:g} m (near bright), ' if top_m else ''}{camera}"
         f"{len(failures)} failed{', ' + str(len(skipped)) + ' skipped' if skipped else ''}; outputs in {args.out}"
     )
     return EXIT_FAILED_INPUTS if failures else 0
@@ -590,147 +549,76 @@ def run_predict(args: argparse.Namespace) -> int:
 # --- video ----------------------------------------------------------------------------------------------------------
 
 
-def even(frame: np.ndarray) -> np.ndarray:
-    """Pad (H, W, 3) to even H and W by repeating the last row / column (H.264 in yuv420p needs even sides)."""
-    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
-    return np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame
-
-
 def run_video(args: argparse.Namespace) -> int:
-    # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec, no Python in the child): JAX's fork warning is moot
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg
+        import imageio.v2  # noqa: F401
+        import imageio_ffmpeg  # noqa: F401
     except ImportError:
         report("error: video needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg)")
         return EXIT_USAGE
-    if args.out.suffix.lower() not in (".mp4", ".mkv", ".mov", ".avi", ".webm"):
+    from beit_flax.video import VIDEO_SUFFIXES, VideoError, depth_video
+
+    if args.out.suffix.lower() not in VIDEO_SUFFIXES:
         report(f"error: --out {args.out}: use a video file name (.mp4, .mkv, .mov, .webm)")
         return EXIT_USAGE
     if not check_size_flag(args):
         return EXIT_USAGE
     try:
         check_outputs([args.out], [args.input], make_folders=True)  # before any work: e.g. --out the input itself
+        if args.npy is not None:
+            check_outputs([args.npy / "frame_000000.npy"], [args.input, args.out], make_folders=True)
     except OutputError as err:
-        report(f"error: --out {args.out}: cannot write {err}")
+        report(f"error: cannot write {err}")
         return EXIT_USAGE
-
-    def failed(message: str, err: BaseException) -> int:
-        """One line of ours; ffmpeg's log (in imageio's message) and the traceback with --debug only."""
-        if args.debug:
-            traceback.print_exception(err)
-        report(f"error: {args.input}: {message} ({first_line(err)})" + ("" if args.debug else "; --debug for more"))
-        return EXIT_FAILED_INPUTS
-
-    try:
-        reader = imageio.get_reader(args.input, format="FFMPEG")
-        meta = reader.get_meta_data()
-    except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
-        return failed("cannot read video", err)
-    try:
-        width, height = (int(side) for side in meta.get("size") or (0, 0))
-        if width * height > args.max_pixels:  # from the header, before a frame is decoded
-            reader.close()
-            report(
-                f"error: {args.input}: frames of {size_text(height, width)} = {megapixels(width * height)} are "
-                f"over the limit of {megapixels(args.max_pixels)} (raise it with --max-pixels)"
-            )
-            return EXIT_FAILED_INPUTS
-        loaded = load_model(args)
-        if loaded is None:
-            reader.close()
-            return EXIT_USAGE
-        batcher, net = loaded
-        metric = is_metric(batcher)
-        top_m = depth_range_m(batcher.config) if metric else None
-        if width and height:
-            check_net_input(network_size(height, width, net, args, metric), args.max_pixels)
-    except ValueError as err:
-        reader.close()
-        report(f"error: {args.input}: {err}")
-        return EXIT_FAILED_INPUTS
+    predictor = load_model(args)
+    if predictor is None:
+        return EXIT_USAGE
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        reader.close()
         report(f"error: cannot create {args.out.parent}: {err}")
         return EXIT_USAGE
-    fps = args.fps or float(meta.get("fps") or 30.0)
-    duration = meta.get("duration")
-    total = round(duration * fps) if isinstance(duration, (int, float)) and np.isfinite(duration) else None
-    if args.max_frames:
-        total = min(total, args.max_frames) if total else args.max_frames
+    bar = None
 
-    def read() -> Iterator[tuple[int, np.ndarray]]:
-        for index, frame in enumerate(reader):
-            if args.max_frames and index >= args.max_frames:
-                break
-            yield index, frame
+    def start(total: int | None) -> None:
+        nonlocal bar
+        bar = progress(total, "frame", args.quiet)
 
-    def prepare(item: tuple[int, np.ndarray]) -> list:
-        """-> [((the frame, as the metadata that travels with it; its view), its network input)]."""
-        index, frame = item
-        frame = np.asarray(frame)[:, :, :3]
-        return [((frame, view), net_input) for view, net_input in network_inputs(frame, index, net, args, metric)]
-
-    def inputs(pool: ThreadPoolExecutor) -> Iterator:
-        for prepared in ordered_map(prepare, read(), pool, limit=2 * args.workers + 8):
-            yield from prepared
-
-    def picture_of(result: tuple[np.ndarray, list]) -> np.ndarray:
-        frame, parts = result
-        picture = render(full_depth(parts, frame.shape[:2], metric), args, top_m)
-        return even(np.concatenate([frame, picture], axis=1) if args.side_by_side else picture)
-
-    count, start = 0, time.perf_counter()
     try:
-        # a new uniquely named file that only we created (ffmpeg then writes it in place), removed on every exit
-        with temp_beside(args.out) as temp:
-            writer = imageio.get_writer(
-                temp,
-                format="FFMPEG",
-                mode="I",
-                fps=fps,
-                codec="libx264",
-                quality=8,
-                macro_block_size=1,
-                ffmpeg_log_level="error" if args.debug else "quiet",
-            )
-            try:
-                # one render thread keeps the frames in order; the batcher yields one shape's results in input order
-                with (
-                    progress(total, "frame", args.quiet) as bar,
-                    ThreadPoolExecutor(args.workers, "beit-decode") as decoder,
-                    ThreadPoolExecutor(1, "beit-render") as renderer,
-                ):
-                    results = regroup(batcher.run(inputs(decoder)), args, metric)
-                    for picture in ordered_map(picture_of, results, renderer, limit=4):
-                        writer.append_data(picture)
-                        count += 1
-                        bar.update()
-            except BaseException:
-                with contextlib.suppress(Exception):  # ffmpeg goes before its file; the first error is the one
-                    writer.close()
-                raise
-            writer.close()
-            if count == 0:
-                raise RuntimeError("no frames decoded")
-            # imageio does not check ffmpeg's exit status: a failed encode leaves a short or empty file
-            written, _ = imageio_ffmpeg.count_frames_and_secs(str(temp))
-            if written != count:
-                raise RuntimeError(f"ffmpeg wrote {written} of {count} frames")
-            replace(temp, args.out)
-    except Exception as err:
-        return failed("cannot make the depth video", err)
+        result = depth_video(
+            predictor,
+            args.input,
+            args.out,
+            stabilize=not args.no_stabilize,
+            side_by_side=args.side_by_side,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            colormap=args.colormap,
+            npy_dir=args.npy,
+            workers=args.workers,
+            on_start=start,
+            on_frame=lambda: bar.update(),
+            debug=args.debug,
+        )
+    except VideoError as err:
+        if args.debug:
+            traceback.print_exception(err.__cause__ or err)
+        hint = "; --debug for more" if err.__cause__ is not None and not args.debug else ""
+        report(f"error: {args.input}: {err}{hint}")
+        return EXIT_FAILED_INPUTS
     finally:
-        reader.close()
-    elapsed = time.perf_counter() - start
-    shapes = ", ".join(size_text(h, w) for h, w in sorted(batcher.input_shapes))
-    scale = f", metric depth, colour range 0..{top_m:g} m (near bright)" if metric else ""
+        if bar is not None:
+            bar.close()
+    shapes = ", ".join(size_text(h, w) for h, w in result.input_shapes)
+    if predictor.metric:
+        scale = f", metric depth, colour range 0..{predictor.top_m:g} m (near bright)"
+    elif args.no_stabilize:
+        scale = ", colours min-max per frame"
+    else:
+        scale = f", stabilized: one colour range per scene ({result.scenes} scene{'s' * (result.scenes != 1)})"
     print(
-        f"{PROG}: {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s), network input "
-        f"{shapes}, {describe(batcher)}{scale}; wrote {args.out}"
+        f"{PROG}: {result.frames} frames in {result.seconds:.1f} s ({result.frames / max(result.seconds, 1e-9):.2f} "
+        f"frames/s), network input {shapes}, {predictor.describe()}{scale}; wrote {args.out}"
     )
     return 0
 

@@ -192,6 +192,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, [data])
 
 
+def first_line(err: BaseException) -> str:
+    """An error's first line, for one-line messages (ffmpeg's, through imageio, come with its whole log)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 

@@ -267,3 +267,38 @@ def test_unconverted_checkpoint_as_weights_names_the_fix(kind, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a beit-flax weights file" in err[0] and f"convert_weights {weights}" in err[0], err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_predict_3d_files(weights, tmp_path, capsys):
+    """--ply / --glb: the files `outputs.image_files` makes from the written .npy, with the EXIF focal length
+    when the photo has one and --fov over it; the camera is named in the summary line."""
+    import trimesh
+
+    from beit_flax.geometry import camera_focal, focal_from_fov
+    from beit_flax.outputs import image_files
+
+    exif = Image.Exif()
+    exif_ifd = exif.get_ifd(0x8769)
+    exif_ifd[0xA405] = 28  # FocalLengthIn35mmFilm
+    photo = tmp_path / "in" / "photo.jpg"
+    photo.parent.mkdir()
+    Image.fromarray(scene(40, 60, 9)).save(photo, exif=exif.tobytes(), quality=95)
+    for extra, camera in (([], "EXIF 28 mm"), (["--fov", "90"], "fov 90 deg")):
+        out = tmp_path / f"out{len(extra)}"
+        argv = ["predict", "--weights", str(weights), str(photo), "--out", str(out), "--ply", "--glb", "-q", *extra]
+        assert main(argv) == 0
+        assert camera in capsys.readouterr().out
+        depth = np.load(out / "photo.npy")
+        focal, _ = camera_focal(photo, 60, float(extra[1]) if extra else None)
+        expected = image_files(depth, read_image(photo), ply=True, glb=True, focal_px=focal)
+        for suffix in (".ply", ".glb"):
+            assert (out / f"photo{suffix}").read_bytes() == expected[suffix]
+    assert focal == pytest.approx(focal_from_fov(90, 60))
+    cloud = trimesh.load(out / "photo.ply")
+    assert len(cloud.vertices) == 40 * 60
+    mesh = trimesh.load(out / "photo.glb")
+    assert len(mesh.geometry) == 1
+    for bad in ("180", "0", "nan", "wide"):
+        with pytest.raises(SystemExit) as exit_info:  # argparse: usage + one error line, exit 2
+            main(["predict", "--weights", str(weights), str(photo), "--out", str(out), "--fov", bad])
+        assert exit_info.value.code == 2 and "--fov" in capsys.readouterr().err

@@ -234,7 +234,7 @@ def test_video_temp_file_is_exclusive_and_unique(ws, capsys, monkeypatch):
     (ws / ".out.partial.mp4").symlink_to(ws / "victim")
     committed = []
     real_replace = files.replace
-    monkeypatch.setattr("beit_flax.cli.replace", lambda t, p: (committed.append(t), real_replace(t, p)))
+    monkeypatch.setattr("beit_flax.video.replace", lambda t, p: (committed.append(t), real_replace(t, p)))
     argv = depth("video", ws / "clip.mp4", "--weights", ws / "w.msgpack", "--out", ws / "out.mp4")
     codes = []
     runs = [threading.Thread(target=lambda: codes.append(depth_main([str(a) for a in argv[1:]]))) for _ in range(2)]

@@ -10,6 +10,7 @@ import stat
 import sys
 from pathlib import Path
 
+from beit_flax.files import first_line
 from beit_flax.hub import cache
 from beit_flax.hub.download import DigestError, DownloadError, NoNetworkError, download, sha256_file
 from beit_flax.hub.sources import KNOWN, SUPPORTED_FAMILIES, Known, download_url, parse_repo_id
@@ -29,10 +30,6 @@ def is_offline() -> bool:
 def _say(message: str, progress: bool) -> None:
     if progress:
         print(f"beit-flax: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _checkpoint_kind(path: Path) -> str | None:
@@ -96,7 +93,7 @@ def _local(path: Path, kind: str, folder: Path, progress: bool) -> Path:
     except ValueError as err:  # ConversionError, params that do not fit: the old advice, with the reason
         raise ValueError(
             f"{path}: {kind}, not a beit-flax weights file, and converting it failed "
-            f"({_first_line(err)}); convert it by hand to see why: convert_weights {path} "
+            f"({first_line(err)}); convert it by hand to see why: convert_weights {path} "
             f"{path.stem}.msgpack"
         ) from None
     return cache.record(out, name=str(path), source=source, sha256=digest, checkpoint=str(path), stamp=stamp).weights
@@ -148,7 +145,7 @@ def _release(known: Known, folder: Path, progress: bool) -> Path:
         except ValueError as err:
             checkpoint.unlink(missing_ok=True)
             what = final if checkpoint == final else f"the download of {known.url}"
-            raise ValueError(f"{what}: not a valid {known.name} checkpoint ({_first_line(err)}); deleted it") from None
+            raise ValueError(f"{what}: not a valid {known.name} checkpoint ({first_line(err)}); deleted it") from None
         if checkpoint != final:
             from beit_flax.files import replace
 
@@ -179,13 +176,13 @@ def _hub(repo: str, revision: str | None, folder: Path, hub_cache: str | os.Path
         if (hit := cache.find(folder, source=source)) is not None:
             return hit.weights
         raise NotCachedError(
-            f"{repo} is not in the Hugging Face cache and cannot be downloaded ({_first_line(err)}): on a machine with "
+            f"{repo} is not in the Hugging Face cache and cannot be downloaded ({first_line(err)}): on a machine with "
             f"internet run `hf download {repo} config.json model.safetensors` and copy its cache folder "
             f"models--{repo.replace('/', '--')} into {hub_cache or '$HF_HOME/hub'}, or run "
             f"convert_weights <that folder> {repo.split('/')[-1]}.msgpack"
         ) from None
     except OSError as err:  # HTTP errors: missing or gated repo, bad revision, server errors
-        raise DownloadError(f"{repo}: {_first_line(err)}") from None
+        raise DownloadError(f"{repo}: {first_line(err)}") from None
     blob, config_blob = weights.resolve(), config.resolve()
     published = blob.name if len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name) else None
     key = hashlib.sha256(f"{blob.name}:{config_blob.name}".encode()).hexdigest()
@@ -206,7 +203,7 @@ def _hub(repo: str, revision: str | None, folder: Path, hub_cache: str | os.Path
         try:
             _convert(weights.parent, out, progress)
         except ValueError as err:
-            raise ValueError(f"{repo}: cannot convert its checkpoint ({_first_line(err)})") from None
+            raise ValueError(f"{repo}: cannot convert its checkpoint ({first_line(err)})") from None
         return cache.record(
             out,
             name=repo if revision is None else f"{repo}@{revision}",

@@ -1,0 +1,207 @@
+"""A video -> its depth video (H.264 through imageio's ffmpeg), frame by frame, stable by default.
+
+MiDaS (relative) files: each frame's inverse depth is aligned to the running reference and noise-gated
+(`stabilize.Stabilizer`) and every frame is coloured over one range for the whole clip; `stabilize=False` colours
+each frame by its own min-max as before (and as MiDaS does). ZoeDepth (metric) files: no alignment, one fixed range
+in meters (0..top_m, near bright). `npy_dir` gets each frame's map as `frame_000000.npy`...: clip units (the
+stabilized map, 0..1 = the colour range), relative inverse depth (`stabilize=False`) or meters (ZoeDepth).
+
+Pipeline: worker threads decode and preprocess ahead, the devices run batches, one thread stabilizes and colours in
+frame order, ffmpeg encodes into a temp file beside `out` that replaces `out` only when every frame is in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from beit_flax.files import atomic_write_bytes, check_outputs, first_line, replace, temp_beside
+from beit_flax.images import colorize, colorize_metric, colormap_lut, encode_npy
+from beit_flax.pipeline import ordered_map
+from beit_flax.predictor import Predictor
+from beit_flax.stabilize import Stabilizer
+from beit_flax.transforms import megapixels, size_text
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+
+
+class VideoError(ValueError):
+    """The input cannot be read or the depth video cannot be made; the message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoResult:
+    frames: int
+    seconds: float
+    fps: float
+    scenes: int  # scene starts found by the stabilizer (0 when it did not run)
+    input_shapes: tuple[tuple[int, int], ...]  # network input (H', W') shapes
+
+
+def even(frame: np.ndarray) -> np.ndarray:
+    """Pad (H, W, 3) to even H and W by repeating the last row / column (H.264 in yuv420p needs even sides)."""
+    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
+    return np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame
+
+
+def colorize_clip(clip_units: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """(H, W) clip units -> (H, W, 3) uint8 over the fixed range [0, 1] (clipped), near bright."""
+    levels = (255 * np.clip(np.nan_to_num(clip_units), 0.0, 1.0)).astype(np.uint8)  # truncation, as `colorize`
+    return colormap_lut(colormap)[levels]
+
+
+def depth_frames(
+    predictor: Predictor,
+    frames: Iterable[np.ndarray],
+    *,
+    stabilize: bool = True,
+    colormap: str = "inferno",
+    workers: int = 4,
+    stabilizer: Stabilizer | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield `(frame, map, picture)` per frame of `frames` ((H, W, 3) uint8 each), in order: the frame, its (H, W)
+    float32 map (units: see the module doc) and its (H, W, 3) uint8 picture. `stabilizer`: the one to use (and to
+    read `scenes` from afterwards); a new one by default."""
+    if predictor.metric:
+        finish = lambda depth: (depth, colorize_metric(depth, predictor.top_m, colormap))
+    elif stabilize:
+        stabilizer = stabilizer if stabilizer is not None else Stabilizer()
+        finish = lambda depth: (clip := stabilizer(depth), colorize_clip(clip, colormap))
+    else:
+        finish = lambda depth: (depth, colorize(depth, colormap))
+
+    def prepare(item: tuple[int, np.ndarray]) -> tuple:
+        index, frame = item
+        frame = np.asarray(frame)[:, :, :3]
+        return frame, frame.shape[:2], predictor.inputs(frame, index)
+
+    def finished(result: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frame, depth = result
+        return (frame, *finish(depth))
+
+    with (
+        ThreadPoolExecutor(workers, "beit-decode") as decoder,
+        ThreadPoolExecutor(1, "beit-render") as renderer,  # one thread: the stabilizer sees the frames in order
+    ):
+        prepared = ordered_map(prepare, enumerate(frames), decoder, limit=2 * workers + 8)
+        yield from ordered_map(finished, predictor.run(prepared), renderer, limit=4)
+
+
+def depth_video(
+    predictor: Predictor,
+    source: str | Path,
+    out: str | Path,
+    *,
+    stabilize: bool = True,
+    side_by_side: bool = False,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    colormap: str = "inferno",
+    npy_dir: str | Path | None = None,
+    workers: int = 4,
+    on_start: Callable[[int | None], None] | None = None,
+    on_frame: Callable[[], None] | None = None,
+    debug: bool = False,
+) -> VideoResult:
+    """Write the depth video of `source` to `out` (see the module doc) and return what was done.
+
+    side_by_side: the input frame left, depth right. fps: the output rate (default: the input's). on_start gets the
+    expected frame count (None when unknown), on_frame is called per written frame (progress bars). Raises
+    VideoError (unreadable input, frames over the predictor's pixel limit, a failed encode); `out` and the npy
+    folder are checked by the caller (`files.check_outputs`).
+    """
+    # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec, no Python in the child): JAX's fork warning is moot
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    import imageio.v2 as imageio
+    import imageio_ffmpeg
+
+    out = Path(out)
+    try:
+        reader = imageio.get_reader(source, format="FFMPEG")
+        meta = reader.get_meta_data()
+    except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
+        raise VideoError(f"cannot read video ({first_line(err)})") from err
+    try:
+        width, height = (int(side) for side in meta.get("size") or (0, 0))
+        if width * height > predictor.max_pixels:  # from the header, before a frame is decoded
+            raise VideoError(
+                f"frames of {size_text(height, width)} = {megapixels(width * height)} are over the limit of "
+                f"{megapixels(predictor.max_pixels)} (raise it with --max-pixels)"
+            )
+        if width and height:
+            try:
+                predictor.check(height, width)
+            except ValueError as err:
+                raise VideoError(str(err)) from None
+        fps = fps or float(meta.get("fps") or 30.0)
+        duration = meta.get("duration")
+        total = round(duration * fps) if isinstance(duration, (int, float)) and np.isfinite(duration) else None
+        if max_frames:
+            total = min(total, max_frames) if total else max_frames
+        if on_start:
+            on_start(total)
+
+        def frames() -> Iterator[np.ndarray]:
+            for index, frame in enumerate(reader):
+                if max_frames and index >= max_frames:
+                    break
+                yield frame
+
+        npy_folder = Path(npy_dir) if npy_dir is not None else None
+        if npy_folder is not None:
+            npy_folder.mkdir(parents=True, exist_ok=True)
+        stabilizer = Stabilizer()
+        count, start = 0, time.perf_counter()
+        # a new uniquely named file that only we created (ffmpeg then writes it in place), removed on every exit
+        with temp_beside(out) as temp:
+            writer = imageio.get_writer(
+                temp,
+                format="FFMPEG",
+                mode="I",
+                fps=fps,
+                codec="libx264",
+                quality=8,
+                macro_block_size=1,
+                ffmpeg_log_level="error" if debug else "quiet",
+            )
+            try:
+                results = depth_frames(
+                    predictor, frames(), stabilize=stabilize, colormap=colormap, workers=workers, stabilizer=stabilizer
+                )
+                for frame, depth_map, picture in results:
+                    if npy_folder is not None:
+                        path = npy_folder / f"frame_{count:06d}.npy"
+                        check_outputs([path], [source])
+                        atomic_write_bytes(path, encode_npy(depth_map))
+                    writer.append_data(even(np.concatenate([frame, picture], axis=1) if side_by_side else picture))
+                    count += 1
+                    if on_frame:
+                        on_frame()
+            except BaseException:
+                with contextlib.suppress(Exception):  # ffmpeg goes before its file; the first error is the one
+                    writer.close()
+                raise
+            writer.close()
+            if count == 0:
+                raise VideoError("cannot make the depth video (no frames decoded)")
+            # imageio does not check ffmpeg's exit status: a failed encode leaves a short or empty file
+            written, _ = imageio_ffmpeg.count_frames_and_secs(str(temp))
+            if written != count:
+                raise VideoError(f"cannot make the depth video (ffmpeg wrote {written} of {count} frames)")
+            replace(temp, out)
+    except VideoError:
+        raise
+    except (OSError, RuntimeError, ValueError) as err:  # ffmpeg's broken pipe, a full disk, a frame over the limit
+        raise VideoError(f"cannot make the depth video ({first_line(err)})") from err
+    finally:
+        reader.close()
+    shapes = tuple(sorted(predictor.batcher.input_shapes))
+    scenes = stabilizer.scenes if stabilize and not predictor.metric else 0
+    return VideoResult(count, time.perf_counter() - start, fps, scenes, shapes)

@@ -1,0 +1,100 @@
+"""beit_flax.video through `beit-depth video`: the stabilized maps are the Stabilizer over the per-frame maps, the
+video shows them over one fixed range, --npy / --no-stabilize, and bad --npy folders refused before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from predict_helpers import scene, tiny_files
+
+from beit_flax.cli import main
+from beit_flax.images import colorize
+from beit_flax.stabilize import Stabilizer
+from beit_flax.video import colorize_clip
+
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg: fork + exec at once
+FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    return tiny_files()[0]
+
+
+@pytest.fixture(autouse=True)
+def no_persistent_cache(monkeypatch):
+    monkeypatch.setenv("BEIT_FLAX_CACHE_DIR", "off")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """One scene, its brightness changing per frame (lossless enough: quality 10)."""
+    rng = np.random.default_rng(0)
+    base = scene(48, 64, 3).astype(np.float32)
+    frames = [np.clip(base * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8) for _ in range(FRAMES)]
+    path = tmp_path_factory.mktemp("clip") / "in.mp4"
+    imageio.mimwrite(path, frames, format="FFMPEG", fps=10, quality=10, macro_block_size=1, ffmpeg_log_level="error")
+    return path
+
+
+def run_video(weights: Path, clip: Path, out: Path, *extra: str) -> int:
+    return main(["video", str(clip), "--weights", str(weights), "--out", str(out), "-q", *extra])
+
+
+def maps(folder: Path) -> list[np.ndarray]:
+    return [np.load(p) for p in sorted(folder.glob("frame_*.npy"))]
+
+
+def test_stabilized_maps_are_the_stabilizer_over_the_per_frame_maps(weights, clip, tmp_path, capsys):
+    assert run_video(weights, clip, tmp_path / "raw.mp4", "--no-stabilize", "--npy", str(tmp_path / "raw")) == 0
+    assert "colours min-max per frame" in capsys.readouterr().out
+    assert run_video(weights, clip, tmp_path / "stable.mp4", "--npy", str(tmp_path / "stable")) == 0
+    summary = capsys.readouterr().out
+    assert f"{FRAMES} frames in" in summary and "stabilized: one colour range per scene (1 scene)" in summary
+    raw, stable = maps(tmp_path / "raw"), maps(tmp_path / "stable")
+    assert len(raw) == len(stable) == FRAMES and raw[0].shape == (48, 64) and raw[0].dtype == np.float32
+    assert np.ptp(raw[0]) > 0  # the perturbed tiny model's map has structure
+    stabilizer = Stabilizer()
+    for frame_raw, frame_stable in zip(raw, stable):
+        np.testing.assert_array_equal(frame_stable, stabilizer(frame_raw))
+    np.testing.assert_allclose(stable[0].min(), 0, atol=1e-6)  # the first frame sets the range: its min-max
+    np.testing.assert_allclose(stable[0].max(), 1, atol=1e-6)
+    # the videos show those maps: the stabilized over the fixed [0, 1], the other min-max per frame. H.264 at this
+    # size is lossy (~7 levels of 255), so each video must also be nearer its own colouring than the other one
+    error = lambda picture, painted: np.abs(picture.astype(float) - painted).mean()
+    for name, frames, paint, other in (
+        ("stable", stable, colorize_clip, colorize),
+        ("raw", raw, colorize, colorize_clip),
+    ):
+        decoded = imageio.mimread(tmp_path / f"{name}.mp4", format="FFMPEG")
+        assert len(decoded) == FRAMES
+        assert all(error(picture, paint(depth)) < 10 for picture, depth in zip(decoded, frames))
+        own = np.mean([error(p, paint(d)) for p, d in zip(decoded[1:], frames[1:])])
+        assert own < np.mean([error(p, other(d)) for p, d in zip(decoded[1:], frames[1:])])
+
+
+def test_npy_folder_that_is_a_file_is_refused_before_any_work(weights, clip, tmp_path, capsys):
+    blocker = tmp_path / "maps"
+    blocker.write_text("mine")
+    assert run_video(weights, clip, tmp_path / "out.mp4", "--npy", str(blocker)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker) in err[0]
+    assert blocker.read_text() == "mine" and not (tmp_path / "out.mp4").exists()
+
+
+def test_npy_frames_never_replace_the_input(weights, tmp_path, capsys):
+    """--npy DIR holding a file of the frame name that is the input itself: refused, nothing changed."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    frames = [scene(32, 32, seed) for seed in range(2)]
+    source = folder / "frame_000000.npy"  # a video that happens to carry that name
+    imageio.mimwrite(folder / "v.mp4", frames, format="FFMPEG", fps=5, macro_block_size=1, ffmpeg_log_level="error")
+    (folder / "v.mp4").rename(source)
+    before = source.read_bytes()
+    out = tmp_path / "o.mp4"
+    code = main(["video", str(source), "--weights", str(weights), "--out", str(out), "-q", "--npy", str(folder)])
+    assert code == 2 and source.read_bytes() == before
+    assert "frame_000000.npy" in capsys.readouterr().err
