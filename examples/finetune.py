@@ -14,7 +14,10 @@ generated scenes (exact depth) or on your own data.
 --loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`): the
 model is a ZoeDepth (--weights a ZoeDepth file; none: a small random ZoeDepth), the --data depth maps are meters
 (masks as for MiDaS), used as they are (no per-image scaling), and the metrics are AbsRel, RMSE (m) and delta1 of the
-prediction as it is, without alignment. --loss midas (the default) needs a MiDaS (DPT) model.
+prediction as it is, without alignment. --loss ssitrim (the default) and --loss midas need a MiDaS (DPT) model: ssitrim
+is MiDaS' trimmed loss with median / MAD normalisation, which keeps the sign of depth (a random-init model trained on
+midas, the least-squares loss, learns inverted depth on these scenes; see `training.losses`); midas is the
+least-squares loss of MiDaS' released code, fine for fine-tuning a pretrained MiDaS.
 
 Prints the loss and AbsRel / delta1 (after scale-and-shift alignment, on held-out data) before and after training.
 The run folder --out (default finetune_out) gets orbax checkpoints of the train state in OUT/checkpoints and the
@@ -128,10 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, help="start from a beit-flax weights file; none: random init")
     parser.add_argument(
         "--loss",
-        choices=("midas", "silog"),
-        default="midas",
-        help="midas: scale-and-shift-invariant on inverse depth (a MiDaS model); silog: ZoeDepth's "
-        "scale-invariant log loss on metric depth in meters (a ZoeDepth)",
+        choices=tuple(training.state.LOSS_TARGETS),
+        default="ssitrim",
+        help="ssitrim: MiDaS' trimmed scale-and-shift-invariant loss (median / MAD) on inverse depth; midas: the "
+        "least-squares one (both for a MiDaS model); silog: ZoeDepth's scale-invariant log loss on metric depth in "
+        "meters (a ZoeDepth)",
     )
     parser.add_argument("--freeze-encoder", action="store_true", help="train the DPT decoder only")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warmup, then cosine)")
@@ -230,10 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"--weights: {err}", 1)
         config = model.config
         if isinstance(model, ZoeDepth) != (args.loss == "silog"):
-            fail(
-                f"--weights {args.weights} is a {'ZoeDepth (metric)' if isinstance(model, ZoeDepth) else 'MiDaS'} "
-                f"model: {'--loss silog' if isinstance(model, ZoeDepth) else '--loss midas (the default)'} trains it"
-            )
+            zoedepth = isinstance(model, ZoeDepth)
+            kind, losses = ("ZoeDepth (metric)", "silog") if zoedepth else ("MiDaS", "ssitrim or midas")
+            fail(f"--weights {args.weights} is a {kind} model: --loss {losses} trains it")
         patch_size = config.core.patch_size if isinstance(config, ZoeDepthConfig) else config.patch_size
         if args.size % patch_size:
             fail(f"--size {args.size} is not a multiple of the model's patch size {patch_size}")
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             done = step + 1
             if done % 25 == 0 or done == args.steps:
                 m = jax.device_get(metrics)
-                terms = "" if metric else f" (data {m['data']:.4f}, gradient {m['gradient']:.4f})"
+                terms = "" if "gradient" not in m else f" (data {m['data']:.4f}, gradient {m['gradient']:.4f})"
                 log(
                     f"step {done:5d}  loss {m['loss']:.4f}{terms}  "
                     f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}"

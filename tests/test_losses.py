@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,6 +102,69 @@ def test_alignment_is_the_least_squares_solution():
         expected = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), d, rcond=None)[0]
         np.testing.assert_allclose([scale[b], shift[b]], expected, rtol=1e-4)
     assert scale[2] == 0 and shift[2] == 0  # no valid pixel
+
+
+def numpy_ssitrim(pred, target, mask, trim=0.2):
+    """MiDaS eqs. 6-7 directly, float64: per image median / mean-absolute-deviation normalisation, the smallest
+    (1 - trim) of the absolute residuals summed, over 2 x the batch's valid pixels."""
+    kept_sum, pixels = 0.0, 0
+    for p, d, m in zip(pred.astype(np.float64), target.astype(np.float64), mask):
+        if not m.any():
+            continue
+        norm = lambda x, m=m: (x[m] - np.median(x[m])) / np.mean(np.abs(x[m] - np.median(x[m])))
+        residual = np.sort(np.abs(norm(p) - norm(d)))
+        kept_sum += residual[: int(np.floor((1 - trim) * m.sum()))].sum()
+        pixels += m.sum()
+    return kept_sum / (2 * pixels)
+
+
+_ssitrim = fast_jit(lambda p, d, m: losses.ssitrim_loss(p, d, m)[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ssitrim_is_midas_equations_6_and_7(seed):
+    pred, target, mask = loss_inputs(seed, height=26)  # an even pixel count in some images: two middle values
+    assert float(_ssitrim(pred, target, mask)) == pytest.approx(numpy_ssitrim(pred, target, mask), rel=1e-5)
+    moved = (4.0 * pred + 2.5).astype(np.float32)  # invariant to a positive scale and any shift
+    assert float(_ssitrim(moved, target, mask)) == pytest.approx(numpy_ssitrim(pred, target, mask), rel=1e-4)
+    grad = jax.grad(lambda p: losses.ssitrim_loss(p, target, mask)[0])(jnp.asarray(pred))
+    assert np.all(np.isfinite(np.asarray(grad))) and np.all(np.asarray(grad)[~mask] == 0)
+
+
+def test_ssitrim_learns_the_sign_that_least_squares_cannot():
+    """A prediction a * target + b * noise + c started inverted (a = -1): Adam on ssitrim turns it the right way up
+    (a > 0); the least-squares loss fits the flipped map as well as the upright one and keeps it inverted."""
+    rng = np.random.default_rng(9)
+    target = jnp.asarray(rng.uniform(0.2, 2.0, (2, 16, 16)), jnp.float32)
+    noise = jnp.asarray(rng.normal(size=target.shape), jnp.float32)
+    mask = jnp.ones(target.shape, bool)
+    predict = lambda theta: theta[0] * target + theta[1] * noise + theta[2]
+    adam = optax.adam(0.05)
+    for loss, sign in ((losses.ssitrim_loss, 1), (losses.ssi_loss, -1)):
+        objective = lambda theta, loss=loss: loss(predict(theta), target, mask)[0]
+
+        @jax.jit
+        def step(theta, opt_state, objective=objective):
+            updates, opt_state = adam.update(jax.grad(objective)(theta), opt_state)
+            return optax.apply_updates(theta, updates), opt_state
+
+        theta = jnp.array([-1.0, 0.5, 3.0])
+        opt_state = adam.init(theta)
+        for _ in range(300):
+            theta, opt_state = step(theta, opt_state)
+        correlation = np.corrcoef(np.ravel(predict(theta)), np.ravel(target))[0, 1]
+        assert sign * correlation > 0.99, (loss.__name__, correlation)
+
+
+def test_metrics_do_not_flip_an_inverted_prediction():
+    """depth_metrics keeps the scale >= 0: an inverted map scores as the constant mean, the upright one perfectly."""
+    rng = np.random.default_rng(8)
+    target = rng.uniform(0.2, 2.0, (1, 16, 16)).astype(np.float32)
+    mask = np.ones(target.shape, bool)
+    flat_depth, true_depth = 1 / target.astype(np.float64).mean(), 1 / target.astype(np.float64)
+    flipped = losses.depth_metrics(3.0 - target, target, mask)
+    np.testing.assert_allclose(flipped["abs_rel"], np.mean(np.abs(flat_depth - true_depth) / true_depth), rtol=1e-5)
+    assert float(losses.depth_metrics(3.0 + target, target, mask)["abs_rel"][0]) < 1e-5
 
 
 def test_singular_and_empty_inputs_give_zero_alignment_and_finite_gradients():

@@ -25,7 +25,8 @@ from beit_flax.params import check_params
 
 BACKBONE = ("patch_embed", "encoder")  # the BEiT backbone: `freeze=BACKBONE` trains the DPT decoder only
 ZOEDEPTH_BACKBONE = ("core/patch_embed", "core/encoder")  # a ZoeDepth's
-LOSS_TARGETS = {"midas": "inverse_depth", "silog": "depth"}  # a loss -> the batch key of its target
+# a loss -> the batch key of its target (the functions: steps.LOSSES)
+LOSS_TARGETS = {"midas": "inverse_depth", "ssitrim": "inverse_depth", "silog": "depth"}
 
 
 class TrainState(train_state.TrainState):
@@ -131,7 +132,8 @@ def create_train_state(
     """A train state for `model` (a `DPT` or `ZoeDepth`) from float32 `params` and an optax optimizer, wrapped by
     `build_optimizer` (freeze, layer_decay, clip_norm; see there).
 
-    loss: "midas" (scale-and-shift-invariant, on batches' "inverse_depth") or "silog" (ZoeDepth's, on metric
+    loss: "midas" (scale-and-shift-invariant, least squares, on batches' "inverse_depth"), "ssitrim" (MiDaS'
+    trimmed median / MAD variant, for training from scratch: see `losses`) or "silog" (ZoeDepth's, on metric
     "depth" in meters: the loss for a `ZoeDepth`, whose output is meters). A ZoeDepth's backbone is
     `ZOEDEPTH_BACKBONE`.
     """

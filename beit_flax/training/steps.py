@@ -23,8 +23,10 @@ from flax import traverse_util
 
 from beit_flax.sharding import batch_sharded, replicated
 from beit_flax.training.data import Batch, check_batch
-from beit_flax.training.losses import depth_metrics, metric_depth_metrics, silog_loss, ssi_loss
+from beit_flax.training.losses import depth_metrics, metric_depth_metrics, silog_loss, ssi_loss, ssitrim_loss
 from beit_flax.training.state import LOSS_TARGETS, TrainState
+
+LOSSES = {"midas": ssi_loss, "ssitrim": ssitrim_loss, "silog": silog_loss}  # the names of `LOSS_TARGETS`
 
 
 def loss_fn(
@@ -32,11 +34,11 @@ def loss_fn(
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """The loss of the model's prediction on `batch`: (scalar, {its terms..., "pred" (B, H, W)}).
 
-    loss: "midas" (`ssi_loss` on batch["inverse_depth"]: terms "data", "gradient") or "silog" (`silog_loss` on
-    batch["depth"] in meters, for a ZoeDepth: term "silog").
+    loss: "midas" (`ssi_loss` on batch["inverse_depth"]: terms "data", "gradient"), "ssitrim" (`ssitrim_loss`,
+    the same target and terms) or "silog" (`silog_loss` on batch["depth"] in meters, for a ZoeDepth: term "silog").
     """
     pred = apply_fn({"params": params}, batch["image"])
-    terms = ssi_loss if loss == "midas" else silog_loss
+    terms = LOSSES[loss]
     value, parts = terms(pred, batch[LOSS_TARGETS[loss]], batch["mask"])
     return value, {**parts, "pred": pred}
 
