@@ -14,10 +14,11 @@ generated scenes (exact depth) or on your own data.
 --loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`): the
 model is a ZoeDepth (--weights a ZoeDepth file; none: a small random ZoeDepth), the --data depth maps are meters
 (masks as for MiDaS), used as they are (no per-image scaling), and the metrics are AbsRel, RMSE (m) and delta1 of the
-prediction as it is, without alignment. --loss ssitrim (the default) and --loss midas need a MiDaS (DPT) model: ssitrim
-is MiDaS' trimmed loss with median / MAD normalisation, which keeps the sign of depth (a random-init model trained on
-midas, the least-squares loss, learns inverted depth on these scenes; see `training.losses`); midas is the
-least-squares loss of MiDaS' released code, fine for fine-tuning a pretrained MiDaS.
+prediction as it is, without alignment. --loss ssimae (the default), ssitrim and midas need a MiDaS (DPT) model: ssimae
+and ssitrim are MiDaS' losses on median / MAD normalised maps (ssitrim leaves out each image's largest 20% of
+residuals: for real data with outliers), which keep the sign of depth (a random-init model trained on midas, the
+least-squares loss of MiDaS' released code, learns inverted depth on these scenes; see `training.losses`); midas is
+fine for fine-tuning a pretrained MiDaS.
 
 Prints the loss and AbsRel / delta1 (after scale-and-shift alignment, on held-out data) before and after training.
 The run folder --out (default finetune_out) gets orbax checkpoints of the train state in OUT/checkpoints and the
@@ -132,10 +133,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--loss",
         choices=tuple(training.state.LOSS_TARGETS),
-        default="ssitrim",
-        help="ssitrim: MiDaS' trimmed scale-and-shift-invariant loss (median / MAD) on inverse depth; midas: the "
-        "least-squares one (both for a MiDaS model); silog: ZoeDepth's scale-invariant log loss on metric depth in "
-        "meters (a ZoeDepth)",
+        default="ssimae",
+        help="ssimae / ssitrim: MiDaS' scale-and-shift-invariant losses on median / MAD normalised inverse depth "
+        "(ssitrim drops each image's largest 20%% of residuals); midas: the least-squares one (all three for a MiDaS "
+        "model); silog: ZoeDepth's scale-invariant log loss on metric depth in meters (a ZoeDepth)",
     )
     parser.add_argument("--freeze-encoder", action="store_true", help="train the DPT decoder only")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warmup, then cosine)")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         config = model.config
         if isinstance(model, ZoeDepth) != (args.loss == "silog"):
             zoedepth = isinstance(model, ZoeDepth)
-            kind, losses = ("ZoeDepth (metric)", "silog") if zoedepth else ("MiDaS", "ssitrim or midas")
+            kind, losses = ("ZoeDepth (metric)", "silog") if zoedepth else ("MiDaS", "ssimae, ssitrim or midas")
             fail(f"--weights {args.weights} is a {kind} model: --loss {losses} trains it")
         patch_size = config.core.patch_size if isinstance(config, ZoeDepthConfig) else config.patch_size
         if args.size % patch_size:

@@ -122,25 +122,27 @@ _ssitrim = fast_jit(lambda p, d, m: losses.ssitrim_loss(p, d, m)[0])
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_ssitrim_is_midas_equations_6_and_7(seed):
+def test_ssimae_and_ssitrim_are_midas_equations_5_to_7(seed):
     pred, target, mask = loss_inputs(seed, height=26)  # an even pixel count in some images: two middle values
     assert float(_ssitrim(pred, target, mask)) == pytest.approx(numpy_ssitrim(pred, target, mask), rel=1e-5)
+    ssimae = float(losses.ssimae_loss(pred, target, mask)[0])
+    assert ssimae == pytest.approx(numpy_ssitrim(pred, target, mask, trim=0.0), rel=1e-5)
     moved = (4.0 * pred + 2.5).astype(np.float32)  # invariant to a positive scale and any shift
     assert float(_ssitrim(moved, target, mask)) == pytest.approx(numpy_ssitrim(pred, target, mask), rel=1e-4)
     grad = jax.grad(lambda p: losses.ssitrim_loss(p, target, mask)[0])(jnp.asarray(pred))
     assert np.all(np.isfinite(np.asarray(grad))) and np.all(np.asarray(grad)[~mask] == 0)
 
 
-def test_ssitrim_learns_the_sign_that_least_squares_cannot():
-    """A prediction a * target + b * noise + c started inverted (a = -1): Adam on ssitrim turns it the right way up
-    (a > 0); the least-squares loss fits the flipped map as well as the upright one and keeps it inverted."""
+def test_mad_losses_learn_the_sign_that_least_squares_cannot():
+    """A prediction a * target + b * noise + c started inverted (a = -1): Adam on ssimae / ssitrim turns it the
+    right way up (a > 0); the least-squares loss fits the flipped map as well as the upright one: it stays inverted."""
     rng = np.random.default_rng(9)
     target = jnp.asarray(rng.uniform(0.2, 2.0, (2, 16, 16)), jnp.float32)
     noise = jnp.asarray(rng.normal(size=target.shape), jnp.float32)
     mask = jnp.ones(target.shape, bool)
     predict = lambda theta: theta[0] * target + theta[1] * noise + theta[2]
     adam = optax.adam(0.05)
-    for loss, sign in ((losses.ssitrim_loss, 1), (losses.ssi_loss, -1)):
+    for loss, sign in ((losses.ssimae_loss, 1), (losses.ssitrim_loss, 1), (losses.ssi_loss, -1)):
         objective = lambda theta, loss=loss: loss(predict(theta), target, mask)[0]
 
         @jax.jit

@@ -26,7 +26,7 @@ from beit_flax.params import check_params
 BACKBONE = ("patch_embed", "encoder")  # the BEiT backbone: `freeze=BACKBONE` trains the DPT decoder only
 ZOEDEPTH_BACKBONE = ("core/patch_embed", "core/encoder")  # a ZoeDepth's
 # a loss -> the batch key of its target (the functions: steps.LOSSES)
-LOSS_TARGETS = {"midas": "inverse_depth", "ssitrim": "inverse_depth", "silog": "depth"}
+LOSS_TARGETS = {"midas": "inverse_depth", "ssimae": "inverse_depth", "ssitrim": "inverse_depth", "silog": "depth"}
 
 
 class TrainState(train_state.TrainState):
@@ -132,10 +132,10 @@ def create_train_state(
     """A train state for `model` (a `DPT` or `ZoeDepth`) from float32 `params` and an optax optimizer, wrapped by
     `build_optimizer` (freeze, layer_decay, clip_norm; see there).
 
-    loss: "midas" (scale-and-shift-invariant, least squares, on batches' "inverse_depth"), "ssitrim" (MiDaS'
-    trimmed median / MAD variant, for training from scratch: see `losses`) or "silog" (ZoeDepth's, on metric
-    "depth" in meters: the loss for a `ZoeDepth`, whose output is meters). A ZoeDepth's backbone is
-    `ZOEDEPTH_BACKBONE`.
+    loss: "midas" (scale-and-shift-invariant, least squares, on batches' "inverse_depth"), "ssimae" /
+    "ssitrim" (MiDaS' median / MAD variants, which keep the sign of depth from a random init: see `losses`) or
+    "silog" (ZoeDepth's, on metric "depth" in meters: the loss for a `ZoeDepth`, whose output is meters). A
+    ZoeDepth's backbone is `ZOEDEPTH_BACKBONE`.
     """
     if loss not in LOSS_TARGETS:
         raise ValueError(f"loss must be one of {sorted(LOSS_TARGETS)}, got {loss!r}")

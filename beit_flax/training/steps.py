@@ -23,10 +23,18 @@ from flax import traverse_util
 
 from beit_flax.sharding import batch_sharded, replicated
 from beit_flax.training.data import Batch, check_batch
-from beit_flax.training.losses import depth_metrics, metric_depth_metrics, silog_loss, ssi_loss, ssitrim_loss
+from beit_flax.training.losses import (
+    depth_metrics,
+    metric_depth_metrics,
+    silog_loss,
+    ssi_loss,
+    ssimae_loss,
+    ssitrim_loss,
+)
 from beit_flax.training.state import LOSS_TARGETS, TrainState
 
-LOSSES = {"midas": ssi_loss, "ssitrim": ssitrim_loss, "silog": silog_loss}  # the names of `LOSS_TARGETS`
+# the names of `LOSS_TARGETS`
+LOSSES = {"midas": ssi_loss, "ssimae": ssimae_loss, "ssitrim": ssitrim_loss, "silog": silog_loss}
 
 
 def loss_fn(
@@ -34,8 +42,9 @@ def loss_fn(
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """The loss of the model's prediction on `batch`: (scalar, {its terms..., "pred" (B, H, W)}).
 
-    loss: "midas" (`ssi_loss` on batch["inverse_depth"]: terms "data", "gradient"), "ssitrim" (`ssitrim_loss`,
-    the same target and terms) or "silog" (`silog_loss` on batch["depth"] in meters, for a ZoeDepth: term "silog").
+    loss: "midas" (`ssi_loss` on batch["inverse_depth"]: terms "data", "gradient"), "ssimae" / "ssitrim"
+    (`ssimae_loss` / `ssitrim_loss`, the same target, term "data") or "silog" (`silog_loss` on batch["depth"] in
+    meters, for a ZoeDepth: term "silog").
     """
     pred = apply_fn({"params": params}, batch["image"])
     terms = LOSSES[loss]
