@@ -9,8 +9,9 @@ stream of such maps into one consistent map per frame, in two steps:
    objects and newly visible regions do not drag the fit). A frame that the reference cannot explain (most of the
    sampled pixels off by more than `cut_error`) is a scene cut: the stream starts again from that frame.
 2. **Noise gate.** Per pixel, the aligned frame replaces the reference in proportion to how far it moved relative
-   to the frame's residual noise: changes within the noise (lighting flicker, compression) are averaged away,
-   changes well beyond it (motion, cuts) pass through at once, so moving content does not lag.
+   to the frame's residual noise at that level (the noise is relative: near pixels flicker more): changes within
+   the noise (lighting flicker, compression) are averaged away, changes well beyond it (motion, cuts) pass through
+   at once, so moving content does not lag.
 
 The output is in clip units: the first frame of each scene is min-max normalised to [0, 1] (exactly as MiDaS colours
 a single frame), and every later frame is expressed on that frame's scale, so one fixed colour range, [0, 1], holds
@@ -91,9 +92,10 @@ class Stabilizer:
     units (see the module doc). All frames of a stream must have one size.
 
     samples: at most this many pixels (a regular grid) are used for the fit.
-    gate: a pixel whose aligned value moved by `gate` noise sigmas takes 39% of the move (1 - e^-0.5), by twice that
-        86%, by three times 99%. 1.0 holds no lag on the panning clips of `benchmarks/video_flicker.py`; 1.5 and 2
-        smooth more and lag 1-3 frames there.
+    gate: a pixel whose aligned value moved by `gate` of its noise sigmas takes 39% of the move (1 - e^-0.5), by
+        twice that 86%, by three times 99%. The noise is relative (see `__call__`): sigma_i = r (|ref_i| + median
+        |ref|), r the robust median of |residual| / that level over the fit's samples. 1.0 lags 0-1 frames on the
+        panning clips of `benchmarks/video_flicker.py`; 1.5 and 2 smooth more and lag 1-2 frames there.
     cut_error / cut_fraction: a frame with more than `cut_fraction` of its samples off the reference by more than
         `cut_error` (clip units: a tenth of the colour range by default) starts a new scene.
     """
@@ -102,7 +104,7 @@ class Stabilizer:
     gate: float = 1.0
     cut_error: float = 0.1
     cut_fraction: float = 0.5
-    noise_floor: float = 1e-3  # clip units: identical frames must not make the gate infinitely strict
+    noise_floor: float = 1e-3  # identical frames, or a flat reference, must not make the gate infinitely strict
     reference: np.ndarray | None = dataclasses.field(default=None, repr=False)
     scenes: int = 0  # scene starts so far (the first frame is one)
 
@@ -113,16 +115,22 @@ class Stabilizer:
         if self.reference is None or self.reference.shape != frame.shape:
             return self._start(frame)
         stride = max(1, int(np.ceil(np.sqrt(frame.size / self.samples))))
-        fit = fit_scale_shift(
-            frame[::stride, ::stride].ravel(), self.reference[::stride, ::stride].ravel(), error=self.cut_error
-        )
+        x, y = frame[::stride, ::stride].ravel(), self.reference[::stride, ::stride].ravel()
+        fit = fit_scale_shift(x, y, error=self.cut_error)
         if fit.scale <= 0 or fit.outliers > self.cut_fraction:  # nothing of the reference explains it: a new scene
             return self._start(frame)
+        # the noise grows with the value (the nearest pixels' std is 1-20% of their value over a static clip, the
+        # far ones' a fraction of that): a relative noise, sigma_i = relative * level_i, level = |ref| + median |ref|
+        floor = np.float32(np.median(np.abs(y)) + self.noise_floor)
+        relative = MAD_TO_SIGMA * float(np.median(np.abs(fit.scale * x + fit.shift - y) / (np.abs(y) + floor)))
+        spread = np.abs(self.reference)
+        spread += floor
+        spread *= np.float32(self.gate * max(relative, self.noise_floor))
         # reference += (1 - exp(-(change / spread)^2 / 2)) * change, in place in float32: a 1080p frame is 2M pixels
         change = frame * np.float32(fit.scale)
         change += np.float32(fit.shift)
         change -= self.reference
-        kept = change / np.float32(self.gate * max(fit.noise, self.noise_floor))
+        kept = np.divide(change, spread, out=spread)
         np.square(kept, out=kept)
         kept *= np.float32(-0.5)
         np.exp(kept, out=kept)  # the share of the change held back

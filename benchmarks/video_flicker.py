@@ -12,9 +12,10 @@ Each clip runs through `beit_flax.video.depth_frames`, the frames `beit-depth vi
 `minmax` (--no-stabilize: MiDaS' per-frame min-max), `plain` (a plain least-squares scale and shift of each frame
 to the previous aligned frame, coloured over the first frame's range: the baseline of issue 17), and `stabilized`
 (the default). Flicker = mean over consecutive frames of mean |picture_t - picture_t-1| (RGB levels) / mean picture
-level; `gain` = minmax flicker / that method's. Lag (pan clips): the k in 0..4 for which the stabilized map of
-frame t is nearest (RMSE, clip units) to the aligned map of frame t - k (alignment without the noise gate, which
-has no lag by construction); 0 = no lag. One JSON line per clip and method, then a summary line.
+level; `gain` = minmax flicker / that method's. Lag (pan clips): the same pan rendered without the lighting flicker
+is run through the model; the lag is the k in 0..4 for which the stabilized map of frame t is nearest (RMSE after
+a least-squares scale and shift) to that clean clip's map of frame t - k; 0 = no lag. One JSON line per clip, then
+a summary line.
 
 --strip writes a PNG of the pan clip of the first seed: input frames (top), per-frame min-max (middle), stabilized
 (bottom), at five times.
@@ -38,7 +39,6 @@ from machine import cpu_name  # noqa: E402
 
 from beit_flax.images import depth_range, encode_png  # noqa: E402
 from beit_flax.predictor import Predictor  # noqa: E402
-from beit_flax.stabilize import Stabilizer  # noqa: E402
 from beit_flax.training.scenes import render_clip  # noqa: E402
 from beit_flax.video import colorize_clip, depth_frames  # noqa: E402
 
@@ -65,9 +65,14 @@ def plain_running_alignment(raw: list[np.ndarray]) -> list[np.ndarray]:
     return aligned
 
 
-def lag_frames(stabilized: list[np.ndarray], aligned: list[np.ndarray], most: int = 4) -> int:
+def lag_frames(stabilized: list[np.ndarray], clean: list[np.ndarray], most: int = 4) -> int:
+    def fitted_rmse(ours: np.ndarray, truth: np.ndarray) -> float:
+        design = np.stack([ours.ravel(), np.ones(ours.size)], axis=1).astype(np.float64)
+        coef = np.linalg.lstsq(design, truth.ravel(), rcond=None)[0]
+        return float(np.sqrt(np.mean((design @ coef - truth.ravel()) ** 2)))
+
     rmse = [
-        np.mean([np.sqrt(np.mean((stabilized[t] - aligned[t - k]) ** 2)) for t in range(most + 1, len(stabilized))])
+        np.mean([fitted_rmse(stabilized[t], clean[t - k]) for t in range(most + 1, len(stabilized))])
         for k in range(most + 1)
     ]
     return int(np.argmin(rmse))
@@ -104,8 +109,10 @@ def main() -> None:
                 gains.setdefault(kind, {}).setdefault(method, []).append(base / value)
                 row[method] = {"flicker": round(value, 5), "gain": round(base / value, 2)}
             if kind == "pan":
-                no_gate = Stabilizer(gate=1e-9)
-                row["lag_frames"] = lag_frames([d for d, _ in stabilized], [no_gate(d) for d in raw])
+                steady = {**options, "brightness": (1.0, 1.0)}  # the same camera path (the same random draws)
+                clean_clip, _ = render_clip(np.random.default_rng(seed), 192, 256, args.frames, **steady)
+                clean = [depth for _, depth, _ in depth_frames(predictor, clean_clip, stabilize=False)]
+                row["lag_frames"] = lag_frames([d for d, _ in stabilized], clean)
                 lags.append(row["lag_frames"])
                 if args.strip is not None and seed == args.seeds[0]:
                     times = np.linspace(0, args.frames - 1, 5).round().astype(int)
