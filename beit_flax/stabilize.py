@@ -24,8 +24,6 @@ import dataclasses
 
 import numpy as np
 
-from beit_flax.images import depth_range
-
 TUKEY_C = 4.685  # Tukey's biweight constant: 95% efficiency under Gaussian noise, zero weight beyond c sigma
 MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation of a Gaussian
 START_CANDIDATES = 64  # two-sample lines tried for the robust start: P(no clean pair | 30% moved) = 0.51^64 ~ 1e-19
@@ -33,22 +31,21 @@ START_CANDIDATES = 64  # two-sample lines tried for the robust start: P(no clean
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-    """`scale * x + shift` ~ reference; `noise` is the robust residual sigma, `outliers` the fraction of samples off
-    by more than the caller's error bound (both in reference units)."""
+    """`scale * x + shift` ~ reference; `outliers` is the fraction of samples off by more than the caller's error
+    bound (reference units)."""
 
     scale: float
     shift: float
-    noise: float
     outliers: float
 
 
 def fit_scale_shift(x: np.ndarray, y: np.ndarray, *, iterations: int = 4, error: float = 0.1) -> Fit:
-    """Robust `scale, shift` with `scale * x + shift ~ y` over 1-D float64 samples.
+    """Robust `scale, shift` with `scale * x + shift ~ y` over 1-D float samples.
 
     A least-median-of-squares start (the best of `START_CANDIDATES` two-sample lines and the plain least-squares
     line, by median absolute residual: it holds while fewer than half the samples moved, where least squares is
     dragged by any large moving region), then `iterations` rounds of least squares re-weighted by Tukey's biweight
-    at `TUKEY_C` robust sigmas. A constant `x` gives scale 0 and the mean of `y`.
+    at `TUKEY_C` robust sigmas. A constant `x` gives scale 0 and a robust (Tukey-weighted) mean of `y`.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     weights = np.ones_like(x)
@@ -72,8 +69,7 @@ def fit_scale_shift(x: np.ndarray, y: np.ndarray, *, iterations: int = 4, error:
             break
         scale, shift = _weighted_line(x, y, weights)
     residual = scale * x + shift - y
-    noise = MAD_TO_SIGMA * float(np.median(np.abs(residual)))
-    return Fit(scale, shift, noise, float(np.mean(np.abs(residual) > error)))
+    return Fit(scale, shift, float(np.mean(np.abs(residual) > error)))
 
 
 def _weighted_line(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
@@ -108,17 +104,29 @@ class Stabilizer:
     reference: np.ndarray | None = dataclasses.field(default=None, repr=False)
     scenes: int = 0  # scene starts so far (the first frame is one)
 
+    def __post_init__(self) -> None:
+        if not (self.samples >= 16 and self.gate > 0 and self.cut_error > 0 and 0 < self.cut_fraction <= 1):
+            raise ValueError(
+                f"Stabilizer needs samples >= 16, gate > 0, cut_error > 0 and 0 < cut_fraction <= 1; got {self}"
+            )
+        if not self.noise_floor > 0:
+            raise ValueError(f"Stabilizer needs noise_floor > 0, got {self.noise_floor}")
+
     def __call__(self, inverse_depth: np.ndarray) -> np.ndarray:
         frame = np.asarray(inverse_depth, np.float32)
-        if not np.isfinite(frame).all():
-            frame = np.nan_to_num(frame)
+        finite = np.isfinite(frame)
+        if not finite.all():  # non-finite pixels (a float16 overflow, say) take no part: they keep the reference
+            frame = np.where(finite, frame, np.float32(0))
         if self.reference is None or self.reference.shape != frame.shape:
-            return self._start(frame)
+            return self._start(frame, finite)
         stride = max(1, int(np.ceil(np.sqrt(frame.size / self.samples))))
-        x, y = frame[::stride, ::stride].ravel(), self.reference[::stride, ::stride].ravel()
+        usable = finite[::stride, ::stride].ravel()
+        x, y = frame[::stride, ::stride].ravel()[usable], self.reference[::stride, ::stride].ravel()[usable]
+        if x.size == 0 or np.ptp(x) <= 1e-6 * float(np.abs(x).max()):  # a flat frame carries no depth: skip it
+            return self.reference.copy()
         fit = fit_scale_shift(x, y, error=self.cut_error)
         if fit.scale <= 0 or fit.outliers > self.cut_fraction:  # nothing of the reference explains it: a new scene
-            return self._start(frame)
+            return self._start(frame, finite)
         # the noise grows with the value (the nearest pixels' std is 1-20% of their value over a static clip, the
         # far ones' a fraction of that): a relative noise, sigma_i = relative * level_i, level = |ref| + median |ref|
         floor = np.float32(np.median(np.abs(y)) + self.noise_floor)
@@ -130,6 +138,7 @@ class Stabilizer:
         change = frame * np.float32(fit.scale)
         change += np.float32(fit.shift)
         change -= self.reference
+        change[~finite] = 0
         kept = np.divide(change, spread, out=spread)
         np.square(kept, out=kept)
         kept *= np.float32(-0.5)
@@ -139,7 +148,13 @@ class Stabilizer:
         self.reference -= kept
         return self.reference.copy()
 
-    def _start(self, frame: np.ndarray) -> np.ndarray:
+    def _start(self, frame: np.ndarray, finite: np.ndarray) -> np.ndarray:
+        """A new scene from `frame`: min-max over its finite pixels -> [0, 1]; non-finite ones at 0 (far)."""
         self.scenes += 1
-        self.reference = depth_range(frame)  # float32
+        values = frame[finite]
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if high - low <= np.finfo(np.float32).eps * max(abs(high), 1.0):
+            self.reference = np.zeros(frame.shape, np.float32)
+        else:
+            self.reference = np.where(finite, (frame - np.float32(low)) / np.float32(high - low), 0).astype(np.float32)
         return self.reference.copy()

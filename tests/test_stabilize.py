@@ -71,6 +71,38 @@ def test_a_scene_cut_starts_again_from_the_new_frame():
     assert stabilizer.scenes == 3
 
 
+def test_flat_and_non_finite_frames_leave_the_scene_alone():
+    """A flat frame (a fade to black) carries no depth: the reference stays, no cut. NaN / inf pixels (a float16
+    overflow) take no part in the fit or the range and keep their reference value."""
+    base, stabilizer = smooth_map(10), Stabilizer()
+    expected = depth_range(base)
+    stabilizer(base)
+    np.testing.assert_allclose(stabilizer(np.full(base.shape, 3.0)), expected, atol=1e-6)
+    assert stabilizer.scenes == 1
+    broken = 2.0 * base + 1.0
+    broken[5, 7], broken[20, 30], broken[0, 0] = np.nan, np.inf, -np.inf
+    out = stabilizer(broken)
+    assert np.isfinite(out).all() and stabilizer.scenes == 1
+    np.testing.assert_allclose(out, expected, atol=1e-5)  # the finite pixels aligned exactly, the others kept
+
+    first = base.copy()
+    first[3, 3] = np.inf  # in the first frame: the range comes from the finite pixels, the pixel shows as far
+    fresh = Stabilizer()
+    start = fresh(first)
+    finite = np.isfinite(first)
+    np.testing.assert_allclose(start[finite], depth_range(base)[finite], atol=0.02)  # min-max of the finite pixels
+    assert start[3, 3] == 0 and start.max() == pytest.approx(1.0)
+    assert np.isfinite(fresh(np.full(base.shape, np.nan))).all() and fresh.scenes == 1
+
+
+@pytest.mark.parametrize(
+    "bad", [{"gate": 0}, {"samples": 0}, {"cut_fraction": 0}, {"cut_error": -1}, {"noise_floor": 0}]
+)
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="Stabilizer needs"):
+        Stabilizer(**bad)
+
+
 def test_inverted_depth_is_a_cut_not_a_negative_scale():
     stabilizer = Stabilizer()
     stabilizer(smooth_map(6))
@@ -97,7 +129,7 @@ def test_noise_gate_removes_flicker_and_follows_motion_without_lag():
     assert change_out < change_in / 3
     scale = frames_out[0][truth[0]].mean() - frames_out[0][~truth[0]].mean()  # the disk's step, clip units
     for out, disk in zip(frames_out[1:], truth[1:]):
-        inside = out[disk] - depth_range(base + 0.0)[disk] * 0  # the disk, where it is in this frame
+        inside = out[disk]  # the disk, where it is in this frame
         assert np.median(inside) > np.median(out[~disk & still]) + 0.8 * scale  # already fully there: no lag
         left_behind = truth[0] & ~disk  # where the disk was at the start and is no longer
         if left_behind.any():
