@@ -1,7 +1,8 @@
 """`beit-depth`: image files or a video -> relative inverse depth, with MiDaS run.py's pre- and post-processing.
 
     beit-depth predict --weights W INPUT... --out DIR [--devices N] [--distributed]
-    beit-depth video IN.mp4 --weights W --out OUT.mp4 [--side-by-side]
+    beit-depth video IN.mp4 --weights W --out OUT.mp4 [--side-by-side] [--no-stabilize] [--npy DIR]
+    beit-depth app --weights W [--host 127.0.0.1] [--port 7860]
     beit-depth cache list|clear [NAME...]
 
 W: a known name (dpt_beit_large_512...), a hub repo id, a checkpoint or a .msgpack (`beit_flax.hub.resolve`).
@@ -37,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from beit_flax.app import add_app_parser, run_app
 from beit_flax.export import add_export_parser, run_export
 from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, interruptible
+from beit_flax.geometry import DEFAULT_FOV_DEG, RELATIVE_NEAR_FAR
 from beit_flax.images import COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, read_image, set_pixel_limit
 from beit_flax.models.precision import COMPUTE_DTYPES
 from beit_flax.outputs import SUFFIXES, image_files
@@ -168,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or output paths (nothing was processed), 130 / 143 interrupted (Ctrl-C / SIGTERM). Compiled programs are "
         "cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video,cache,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video,app,cache,export}")
     images = sub.add_parser(
         "predict",
         parents=[common],
-        help="image files -> DIR/<stem>.npy + DIR/<stem>.png",
+        help="image files -> DIR/<stem>.npy + DIR/<stem>.png (+ .ply, .glb)",
         description="For each image: DIR/<stem>.npy, float32 (H, W) relative inverse depth (larger = nearer) at "
         "the image's own size, and DIR/<stem>.png, the same map min-max normalised and colormapped (or 16-bit "
         "grayscale). Inputs with the same stem get <stem>_1, <stem>_2, ...",
@@ -185,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ply",
         action="store_true",
         help="also DIR/<stem>.ply: a binary point cloud, one RGB point per pixel (pinhole camera, glTF axes: x "
-        "right, y up, looking down -z; meters for ZoeDepth, MiDaS depth on a normalised scale: nearest 1, farthest 10)",
+        "right, y up, looking down -z; meters for ZoeDepth, MiDaS depth on a normalised scale: nearest 1, farthest "
+        f"{RELATIVE_NEAR_FAR:g})",
     )
     images.add_argument(
         "--glb",
@@ -198,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=fov_arg,
         metavar="DEG",
         help="horizontal field of view of the camera for --ply / --glb (default: from the EXIF focal length when "
-        "the image has one, else 60)",
+        f"the image has one, else {DEFAULT_FOV_DEG:g})",
     )
     images.add_argument(
         "--distributed",
@@ -247,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights_cache.add_argument(
         "names", nargs="*", metavar="NAME", help="clear only these (known names, repo ids, sources or cached files)"
     )
+    add_app_parser(sub)
     add_export_parser(sub)
     return parser
 
@@ -257,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from beit_flax.hub.manage import main as cache_main
 
         return cache_main(args.action, args.names)
+    if args.command == "app":
+        return run_app(args)  # its own Ctrl-C / SIGTERM handling: the server stops, then one line
     if args.command == "export":
         return interruptible(PROG, lambda: run_export(args))
     set_pixel_limit(args.max_pixels)  # Pillow's own guard follows the flag: it is the one limit
@@ -426,6 +433,9 @@ def run_predict(args: argparse.Namespace) -> int:
         paths = sorted(paths, key=lambda p: p.as_posix())
     if not check_size_flag(args):
         return EXIT_USAGE
+    if args.fov is not None and not (args.ply or args.glb):
+        report("error: --fov sets the camera of the 3D files: add --ply and / or --glb")
+        return EXIT_USAGE
     # stems from the whole list, so that processes never write the same name
     every_job = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
     wanted = {".npy": True, ".png": not args.no_png, ".ply": args.ply, ".glb": args.glb}
@@ -464,30 +474,33 @@ def run_predict(args: argparse.Namespace) -> int:
 
     cameras: set[str] = set()
 
-    def write(result: tuple[Job, np.ndarray]) -> str | None:
-        job, depth = result
-        focal_px = None
-        if args.ply or args.glb:
-            from beit_flax.geometry import camera_focal
-
-            focal_px, camera = camera_focal(job.source, depth.shape[1], args.fov)
-            cameras.add(camera)
-        files = image_files(
-            depth,
-            job.image,
-            top_m=predictor.top_m,
-            colormap=args.colormap,
-            grayscale16=args.grayscale16,
-            png=not args.no_png,
-            ply=args.ply,
-            glb=args.glb,
-            focal_px=focal_px,
-        )
+    def write(result: tuple[Job, tuple[int, int], list]) -> str | None:
+        job, size_hw, parts = result
         try:
+            depth = predictor.finish(size_hw, parts)
+            focal_px = None
+            if args.ply or args.glb:
+                from beit_flax.geometry import camera_focal
+
+                focal_px, camera = camera_focal(job.source, depth.shape[1], args.fov)
+                cameras.add(camera)
+            files = image_files(
+                depth,
+                job.image,
+                top_m=predictor.top_m,
+                colormap=args.colormap,
+                grayscale16=args.grayscale16,
+                png=not args.no_png,
+                ply=args.ply,
+                glb=args.glb,
+                focal_px=focal_px,
+            )
             for suffix, data in files.items():
                 atomic_write_bytes(args.out / f"{job.stem}{suffix}", data)
         except OSError as err:
             return f"{job.source}: cannot write output: {err}"
+        except MemoryError:
+            return f"{job.source}: out of memory making its outputs"
         return None
 
     done = 0
@@ -549,6 +562,15 @@ def run_predict(args: argparse.Namespace) -> int:
 # --- video ----------------------------------------------------------------------------------------------------------
 
 
+def video_failed(err: Exception, args: argparse.Namespace) -> int:
+    """One line of ours; ffmpeg's log (in the cause's message) and the traceback with --debug only."""
+    if args.debug:
+        traceback.print_exception(err.__cause__ or err)
+    hint = "; --debug for more" if err.__cause__ is not None and not args.debug else ""
+    report(f"error: {args.input}: {err}{hint}")
+    return EXIT_FAILED_INPUTS
+
+
 def run_video(args: argparse.Namespace) -> int:
     try:
         import imageio.v2  # noqa: F401
@@ -556,22 +578,29 @@ def run_video(args: argparse.Namespace) -> int:
     except ImportError:
         report("error: video needs imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg)")
         return EXIT_USAGE
-    from beit_flax.video import VIDEO_SUFFIXES, VideoError, depth_video
+    from beit_flax.video import VIDEO_SUFFIXES, VideoError, check_npy_dir, depth_video, read_header
 
     if args.out.suffix.lower() not in VIDEO_SUFFIXES:
-        report(f"error: --out {args.out}: use a video file name (.mp4, .mkv, .mov, .webm)")
+        report(f"error: --out {args.out}: use a video file name ({', '.join(VIDEO_SUFFIXES)}: H.264)")
         return EXIT_USAGE
     if not check_size_flag(args):
         return EXIT_USAGE
     try:
         check_outputs([args.out], [args.input], make_folders=True)  # before any work: e.g. --out the input itself
         if args.npy is not None:
-            check_outputs([args.npy / "frame_000000.npy"], [args.input, args.out], make_folders=True)
+            check_npy_dir(args.npy, [args.input, args.out])
     except OutputError as err:
         report(f"error: cannot write {err}")
         return EXIT_USAGE
+    try:
+        read_header(args.input)  # before the weights (maybe a download): an unreadable input is found at once
+    except VideoError as err:
+        return video_failed(err, args)
     predictor = load_model(args)
     if predictor is None:
+        return EXIT_USAGE
+    if predictor.metric and args.no_stabilize:
+        report(f"error: --no-stabilize is for MiDaS (relative depth) weights; {args.weights} is metric (ZoeDepth)")
         return EXIT_USAGE
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -601,11 +630,7 @@ def run_video(args: argparse.Namespace) -> int:
             debug=args.debug,
         )
     except VideoError as err:
-        if args.debug:
-            traceback.print_exception(err.__cause__ or err)
-        hint = "; --debug for more" if err.__cause__ is not None and not args.debug else ""
-        report(f"error: {args.input}: {err}{hint}")
-        return EXIT_FAILED_INPUTS
+        return video_failed(err, args)
     finally:
         if bar is not None:
             bar.close()

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 from PIL import Image
+
+if TYPE_CHECKING:  # trimesh (~0.3 s to import) loads only when a 3D file is made, not with the CLI
+    import trimesh
 
 DEFAULT_FOV_DEG = 60.0
 """Horizontal field of view (degrees) used when neither an explicit fov nor EXIF gives a focal length: a moderate
@@ -167,6 +170,8 @@ def point_cloud(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: f
     height, width = z.shape
     valid = np.isfinite(z)
     points = _points(z.astype(np.float64), np.arange(height), np.arange(width), z.shape, focal_px)[valid]
+    import trimesh
+
     return trimesh.PointCloud(points, colors=rgb[valid])
 
 
@@ -178,6 +183,8 @@ def mesh(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float, m
     the same pixel centres of the full-size texture. Faces: two per grid quad, counter-clockwise seen from the camera,
     without those touching a missing vertex or spanning more than `EDGE_DEPTH_RATIO` in z. Vertices in no face are
     dropped (so a missing or isolated pixel leaves no vertex either)."""
+    import trimesh
+
     rgb = _check(depth, rgb, focal_px)
     if max_side < 2:
         raise ValueError(f"max_side must be at least 2, got {max_side}")

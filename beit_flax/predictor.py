@@ -100,10 +100,13 @@ class Predictor:
             )
         return [(None, preprocess(image, self.net, square=self.square))]
 
-    def run(self, prepared: Iterable[tuple[M, tuple[int, int], list]], on_error=None) -> Iterator[tuple[M, np.ndarray]]:
-        """Stream `(meta, image (H, W), self.inputs(image, index))` -> `(meta, (H, W) float32 depth)`, batched on the
-        devices; one shape's results come in input order. The preprocessing (`inputs`) is the caller's, so that it
-        can run in worker threads. on_error: as `Batcher.run`'s, given the metas of a failed batch."""
+    def run(
+        self, prepared: Iterable[tuple[M, tuple[int, int], list]], on_error=None
+    ) -> Iterator[tuple[M, tuple[int, int], list]]:
+        """Stream `(meta, image (H, W), self.inputs(image, index))` -> `(meta, (H, W), parts)`, batched on the
+        devices; one shape's results come in input order. The host work around the device is the caller's, so that
+        it can run in worker threads: `inputs` before, `finish(size_hw, parts)` (the full-size depth map) after.
+        on_error: as `Batcher.run`'s, given the metas of a failed batch."""
 
         def network_items() -> Iterator:
             for meta, size_hw, inputs in prepared:
@@ -115,18 +118,23 @@ class Predictor:
 
         results = self.batcher.run(network_items(), on_error=failed if on_error else None)
         if self.metric:
-            keyed = (((meta, view), depth) for (meta, _, view), depth in results)  # a view knows its own size
-            for meta, views in grouped(keyed, 2 if self.flip else 1):
-                yield meta, merge(views)
+            keyed = ((((meta, size_hw), view), depth) for (meta, size_hw, view), depth in results)
+            for (meta, size_hw), views in grouped(keyed, 2 if self.flip else 1):
+                yield meta, size_hw, views
         else:
-            for (meta, size_hw, _), depth in results:
-                yield meta, postprocess(depth, size_hw)
+            for (meta, size_hw, view), depth in results:
+                yield meta, size_hw, [(view, depth)]
+
+    def finish(self, size_hw: tuple[int, int], parts: list) -> np.ndarray:
+        """An image's network outputs -> (H, W) float32: meters (ZoeDepth: its views merged, the padding cropped)
+        or relative inverse depth (MiDaS: bicubic to the image's size, as run.py)."""
+        return merge(parts) if self.metric else postprocess(parts[0][1], size_hw)
 
     def depth(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 (or uint16) image -> (H, W) float32 depth, exactly `beit-depth predict`'s .npy."""
         self.check(*image.shape[:2])
-        ((_, depth),) = self.run([(None, image.shape[:2], self.inputs(image))])
-        return depth
+        ((_, size_hw, parts),) = self.run([(None, image.shape[:2], self.inputs(image))])
+        return self.finish(size_hw, parts)
 
     def describe(self) -> str:
         batcher = self.batcher

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from beit_flax.files import atomic_write_bytes, check_outputs, first_line, replace, temp_beside
+from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, first_line, replace, temp_beside
 from beit_flax.images import colorize, colorize_metric, colormap_lut, encode_npy
 from beit_flax.pipeline import ordered_map
 from beit_flax.predictor import Predictor
 from beit_flax.stabilize import Stabilizer
 from beit_flax.transforms import megapixels, size_text
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")  # containers that take H.264 (WebM does not)
+NPY_PATTERN = "frame_*.npy"
 
 
 class VideoError(ValueError):
@@ -42,7 +43,40 @@ class VideoResult:
     seconds: float
     fps: float
     scenes: int  # scene starts found by the stabilizer (0 when it did not run)
-    input_shapes: tuple[tuple[int, int], ...]  # network input (H', W') shapes
+    input_shapes: tuple[tuple[int, int], ...]  # the network input (H', W')
+
+
+def npy_path(folder: Path, index: int) -> Path:
+    return folder / f"frame_{index:06d}.npy"
+
+
+def check_npy_dir(folder: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Raise OutputError unless `folder` can take a clip's frame maps: absent or a folder we may write, holding no
+    frame maps already (they would mix with this clip's, or be replaced without being asked)."""
+    folder = Path(folder)
+    check_outputs([npy_path(folder, 0)], inputs, make_folders=True)
+    if folder.is_dir() and (old := next(folder.glob(NPY_PATTERN), None)) is not None:
+        raise OutputError(f"{folder}: it holds frame maps already ({old.name}...); choose an empty folder")
+
+
+def _open(source: str | Path):
+    """(imageio reader, its metadata) or VideoError: ffmpeg cannot read `source`."""
+    # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec, no Python in the child): JAX's fork warning is moot
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    import imageio.v2 as imageio
+
+    try:
+        reader = imageio.get_reader(source, format="FFMPEG")
+        return reader, reader.get_meta_data()
+    except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
+        raise VideoError(f"cannot read video ({first_line(err)})") from err
+
+
+def read_header(source: str | Path) -> dict:
+    """The video's metadata (size, fps, duration...), or VideoError: checks that ffmpeg reads it, decoding nothing."""
+    reader, meta = _open(source)
+    reader.close()
+    return meta
 
 
 def even(frame: np.ndarray) -> np.ndarray:
@@ -82,9 +116,9 @@ def depth_frames(
         frame = np.asarray(frame)[:, :, :3]
         return frame, frame.shape[:2], predictor.inputs(frame, index)
 
-    def finished(result: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        frame, depth = result
-        return (frame, *finish(depth))
+    def finished(result: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        frame, size_hw, parts = result
+        return (frame, *finish(predictor.finish(size_hw, parts)))
 
     with (
         ThreadPoolExecutor(workers, "beit-decode") as decoder,
@@ -117,17 +151,11 @@ def depth_video(
     VideoError (unreadable input, frames over the predictor's pixel limit, a failed encode); `out` and the npy
     folder are checked by the caller (`files.check_outputs`).
     """
-    # imageio-ffmpeg starts ffmpeg with subprocess (fork + exec, no Python in the child): JAX's fork warning is moot
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     import imageio.v2 as imageio
     import imageio_ffmpeg
 
     out = Path(out)
-    try:
-        reader = imageio.get_reader(source, format="FFMPEG")
-        meta = reader.get_meta_data()
-    except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
-        raise VideoError(f"cannot read video ({first_line(err)})") from err
+    reader, meta = _open(source)
     try:
         width, height = (int(side) for side in meta.get("size") or (0, 0))
         if width * height > predictor.max_pixels:  # from the header, before a frame is decoded
@@ -140,9 +168,11 @@ def depth_video(
                 predictor.check(height, width)
             except ValueError as err:
                 raise VideoError(str(err)) from None
-        fps = fps or float(meta.get("fps") or 30.0)
+        input_fps = float(meta.get("fps") or 30.0)
+        fps = fps or input_fps
         duration = meta.get("duration")
-        total = round(duration * fps) if isinstance(duration, (int, float)) and np.isfinite(duration) else None
+        known = isinstance(duration, (int, float)) and np.isfinite(duration)
+        total = round(duration * input_fps) if known else None
         if max_frames:
             total = min(total, max_frames) if total else max_frames
         if on_start:
@@ -155,10 +185,11 @@ def depth_video(
                 yield frame
 
         npy_folder = Path(npy_dir) if npy_dir is not None else None
+        made_folder = npy_folder is not None and not npy_folder.exists()
         if npy_folder is not None:
             npy_folder.mkdir(parents=True, exist_ok=True)
         stabilizer = Stabilizer()
-        count, start = 0, time.perf_counter()
+        count, start, shape = 0, time.perf_counter(), (height, width)
         # a new uniquely named file that only we created (ffmpeg then writes it in place), removed on every exit
         with temp_beside(out) as temp:
             writer = imageio.get_writer(
@@ -176,10 +207,9 @@ def depth_video(
                     predictor, frames(), stabilize=stabilize, colormap=colormap, workers=workers, stabilizer=stabilizer
                 )
                 for frame, depth_map, picture in results:
+                    shape = frame.shape[:2]
                     if npy_folder is not None:
-                        path = npy_folder / f"frame_{count:06d}.npy"
-                        check_outputs([path], [source])
-                        atomic_write_bytes(path, encode_npy(depth_map))
+                        atomic_write_bytes(npy_path(npy_folder, count), encode_npy(depth_map))
                     writer.append_data(even(np.concatenate([frame, picture], axis=1) if side_by_side else picture))
                     count += 1
                     if on_frame:
@@ -187,21 +217,34 @@ def depth_video(
             except BaseException:
                 with contextlib.suppress(Exception):  # ffmpeg goes before its file; the first error is the one
                     writer.close()
+                _remove_maps(npy_folder, count, made_folder)  # all the maps or none
                 raise
             writer.close()
-            if count == 0:
-                raise VideoError("cannot make the depth video (no frames decoded)")
             # imageio does not check ffmpeg's exit status: a failed encode leaves a short or empty file
-            written, _ = imageio_ffmpeg.count_frames_and_secs(str(temp))
-            if written != count:
-                raise VideoError(f"cannot make the depth video (ffmpeg wrote {written} of {count} frames)")
+            written = imageio_ffmpeg.count_frames_and_secs(str(temp))[0] if count else 0
+            if count == 0 or written != count:
+                _remove_maps(npy_folder, count, made_folder)
+                why = "no frames decoded" if count == 0 else f"ffmpeg wrote {written} of {count} frames"
+                raise VideoError(f"cannot make the depth video ({why})")
             replace(temp, out)
     except VideoError:
         raise
     except (OSError, RuntimeError, ValueError) as err:  # ffmpeg's broken pipe, a full disk, a frame over the limit
         raise VideoError(f"cannot make the depth video ({first_line(err)})") from err
+    except MemoryError as err:
+        raise VideoError("cannot make the depth video (out of memory)") from err
     finally:
         reader.close()
-    shapes = tuple(sorted(predictor.batcher.input_shapes))
     scenes = stabilizer.scenes if stabilize and not predictor.metric else 0
-    return VideoResult(count, time.perf_counter() - start, fps, scenes, shapes)
+    return VideoResult(count, time.perf_counter() - start, fps, scenes, (predictor.network_size(*shape),))
+
+
+def _remove_maps(folder: Path | None, count: int, made_folder: bool) -> None:
+    """Remove the frame maps this run wrote (and the folder, if this run made it)."""
+    if folder is None:
+        return
+    for index in range(count):
+        npy_path(folder, index).unlink(missing_ok=True)
+    if made_folder:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -38,9 +38,10 @@ def test_run_streams_in_input_order_per_shape(weights):
     images = [scene(40, 70, seed) for seed in range(5)]
     prepared = ((i, image.shape[:2], predictor.inputs(image, i)) for i, image in enumerate(images))
     results = list(predictor.run(prepared))
-    assert [i for i, _ in results] == list(range(5))
-    for (_, depth), image in zip(results, images):
-        np.testing.assert_array_equal(depth, predictor.depth(image))
+    assert [i for i, _, _ in results] == list(range(5))
+    for (_, size_hw, parts), image in zip(results, images):
+        assert size_hw == image.shape[:2]
+        np.testing.assert_array_equal(predictor.finish(size_hw, parts), predictor.depth(image))
 
 
 @pytest.mark.parametrize(

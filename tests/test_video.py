@@ -98,3 +98,42 @@ def test_npy_frames_never_replace_the_input(weights, tmp_path, capsys):
     code = main(["video", str(source), "--weights", str(weights), "--out", str(out), "-q", "--npy", str(folder)])
     assert code == 2 and source.read_bytes() == before
     assert "frame_000000.npy" in capsys.readouterr().err
+
+
+def test_npy_folder_with_frame_maps_is_refused(weights, clip, tmp_path, capsys):
+    """Maps of an earlier clip would mix with this one's (or be replaced without being asked): refused."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    (folder / "frame_000003.npy").write_bytes(b"an earlier clip's")
+    assert run_video(weights, clip, tmp_path / "out.mp4", "--npy", str(folder)) == 2
+    assert "holds frame maps already" in capsys.readouterr().err
+    assert (folder / "frame_000003.npy").read_bytes() == b"an earlier clip's" and not (tmp_path / "out.mp4").exists()
+
+
+def test_a_failed_run_leaves_no_maps_and_no_video(weights, clip, tmp_path, capsys, monkeypatch):
+    import beit_flax.video
+
+    real, calls = beit_flax.video.atomic_write_bytes, []
+
+    def failing_third(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(beit_flax.video, "atomic_write_bytes", failing_third)
+    folder = tmp_path / "new" / "maps"
+    assert run_video(weights, clip, tmp_path / "out.mp4", "--npy", str(folder)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left" in err[0]
+    assert not folder.exists() and not (tmp_path / "out.mp4").exists()  # the two maps written went again
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_options_that_would_be_ignored_are_refused(weights, clip, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    imageio.imwrite(image, scene(32, 32, 1))
+    assert main(["predict", "--weights", str(weights), str(image), "--out", str(tmp_path / "o"), "--fov", "60"]) == 2
+    assert "add --ply and / or --glb" in capsys.readouterr().err
+    assert run_video(weights, clip, tmp_path / "out.webm") == 2  # WebM cannot hold H.264
+    assert ".mp4" in capsys.readouterr().err and not (tmp_path / "o").exists()

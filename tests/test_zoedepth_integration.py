@@ -304,6 +304,16 @@ def test_beit_depth_video_uses_the_fixed_metric_range(tiny, tmp_path, capsys):
     frames = [photo(48, 64, seed) for seed in range(3)]
     imageio.mimwrite(tmp_path / "in.mp4", frames, format="FFMPEG", fps=10, macro_block_size=1, ffmpeg_log_level="error")
     out = tmp_path / "out.mp4"
-    assert main(["video", str(tmp_path / "in.mp4"), "--weights", str(path), "--out", str(out), "-q"]) == 0
+    maps = tmp_path / "maps"
+    argv = ["video", str(tmp_path / "in.mp4"), "--weights", str(path), "--out", str(out), "-q"]
+    assert main([*argv, "--npy", str(maps)]) == 0
     assert len(imageio.mimread(out, format="FFMPEG")) == 3
     assert "metric depth, colour range 0..80 m (near bright)" in capsys.readouterr().out
+    # --npy: meters, as predict gives them (no alignment for metric depth); the video's frame is a lossy copy
+    from beit_flax.predictor import Predictor
+
+    decoded = imageio.mimread(tmp_path / "in.mp4", format="FFMPEG")
+    first = Predictor(path).depth(np.asarray(decoded[0]))
+    np.testing.assert_allclose(np.load(maps / "frame_000000.npy"), first, rtol=0, atol=1e-5 * np.abs(first).max())
+    assert main([*argv, "--no-stabilize"]) == 2  # nothing to switch off for metric depth
+    assert "--no-stabilize is for MiDaS" in capsys.readouterr().err

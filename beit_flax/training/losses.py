@@ -246,3 +246,12 @@ def metric_depth_metrics(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarr
         "delta1": mean((ratio < 1.25).astype(jnp.float32)),
         "valid": count,
     }
+
+
+# every training loss by name: (the function, the batch key of its target); `create_train_state(loss=...)` takes these
+LOSSES = {
+    "midas": (ssi_loss, "inverse_depth"),
+    "ssimae": (ssimae_loss, "inverse_depth"),
+    "ssitrim": (ssitrim_loss, "inverse_depth"),
+    "silog": (silog_loss, "depth"),
+}

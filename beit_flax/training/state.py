@@ -22,11 +22,11 @@ from flax.training import train_state
 
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
 from beit_flax.params import check_params
+from beit_flax.training.losses import LOSSES
 
 BACKBONE = ("patch_embed", "encoder")  # the BEiT backbone: `freeze=BACKBONE` trains the DPT decoder only
 ZOEDEPTH_BACKBONE = ("core/patch_embed", "core/encoder")  # a ZoeDepth's
-# a loss -> the batch key of its target (the functions: steps.LOSSES)
-LOSS_TARGETS = {"midas": "inverse_depth", "ssimae": "inverse_depth", "ssitrim": "inverse_depth", "silog": "depth"}
+LOSS_TARGETS = {name: target for name, (_, target) in LOSSES.items()}  # a loss -> the batch key of its target
 
 
 class TrainState(train_state.TrainState):

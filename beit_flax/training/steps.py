@@ -23,18 +23,8 @@ from flax import traverse_util
 
 from beit_flax.sharding import batch_sharded, replicated
 from beit_flax.training.data import Batch, check_batch
-from beit_flax.training.losses import (
-    depth_metrics,
-    metric_depth_metrics,
-    silog_loss,
-    ssi_loss,
-    ssimae_loss,
-    ssitrim_loss,
-)
+from beit_flax.training.losses import LOSSES, depth_metrics, metric_depth_metrics
 from beit_flax.training.state import LOSS_TARGETS, TrainState
-
-# the names of `LOSS_TARGETS`
-LOSSES = {"midas": ssi_loss, "ssimae": ssimae_loss, "ssitrim": ssitrim_loss, "silog": silog_loss}
 
 
 def loss_fn(
@@ -47,8 +37,8 @@ def loss_fn(
     meters, for a ZoeDepth: term "silog").
     """
     pred = apply_fn({"params": params}, batch["image"])
-    terms = LOSSES[loss]
-    value, parts = terms(pred, batch[LOSS_TARGETS[loss]], batch["mask"])
+    terms, target = LOSSES[loss]
+    value, parts = terms(pred, batch[target], batch["mask"])
     return value, {**parts, "pred": pred}
 
 
