@@ -1,0 +1,293 @@
+"""`beit-depth app` as a person uses it: the real CLI in a child process, driven in headless Chromium (Playwright).
+
+One server and one page for the module: upload a photo -> the depth image and the 3D view are drawn, and the four
+downloads are byte for byte what predict writes; upload a short video in the Video tab -> a depth video comes back.
+Offline: the page may only reach the app (every other request is aborted and counted) and the server process runs
+behind `app_helpers.guard_network` (every lookup or connection off this machine refused and logged); both stay empty.
+
+Chromium is Debian's (/usr/bin/chromium, or $BEIT_FLAX_CHROMIUM): Playwright cannot download its own browsers here.
+WebGL (the 3D view) runs on SwiftShader, Chromium's CPU renderer. Missing Playwright or Chromium fails the test: CI
+installs both (.ci/run). $BEIT_FLAX_SCREENSHOTS=DIR also saves DIR/app.png and DIR/app_3d.png;
+$BEIT_FLAX_APP_WEIGHTS=FILE serves that model instead of the tiny random one (README screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import app_helpers
+import numpy as np
+import pytest
+from app_helpers import App, colourful_fraction, drawn_fraction, pixels, save_small_png
+from PIL import Image
+from tiny_config import TINY
+
+CHROMIUM = os.environ.get("BEIT_FLAX_CHROMIUM", "/usr/bin/chromium")
+# WebGL on the CPU: headless Chromium has no GPU, and blocks SwiftShader's WebGL unless told it is wanted
+CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+SCREENSHOTS = os.environ.get("BEIT_FLAX_SCREENSHOTS")
+TRAINED_WEIGHTS = os.environ.get("BEIT_FLAX_APP_WEIGHTS")
+ASSET = Path(__file__).resolve().parents[1] / "assets" / "scene.jpg"
+FRAMES = 8
+WAIT_MS = 60_000  # a step of the page (upload -> result); generous for a loaded 2-core machine
+SUFFIXES = (".npy", ".png", ".ply", ".glb")
+# imageio's ffmpeg calls (the clip, frame counts) fork after JAX is imported here: fork + exec, no Python in the child
+pytestmark = pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def weights(folder: Path) -> str:
+    if TRAINED_WEIGHTS:
+        return TRAINED_WEIGHTS
+    from beit_flax import save
+    from beit_flax.params import init_params
+
+    # random, but every leaf perturbed: a depth map with structure, not a constant
+    save(folder / "tiny.msgpack", TINY, init_params(TINY, seed=0, spread=0.1))
+    return str(folder / "tiny.msgpack")
+
+
+@pytest.fixture(scope="module")
+def photo(folder: Path) -> Path:
+    """The scene asset as a phone would save it: a JPEG with a 35 mm-equivalent focal length in its EXIF (26 mm),
+    which the 3D files must use. Small (256 x 192) for the tiny model, full size for README screenshots."""
+    image = Image.open(ASSET)
+    if not TRAINED_WEIGHTS:
+        image = image.resize((256, 192), Image.LANCZOS)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = 26  # Exif IFD: FocalLengthIn35mmFilm
+    image.save(folder / "scene.jpg", quality=92, exif=exif)
+    return folder / "scene.jpg"
+
+
+@pytest.fixture(scope="module")
+def clip(folder: Path) -> Path:
+    """8 frames, 128 x 96, of the scene panning right."""
+    import imageio.v2 as imageio
+
+    scene = np.asarray(Image.open(ASSET).resize((160, 96), Image.LANCZOS))
+    with imageio.get_writer(folder / "pan.mp4", fps=8, codec="libx264", macro_block_size=1, quality=8) as writer:
+        for i in range(FRAMES):
+            writer.append_data(np.ascontiguousarray(scene[:, 4 * i : 4 * i + 128]))
+    return folder / "pan.mp4"
+
+
+@pytest.fixture(scope="module")
+def env(folder: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        app_helpers.NET_LOG_ENV: str(folder / "net.log"),
+        "BEIT_FLAX_CACHE_DIR": "off",  # no writes to ~/.cache
+        "GRADIO_TEMP_DIR": str(folder / "gradio"),  # uploads and served copies: removed with the test's folder
+    }
+
+
+# --- processes ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predicted(folder: Path, photo: Path, weights: str, env: dict[str, str]):
+    """predict's files for the photo, {suffix: bytes}; started before the app, so that the two load in parallel."""
+    out = folder / "predicted"
+    command = [sys.executable, "-m", "beit_flax.cli", "predict", str(photo), "--weights", weights, "--out", str(out)]
+    command += ["--ply", "--glb", "-q"]
+    job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def files() -> dict[str, bytes]:
+        log, _ = job.communicate(timeout=300)
+        assert job.returncode == 0, log
+        return {suffix: (out / f"{photo.stem}{suffix}").read_bytes() for suffix in SUFFIXES}
+
+    yield files
+    if job.poll() is None:
+        job.kill()
+        job.wait()
+
+
+@pytest.fixture(scope="module")
+def app(predicted, weights: str, env: dict[str, str]):
+    server = App(["--weights", weights], env)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail('Playwright is missing: pip install -e ".[test]" (the test needs a real browser)')
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (or set $BEIT_FLAX_CHROMIUM)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """The app's page, with every request that did not go to the app aborted and listed in `external`."""
+
+    def __init__(self, browser, url: str) -> None:
+        # service workers could fetch past the routes; downloads: the file links of the results
+        self.context = browser.new_context(
+            viewport={"width": 1200, "height": 900}, service_workers="block", accept_downloads=True
+        )
+        self.external: list[str] = []
+        self.requests: list[str] = []
+        self.context.route("**/*", self.route)
+        self.page = self.context.new_page()
+        self.page.on("websocket", lambda ws: self.check(ws.url))
+        self.page.goto(url)
+
+    def check(self, url: str) -> bool:
+        self.requests.append(url)
+        local = urlparse(url).hostname in ("127.0.0.1", "localhost")
+        if not local:
+            self.external.append(url)
+        return local
+
+    def route(self, route) -> None:
+        route.continue_() if self.check(route.request.url) else route.abort()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app: App):
+    page = Page(browser, app.url)
+    yield page
+    page.context.close()
+
+
+def assert_offline(page: Page, app: App, env: dict[str, str]) -> None:
+    assert page.external == [], f"the page reached beyond the app: {page.external}"
+    log = Path(env[app_helpers.NET_LOG_ENV])
+    assert not log.exists(), f"the server reached beyond this machine: {log.read_text()}"
+    assert app.process.poll() is None, app.log()
+
+
+def wait_drawn(locator, min_drawn: float, min_colourful: float, timeout_s: float = WAIT_MS / 1000) -> np.ndarray:
+    """Screenshots of an element until it shows a picture: enough pixels off its background, enough coloured."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        shot = pixels(locator.screenshot())
+        drawn, colourful = drawn_fraction(shot), colourful_fraction(shot)
+        if drawn >= min_drawn and colourful >= min_colourful:
+            return shot
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not drawn: {drawn:.1%} off the background, {colourful:.1%} coloured")
+        time.sleep(0.5)
+
+
+# --- the tests ------------------------------------------------------------------------------------------------------
+
+
+def test_guard_blocks_the_internet(tmp_path: Path, monkeypatch) -> None:
+    """The server-side check means something: the guard refuses and logs a lookup and a connection off the machine,
+    and lets loopback through."""
+    import socket
+
+    for owner, name in ((socket, "getaddrinfo"), (socket.socket, "connect"), (socket.socket, "connect_ex")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored after the test
+    app_helpers.guard_network(tmp_path / "net.log")
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("pypi.org", 443)
+    with socket.socket() as outside, pytest.raises(OSError):
+        outside.connect(("192.0.2.1", 80))  # TEST-NET-1: unroutable anyway, never reached
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.connect(server.getsockname())
+    assert (tmp_path / "net.log").read_text().splitlines() == ["lookup 'pypi.org'", "connect ('192.0.2.1', 80)"]
+
+
+def test_missing_gradio(monkeypatch, capsys) -> None:
+    from beit_flax.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY"):
+        monkeypatch.delenv(name, raising=False)  # the app sets them; restored after the test
+    assert main(["app", "--weights", "nonexistent.msgpack"]) == 2
+    assert capsys.readouterr().err == 'beit-depth: error: the app needs gradio: pip install "beit-flax[app]"\n'
+
+
+def test_image(page: Page, app: App, photo: Path, predicted, env: dict[str, str]) -> None:
+    ui = page.page
+    ui.locator("#image-in input[type=file]").set_input_files(photo)
+    depth = ui.locator("#depth-out img")
+    depth.wait_for(timeout=WAIT_MS)
+    ui.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=depth.element_handle(), timeout=WAIT_MS)
+    assert depth.evaluate("img => [img.naturalWidth, img.naturalHeight]") == list(Image.open(photo).size)
+    assert urlparse(depth.get_attribute("src")).path.endswith("/scene.png")  # the PNG itself, not a re-encoding
+    shown = wait_drawn(depth, min_drawn=0.1, min_colourful=0.1)  # a colormapped picture, not one colour
+    assert shown.std() > 5, "the depth image is uniform"
+
+    view = ui.locator("#mesh-out canvas")
+    view.wait_for(timeout=WAIT_MS)
+    # a textured mesh drawn by WebGL: the photo's colours over part of a white background (blank: 1% drawn, all grey;
+    # the tiny model's mesh: 5% drawn, 1% coloured, its random depth spreading it thin)
+    wait_drawn(view, min_drawn=0.03, min_colourful=0.005)
+    status = ui.locator("#image-status").inner_text()
+    assert "EXIF 26 mm" in status, status  # the upload kept its EXIF: Gradio passed the file on unchanged
+
+    links = ui.locator("#files-out a[download]")
+    assert links.count() == len(SUFFIXES)
+    downloaded = {}
+    for i in range(links.count()):
+        with ui.expect_download() as info:
+            links.nth(i).click()
+        name = info.value.suggested_filename
+        downloaded[Path(name).suffix] = (name, Path(info.value.path()).read_bytes())
+    assert [name for name, _ in downloaded.values()] == [f"scene{s}" for s in SUFFIXES]
+    expected = predicted()
+    for suffix in SUFFIXES:
+        assert downloaded[suffix][1] == expected[suffix], f"{suffix} differs from predict's"
+    assert pixels(expected[".png"]).std() > 5, "the depth map is uniform: the model proves nothing"
+
+    if SCREENSHOTS:
+        save_small_png(ui.screenshot(full_page=True), Path(SCREENSHOTS) / "app.png", width=1200)
+        save_small_png(view.screenshot(), Path(SCREENSHOTS) / "app_3d.png")
+    assert_offline(page, app, env)
+
+
+def test_video(page: Page, app: App, clip: Path, env: dict[str, str]) -> None:
+    import imageio_ffmpeg
+
+    ui = page.page
+    ui.get_by_role("tab", name="Video").click()
+    ui.locator("#video-in input[type=file]").set_input_files(clip)
+    ui.locator("#video-in video").wait_for(timeout=WAIT_MS)  # the upload is in (the button would run on nothing)
+    ui.locator("#video-run").click()
+    result = ui.locator("#video-out video")
+    result.wait_for(timeout=WAIT_MS)
+    # the browser can play it: H.264 in MP4, decoded to frames of the clip's size
+    ui.wait_for_function("v => v.readyState >= 2 && v.videoWidth > 0", arg=result.element_handle(), timeout=WAIT_MS)
+    assert result.evaluate("v => [v.videoWidth, v.videoHeight]") == [128, 96]
+    link = ui.locator("#video-file a[download]")
+    with ui.expect_download() as info:
+        link.click()
+    assert info.value.suggested_filename == "pan_depth.mp4"
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(info.value.path())
+    assert frames == FRAMES
+    assert_offline(page, app, env)
+
+
+def test_ctrl_c(app: App, page: Page, env: dict[str, str]) -> None:
+    """Ctrl-C: exit status 130, one line; the URL was the one line on stdout."""
+    assert_offline(page, app, env)
+    assert app.stop() == 130, app.log()
+    assert len(app.stdout) == 1 and app.url in app.stdout[0], app.log()
+    assert app.stderr[-1:] == ["beit-depth: stopped (SIGINT)\n"], app.log()
+    assert "Traceback" not in app.log()
