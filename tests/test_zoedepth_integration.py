@@ -293,6 +293,7 @@ def test_beit_depth_refuses_zoedepth_flags_for_a_midas_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("tiny", ["nk"], indirect=True)  # one variant is enough for the CLI
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg: fork + exec at once
 def test_beit_depth_video_uses_the_fixed_metric_range(tiny, tmp_path, capsys):
     from beit_flax.cli import main
 
