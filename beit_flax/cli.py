@@ -41,10 +41,10 @@ import numpy as np
 from beit_flax.app import add_app_parser, run_app
 from beit_flax.export import add_export_parser, run_export
 from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, interruptible
-from beit_flax.geometry import DEFAULT_FOV_DEG, RELATIVE_NEAR_FAR
+from beit_flax.geometry import DEFAULT_FOV_DEG, RELATIVE_NEAR_FAR, camera_focal
 from beit_flax.images import COLORMAPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, read_image, set_pixel_limit
 from beit_flax.models.precision import COMPUTE_DTYPES
-from beit_flax.outputs import SUFFIXES, image_files
+from beit_flax.outputs import image_files, suffixes
 from beit_flax.pipeline import ordered_map
 from beit_flax.predictor import Predictor
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
@@ -438,10 +438,9 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # stems from the whole list, so that processes never write the same name
     every_job = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
-    wanted = {".npy": True, ".png": not args.no_png, ".ply": args.ply, ".glb": args.glb}
-    suffixes = [suffix for suffix in SUFFIXES if wanted[suffix]]
+    wanted = suffixes(png=not args.no_png, ply=args.ply, glb=args.glb)
     try:  # before any work: e.g. --out the input folder would replace photo.png with its depth map
-        outputs = (args.out / f"{job.stem}{suffix}" for job in every_job for suffix in suffixes)
+        outputs = (args.out / f"{job.stem}{suffix}" for job in every_job for suffix in wanted)
         check_outputs(outputs, paths, make_folders=True)
     except OutputError as err:
         report(f"error: --out {args.out}: cannot write {err} (choose another --out folder)")
@@ -480,8 +479,6 @@ def run_predict(args: argparse.Namespace) -> int:
             depth = predictor.finish(size_hw, parts)
             focal_px = None
             if args.ply or args.glb:
-                from beit_flax.geometry import camera_focal
-
                 focal_px, camera = camera_focal(job.source, depth.shape[1], args.fov)
                 cameras.add(camera)
             files = image_files(
@@ -593,7 +590,7 @@ def run_video(args: argparse.Namespace) -> int:
         report(f"error: cannot write {err}")
         return EXIT_USAGE
     try:
-        read_header(args.input)  # before the weights (maybe a download): an unreadable input is found at once
+        read_header(args.input, args.max_pixels)  # before the weights (maybe a download): a bad input is found at once
     except VideoError as err:
         return video_failed(err, args)
     predictor = load_model(args)

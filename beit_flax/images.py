@@ -122,17 +122,22 @@ def to_png16(depth: np.ndarray) -> np.ndarray:
     return (65535 * depth_range(depth).astype(np.float64)).astype(np.uint16)
 
 
+def colorize_unit(values: np.ndarray, colormap: str = "inferno") -> np.ndarray:
+    """(H, W) values on the colour range [0, 1] (clipped; NaN at 0) -> (H, W, 3) uint8, 1 the bright end."""
+    levels = (255 * np.clip(np.nan_to_num(values), 0.0, 1.0)).astype(np.uint8)  # truncation, as MiDaS' np.uint8(out)
+    return colormap_lut(colormap)[levels]
+
+
 def colorize(depth: np.ndarray, colormap: str = "inferno") -> np.ndarray:
     """(H, W) depth -> (H, W, 3) uint8: near (large inverse depth) is the bright end of the colormap."""
-    levels = (255 * depth_range(depth)).astype(np.uint8)  # truncation, as MiDaS' np.uint8(out)
-    return colormap_lut(colormap)[levels]
+    return colorize_unit(depth_range(depth), colormap)
 
 
 def colorize_metric(depth_m: np.ndarray, max_depth: float, colormap: str = "inferno") -> np.ndarray:
     """(H, W) metric depth in meters -> (H, W, 3) uint8 over the fixed range 0..max_depth (the same colour is the
     same distance in every image and frame): 0 m the bright end, max_depth and beyond the dark end."""
     near = 1.0 - np.clip(np.nan_to_num(np.asarray(depth_m, np.float64), nan=max_depth) / max_depth, 0.0, 1.0)
-    return colormap_lut(colormap)[(255 * near).astype(np.uint8)]
+    return colorize_unit(near, colormap)
 
 
 def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:

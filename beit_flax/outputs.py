@@ -16,6 +16,12 @@ from beit_flax.images import colorize, colorize_metric, encode_npy, encode_png, 
 SUFFIXES = (".npy", ".png", ".ply", ".glb")  # the order the CLI lists and writes them
 
 
+def suffixes(*, png: bool = True, ply: bool = False, glb: bool = False) -> list[str]:
+    """The files `image_files` makes with these options, in `SUFFIXES` order (the CLI checks them before any work)."""
+    asked = {".npy": True, ".png": png, ".ply": ply, ".glb": glb}
+    return [suffix for suffix in SUFFIXES if asked[suffix]]
+
+
 def png_text(top_m: float | None) -> dict[str, str] | None:
     """The PNG's tEXt chunks: ZoeDepth's range and direction (a MiDaS PNG is min-max: nothing to state)."""
     return None if top_m is None else {"depth": "metric, meters", "depth_range_m": f"0 {top_m:g}", "near": "bright"}

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, first_line, replace, temp_beside
-from beit_flax.images import colorize, colorize_metric, colormap_lut, encode_npy
+from beit_flax.images import colorize_unit, encode_npy
+from beit_flax.outputs import picture
 from beit_flax.pipeline import ordered_map
 from beit_flax.predictor import Predictor
 from beit_flax.stabilize import Stabilizer
@@ -72,10 +73,23 @@ def _open(source: str | Path):
         raise VideoError(f"cannot read video ({first_line(err)})") from err
 
 
-def read_header(source: str | Path) -> dict:
-    """The video's metadata (size, fps, duration...), or VideoError: checks that ffmpeg reads it, decoding nothing."""
+def check_frame_pixels(meta: dict, max_pixels: int) -> tuple[int, int]:
+    """(height, width) of the frames from the header (0, 0 when it does not say), or VideoError over `max_pixels`."""
+    width, height = (int(side) for side in meta.get("size") or (0, 0))
+    if width * height > max_pixels:
+        raise VideoError(
+            f"frames of {size_text(height, width)} = {megapixels(width * height)} are over the limit of "
+            f"{megapixels(max_pixels)} (raise it with --max-pixels)"
+        )
+    return height, width
+
+
+def read_header(source: str | Path, max_pixels: int) -> dict:
+    """The video's metadata (size, fps, duration...), or VideoError: ffmpeg cannot read it, or its frames are over
+    `max_pixels` (`check_frame_pixels`). Decodes nothing: for a check before the weights load."""
     reader, meta = _open(source)
     reader.close()
+    check_frame_pixels(meta, max_pixels)
     return meta
 
 
@@ -83,12 +97,6 @@ def even(frame: np.ndarray) -> np.ndarray:
     """Pad (H, W, 3) to even H and W by repeating the last row / column (H.264 in yuv420p needs even sides)."""
     pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
     return np.pad(frame, pad, mode="edge") if any(p[1] for p in pad) else frame
-
-
-def colorize_clip(clip_units: np.ndarray, colormap: str = "inferno") -> np.ndarray:
-    """(H, W) clip units -> (H, W, 3) uint8 over the fixed range [0, 1] (clipped), near bright."""
-    levels = (255 * np.clip(np.nan_to_num(clip_units), 0.0, 1.0)).astype(np.uint8)  # truncation, as `colorize`
-    return colormap_lut(colormap)[levels]
 
 
 def depth_frames(
@@ -103,13 +111,11 @@ def depth_frames(
     """Yield `(frame, map, picture)` per frame of `frames` ((H, W, 3) uint8 each), in order: the frame, its (H, W)
     float32 map (units: see the module doc) and its (H, W, 3) uint8 picture. `stabilizer`: the one to use (and to
     read `scenes` from afterwards); a new one by default."""
-    if predictor.metric:
-        finish = lambda depth: (depth, colorize_metric(depth, predictor.top_m, colormap))
-    elif stabilize:
+    if stabilize and not predictor.metric:
         stabilizer = stabilizer if stabilizer is not None else Stabilizer()
-        finish = lambda depth: (clip := stabilizer(depth), colorize_clip(clip, colormap))
-    else:
-        finish = lambda depth: (depth, colorize(depth, colormap))
+        finish = lambda depth: (clip := stabilizer(depth), colorize_unit(clip, colormap))  # one range: [0, 1]
+    else:  # as predict's PNG: ZoeDepth's fixed range in meters, or MiDaS' min-max per frame
+        finish = lambda depth: (depth, picture(depth, predictor.top_m, colormap))
 
     def prepare(item: tuple[int, np.ndarray]) -> tuple:
         index, frame = item
@@ -157,12 +163,7 @@ def depth_video(
     out = Path(out)
     reader, meta = _open(source)
     try:
-        width, height = (int(side) for side in meta.get("size") or (0, 0))
-        if width * height > predictor.max_pixels:  # from the header, before a frame is decoded
-            raise VideoError(
-                f"frames of {size_text(height, width)} = {megapixels(width * height)} are over the limit of "
-                f"{megapixels(predictor.max_pixels)} (raise it with --max-pixels)"
-            )
+        height, width = check_frame_pixels(meta, predictor.max_pixels)  # from the header, before a frame is decoded
         if width and height:
             try:
                 predictor.check(height, width)
@@ -192,41 +193,48 @@ def depth_video(
         count, start, shape = 0, time.perf_counter(), (height, width)
         # a new uniquely named file that only we created (ffmpeg then writes it in place), removed on every exit
         with temp_beside(out) as temp:
-            writer = imageio.get_writer(
-                temp,
-                format="FFMPEG",
-                mode="I",
-                fps=fps,
-                codec="libx264",
-                quality=8,
-                macro_block_size=1,
-                ffmpeg_log_level="error" if debug else "quiet",
-            )
             try:
-                results = depth_frames(
-                    predictor, frames(), stabilize=stabilize, colormap=colormap, workers=workers, stabilizer=stabilizer
+                writer = imageio.get_writer(
+                    temp,
+                    format="FFMPEG",
+                    mode="I",
+                    fps=fps,
+                    codec="libx264",
+                    quality=8,
+                    macro_block_size=1,
+                    ffmpeg_log_level="error" if debug else "quiet",
                 )
-                for frame, depth_map, picture in results:
-                    shape = frame.shape[:2]
-                    if npy_folder is not None:
-                        atomic_write_bytes(npy_path(npy_folder, count), encode_npy(depth_map))
-                    writer.append_data(even(np.concatenate([frame, picture], axis=1) if side_by_side else picture))
-                    count += 1
-                    if on_frame:
-                        on_frame()
+                try:
+                    results = depth_frames(
+                        predictor,
+                        frames(),
+                        stabilize=stabilize,
+                        colormap=colormap,
+                        workers=workers,
+                        stabilizer=stabilizer,
+                    )
+                    for frame, depth_map, shown in results:
+                        shape = frame.shape[:2]
+                        if npy_folder is not None:
+                            atomic_write_bytes(npy_path(npy_folder, count), encode_npy(depth_map))
+                        writer.append_data(even(np.concatenate([frame, shown], axis=1) if side_by_side else shown))
+                        count += 1
+                        if on_frame:
+                            on_frame()
+                except BaseException:
+                    with contextlib.suppress(Exception):  # ffmpeg goes before its file; the first error is the one
+                        writer.close()
+                    raise
+                writer.close()
+                # imageio does not check ffmpeg's exit status: a failed encode leaves a short or empty file
+                written = imageio_ffmpeg.count_frames_and_secs(str(temp))[0] if count else 0
+                if count == 0 or written != count:
+                    why = "no frames decoded" if count == 0 else f"ffmpeg wrote {written} of {count} frames"
+                    raise VideoError(f"cannot make the depth video ({why})")
+                replace(temp, out)
             except BaseException:
-                with contextlib.suppress(Exception):  # ffmpeg goes before its file; the first error is the one
-                    writer.close()
-                _remove_maps(npy_folder, count, made_folder)  # all the maps or none
+                _remove_maps(npy_folder, count, made_folder)  # all the maps or none, the rename included
                 raise
-            writer.close()
-            # imageio does not check ffmpeg's exit status: a failed encode leaves a short or empty file
-            written = imageio_ffmpeg.count_frames_and_secs(str(temp))[0] if count else 0
-            if count == 0 or written != count:
-                _remove_maps(npy_folder, count, made_folder)
-                why = "no frames decoded" if count == 0 else f"ffmpeg wrote {written} of {count} frames"
-                raise VideoError(f"cannot make the depth video ({why})")
-            replace(temp, out)
     except VideoError:
         raise
     except (OSError, RuntimeError, ValueError) as err:  # ffmpeg's broken pipe, a full disk, a frame over the limit

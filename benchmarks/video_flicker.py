@@ -37,10 +37,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import cpu_name  # noqa: E402
 
-from beit_flax.images import depth_range, encode_png  # noqa: E402
+from beit_flax.images import colorize_unit, depth_range, encode_png  # noqa: E402
 from beit_flax.predictor import Predictor  # noqa: E402
 from beit_flax.training.scenes import render_clip  # noqa: E402
-from beit_flax.video import colorize_clip, depth_frames  # noqa: E402
+from beit_flax.video import depth_frames  # noqa: E402
 
 CLIPS = {
     "static": {"brightness": (0.8, 1.2)},
@@ -99,7 +99,7 @@ def main() -> None:
             raw = [depth for depth, _ in per_frame]
             pictures = {
                 "minmax": [picture for _, picture in per_frame],
-                "plain": [colorize_clip(a) for a in plain_running_alignment(raw)],
+                "plain": [colorize_unit(a) for a in plain_running_alignment(raw)],
                 "stabilized": [picture for _, picture in stabilized],
             }
             base = flicker(pictures["minmax"])

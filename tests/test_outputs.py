@@ -12,7 +12,7 @@ from PIL import Image
 
 from beit_flax.geometry import glb_bytes, ply_bytes
 from beit_flax.images import colorize, colorize_metric, to_png16
-from beit_flax.outputs import SUFFIXES, image_files, metric_png16
+from beit_flax.outputs import SUFFIXES, image_files, metric_png16, suffixes
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_midas_files_are_the_map_and_its_min_max_colouring(depth_and_image):
     assert not picture.text  # min-max per image: no range to state
     gray = png(image_files(depth, rgb, grayscale16=True)[".png"])
     np.testing.assert_array_equal(np.asarray(gray), to_png16(depth))
-    assert list(image_files(depth, rgb, png=False)) == [".npy"]
+    assert list(image_files(depth, rgb, png=False)) == [".npy"] == suffixes(png=False)
 
 
 def test_metric_files_use_the_fixed_range_and_say_so(depth_and_image):
@@ -53,7 +53,7 @@ def test_metric_files_use_the_fixed_range_and_say_so(depth_and_image):
 def test_3d_files_are_the_geometry_module_s(depth_and_image, top_m):
     depth, rgb = depth_and_image
     files = image_files(depth, rgb, top_m=top_m, ply=True, glb=True, focal_px=17.0)
-    assert list(files) == list(SUFFIXES)
+    assert list(files) == list(SUFFIXES) == suffixes(ply=True, glb=True)
     metric = top_m is not None
     assert files[".ply"] == ply_bytes(depth, rgb, metric=metric, focal_px=17.0)
     assert files[".glb"] == glb_bytes(depth, rgb, metric=metric, focal_px=17.0)

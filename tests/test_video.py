@@ -11,9 +11,8 @@ import pytest
 from predict_helpers import scene, tiny_files
 
 from beit_flax.cli import main
-from beit_flax.images import colorize
+from beit_flax.images import colorize, colorize_unit
 from beit_flax.stabilize import Stabilizer
-from beit_flax.video import colorize_clip
 
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # imageio-ffmpeg: fork + exec at once
 FRAMES = 6
@@ -66,8 +65,8 @@ def test_stabilized_maps_are_the_stabilizer_over_the_per_frame_maps(weights, cli
     # size is lossy (~7 levels of 255), so each video must also be nearer its own colouring than the other one
     error = lambda picture, painted: np.abs(picture.astype(float) - painted).mean()
     for name, frames, paint, other in (
-        ("stable", stable, colorize_clip, colorize),
-        ("raw", raw, colorize, colorize_clip),
+        ("stable", stable, colorize_unit, colorize),
+        ("raw", raw, colorize, colorize_unit),
     ):
         decoded = imageio.mimread(tmp_path / f"{name}.mp4", format="FFMPEG")
         assert len(decoded) == FRAMES
@@ -137,3 +136,13 @@ def test_options_that_would_be_ignored_are_refused(weights, clip, tmp_path, caps
     assert "add --ply and / or --glb" in capsys.readouterr().err
     assert run_video(weights, clip, tmp_path / "out.webm") == 2  # WebM cannot hold H.264
     assert ".mp4" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_frames_over_the_pixel_limit_are_refused_before_the_weights_load(clip, tmp_path, capsys):
+    """The header is read first: the weights (a download, a conversion) are not touched for a video we refuse."""
+    missing = tmp_path / "not_there.msgpack"
+    argv = ["video", str(clip), "--weights", str(missing), "--out", str(tmp_path / "o.mp4"), "-q"]
+    assert main([*argv, "--max-pixels", "1000"]) == 1  # 64x48 frames = 3072 pixels
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "over the limit" in err[0] and "weights" not in err[0]
+    assert main(argv) == 2 and "cannot load weights" in capsys.readouterr().err  # the same run, frames in bounds
