@@ -76,10 +76,15 @@ def _aligned(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> jnp.n
     return scale[:, None, None] * pred + shift[:, None, None]
 
 
+def _sorted_valid(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """(B, H, W) -> (B, H W): each image's valid values ascending, then +inf for the invalid pixels."""
+    return jnp.sort(jnp.where(mask > 0, x, jnp.inf).reshape(x.shape[0], -1), axis=1)
+
+
 def _masked_median(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
     """(B, H, W) -> (B,) median of the valid pixels (mean of the two middle ones for an even count); 0 for none."""
     count = jnp.sum(mask, axis=(1, 2)).astype(jnp.int32)
-    ordered = jnp.sort(jnp.where(mask > 0, x, jnp.inf).reshape(x.shape[0], -1), axis=1)
+    ordered = _sorted_valid(x, mask)
     middle = jnp.stack([jnp.maximum(count - 1, 0) // 2, count // 2], axis=1)
     halves = jnp.take_along_axis(ordered, jnp.minimum(middle, ordered.shape[1] - 1), axis=1)
     return jnp.where(count > 0, 0.5 * (halves[:, 0] + halves[:, 1]), 0.0)
@@ -113,7 +118,7 @@ def ssimae_loss(
     if not trim:
         data = _safe_div(jnp.sum(mask * jnp.abs(residual)), 2.0 * jnp.sum(count))
         return data, {"data": data}
-    ordered = jnp.sort(jnp.where(mask > 0, jnp.abs(residual), jnp.inf).reshape(pred.shape[0], -1), axis=1)
+    ordered = _sorted_valid(jnp.abs(residual), mask)
     kept = jnp.arange(ordered.shape[1])[None, :] < jnp.floor((1.0 - trim) * count)[:, None]
     data = _safe_div(jnp.sum(jnp.where(kept, ordered, 0.0)), 2.0 * jnp.sum(count))
     return data, {"data": data}
