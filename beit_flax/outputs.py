@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from beit_flax import geometry  # trimesh itself loads only when a 3D file is made
 from beit_flax.images import colorize, colorize_metric, encode_npy, encode_png, to_png16
 
 SUFFIXES = (".npy", ".png", ".ply", ".glb")  # the order the CLI lists and writes them
@@ -63,8 +64,6 @@ def image_files(
         else:
             files[".png"] = encode_png(picture(depth, top_m, colormap), png_text(top_m))
     if ply or glb:
-        from beit_flax import geometry  # trimesh: imported only when 3D files are asked for
-
         if focal_px is None:
             raise ValueError("a focal length is needed for .ply / .glb files")
         colours = rgb if rgb.dtype == np.uint8 else (rgb // 257).astype(np.uint8)
