@@ -197,6 +197,12 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def join_problems(problems: list[str], shown: int = 10) -> str:
+    """The first `shown` problems joined with "; ", and how many more there are: one readable error line."""
+    more = f"; ... {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 

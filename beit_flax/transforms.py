@@ -1,12 +1,15 @@
-"""Pre- and post-processing exactly like MiDaS `run.py` for the BEiT models, on the host in numpy.
+"""Host-side image operations the families' pre- and post-processing share, in numpy, and the one pixel limit.
 
-preprocess:  RGB in [0, 1] -> resize "minimal" (keep aspect ratio, the scale closer to 1, each side rounded to a
-             multiple of 32, half to even) with bicubic -> (x - 0.5) / 0.5 -> (H', W', 3) float32.
-postprocess: (H', W') depth -> bicubic back to the image's (H, W), values kept as they are (no clipping).
+- `fit_size`: the "minimal" resize rule of MiDaS and ZoeDepth (keep the aspect ratio with the scale closer to 1,
+  each side rounded to a multiple, half to even).
+- `resize_bicubic`: torch's `F.interpolate(mode="bicubic", align_corners=False)` without antialias, which is also
+  OpenCV's INTER_CUBIC (Keys' kernel, A = -0.75, border replicated). PIL's bicubic antialiases on downscaling and
+  changes a depth map by ~2%, so it is not used.
+- `resize_bilinear_align_corners`: torch's `interpolate(mode="bilinear", align_corners=True)`, in float32 as its CPU
+  kernel computes it.
+- `to_unit`: uint8 / uint16 / float images -> float32 in [0, 1] (torchvision's `ToTensor`).
 
-Bicubic is torch's `F.interpolate(mode="bicubic", align_corners=False)` without antialias, which is also OpenCV's
-INTER_CUBIC (Keys' kernel, A = -0.75, border replicated). PIL's bicubic antialiases on downscaling and changes the
-depth map by ~2%, so it is not used.
+Each family's own pipeline (MiDaS run.py, ZoeDepth's infer_pil, ...) lives in its folder (`models/<family>/`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,7 @@ import functools
 
 import numpy as np
 
-MULTIPLE = 32  # MiDaS `ensure_multiple_of` for these models
-MIN_NET_SIZE = MULTIPLE  # the smallest net size: one multiple on each side
+MIN_NET_SIZE = 32  # the smallest net size (`--size`): one multiple of MiDaS and ZoeDepth on each side
 # The one pixel limit, for the images read and for the network input made from them (`--max-pixels`). 67 MP: every
 # camera's full resolution, with memory to spare for a few in flight; a net size up to its side, 8192.
 DEFAULT_MAX_PIXELS = 64 * 2**20
@@ -57,18 +59,23 @@ def size_text(height: int, width: int) -> str:
     return f"{width}x{height}"
 
 
-def target_size(height: int, width: int, net_size: int, *, square: bool = False) -> tuple[int, int]:
-    """The (H', W') MiDaS feeds the network for an image of (height, width) (`midas/transforms.py`, "minimal").
+def fit_size(
+    height: int, width: int, net_hw: tuple[int, int], multiple: int, *, keep_aspect: bool = True
+) -> tuple[int, int]:
+    """The network input (H', W') of a (height, width) image resized towards `net_hw` (MiDaS' and ZoeDepth's
+    `Resize(..., resize_method="minimal")`).
 
-    square: net x net, where MiDaS too rounds net to a multiple of 32 (it computes (net / side) * side, so we do).
-    Deviation: a side that would round to 0 (images under 16 px on a side) becomes 32, where MiDaS would fail.
+    keep_aspect: one scale for both sides, the one that changes the image least; False: each side on its own. Each
+    side is rounded to a multiple of `multiple` (np.round: half to even). Deviation: a side that would round to 0
+    (images under half a multiple) becomes one multiple, where the originals would fail.
     """
-    if height < 1 or width < 1 or net_size < 1:
-        raise ValueError(f"image size {(height, width)} and net size {net_size} must be positive")
-    scale_h, scale_w = net_size / height, net_size / width
-    if not square:  # "minimal": one scale for both sides, the one that changes the image least
+    net_h, net_w = net_hw
+    if height < 1 or width < 1 or net_h < 1 or net_w < 1:
+        raise ValueError(f"image size {(height, width)} and net size {net_hw} must be positive")
+    scale_h, scale_w = net_h / height, net_w / width
+    if keep_aspect:
         scale_h = scale_w = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
-    side = lambda x, scale: max(int(np.round(scale * x / MULTIPLE) * MULTIPLE), MULTIPLE)
+    side = lambda x, scale: max(int(np.round(scale * x / multiple) * multiple), multiple)
     return side(height, scale_h), side(width, scale_w)
 
 
@@ -113,18 +120,41 @@ def resize_bicubic(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarra
     return out.astype(np.float32, copy=False)
 
 
-def preprocess(image: np.ndarray, net_size: int, *, square: bool = False) -> np.ndarray:
-    """(H, W, 3) RGB image -> (H', W', 3) float32 network input normalised to [-1, 1] (MiDaS run.py)."""
+@functools.lru_cache(maxsize=128)
+def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(low index, high index, weight of low, weight of high), each (out,), of torch's bilinear rule with
+    align_corners=True along one axis: src = dst * (in - 1) / (out - 1) (0 for out == 1), in float32 as torch's CPU
+    kernel computes it (`area_pixel_compute_scale`, `area_pixel_compute_source_index`)."""
+    scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+    src = np.arange(out_size, dtype=np.float32) * scale
+    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    t = (src - low.astype(np.float32)).astype(np.float32)
+    return low, high, (np.float32(1) - t).astype(np.float32), t
+
+
+def resize_bilinear_align_corners(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W[, C]) float -> (size_h, size_w[, C]) float32, torch's `interpolate(mode="bilinear",
+    align_corners=True)` (no antialias), separable (W first, as torch's h0 (w0 a + w1 b) + h1 (...)); an axis kept
+    at its size is the identity."""
+    out = np.asarray(image, np.float32)
+    for axis in (1, 0):
+        if out.shape[axis] == size_hw[axis]:
+            continue
+        low, high, w_low, w_high = linear_taps(out.shape[axis], size_hw[axis])
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        out = np.take(out, low, axis=axis) * w_low.reshape(shape) + np.take(out, high, axis=axis) * w_high.reshape(
+            shape
+        )
+    return out
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 / uint16 / float in [0, 1] -> float32 in [0, 1] (`ToTensor`)."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image; got shape {image.shape}")
-    size = target_size(*image.shape[:2], net_size, square=square)
-    resized = resize_bicubic(image, size)  # float32; floats are taken to be in [0, 1] already
-    if np.issubdtype(image.dtype, np.integer):  # resized, then scaled to [0, 1]: linear, the same up to rounding
-        resized = resized / np.float32(np.iinfo(image.dtype).max)
-    return (resized - 0.5) / 0.5
-
-
-def postprocess(depth_hw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Network output (H', W') -> (H, W) float32 relative inverse depth at the image's own size (no clipping)."""
-    return resize_bicubic(np.asarray(depth_hw, dtype=np.float32), size_hw)
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    return image.astype(np.float32)

@@ -1,6 +1,24 @@
-"""PyTorch checkpoint <-> beit-flax weights. Needs torch (the `[convert]` extra); `beit_flax` alone never imports it."""
+"""PyTorch checkpoint <-> beit-flax weights, for every model family: `open_checkpoint` reads a checkpoint without
+running code, `torch_to_flax` hands it to the family whose key table claims it (`models.registry.detect`).
 
-from beit_flax.convert.checkpoint import ConversionError, open_checkpoint
-from beit_flax.convert.torch_to_flax import Converted, torch_to_flax
+The shared machinery lives here (`checkpoint`: the reader; `rules`: the key-table building blocks); each family's
+tables and converters live in its folder (`models/<family>/convert/`). Needs torch for `.pt` files (the `[convert]`
+extra); `beit_flax` alone never imports it.
+"""
 
-__all__ = ["ConversionError", "Converted", "open_checkpoint", "torch_to_flax"]
+from beit_flax.convert.checkpoint import Checkpoint, ConversionError, open_checkpoint
+from beit_flax.convert.rules import Converted
+
+__all__ = ["Checkpoint", "ConversionError", "Converted", "open_checkpoint", "torch_to_flax"]
+
+
+def torch_to_flax(checkpoint: Checkpoint) -> Converted:
+    """Convert an opened checkpoint with the converter of its model family; ConversionError when no family reads it
+    (the message says what it looks like, or what this beit-flax reads)."""
+    from beit_flax.models import registry  # here: the families' converters import this package's modules
+
+    found = registry.detect(checkpoint.shapes)
+    if found is None:
+        raise ConversionError(f"{checkpoint.path}: {registry.unsupported(checkpoint.shapes)}")
+    family, _ = found
+    return family.checkpoints.to_flax(checkpoint)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from beit_flax.files import InputError, check_input, read_input
-from beit_flax.models.dpt.config import MAX_WEIGHTS_BYTES
+from beit_flax.models.family import MAX_WEIGHTS_BYTES
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # the dtypes a checkpoint's parameters may have (README)
 MAX_CHECKPOINT_BYTES = 2 * MAX_WEIGHTS_BYTES  # the parameters, plus what releases carry beside them (classifier...)

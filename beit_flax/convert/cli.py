@@ -1,5 +1,6 @@
-"""`convert_weights CKPT OUT.msgpack`: a MiDaS v3.1 BEiT, ZoeDepth (ZoeD_M12_N / _K / _NK) or transformers DPT-BEiT /
-ZoeDepth checkpoint -> beit-flax weights; `export_weights` the other way."""
+"""`convert_weights CKPT OUT.msgpack`: a checkpoint of any model family (MiDaS v3.1 BEiT, ZoeDepth ZoeD_M12_N / _K /
+_NK, transformers DPT-BEiT / ZoeDepth) -> beit-flax weights; `export_weights` the other way. The family's own
+converter does the work (`models.registry`)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,11 @@ def convert(checkpoint: str, output: str) -> str:
     import jax
 
     from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
-    from beit_flax.convert.zoedepth_torch_to_flax import is_zoedepth, zoedepth_torch_to_flax
     from beit_flax.weights import save
 
     start = time.perf_counter()
     try:
-        opened = open_checkpoint(checkpoint)
-        converted = (zoedepth_torch_to_flax if is_zoedepth(opened.shapes) else torch_to_flax)(opened)
+        converted = torch_to_flax(open_checkpoint(checkpoint))
     except ConversionError:
         raise
     except Exception as err:  # unreadable, truncated or hostile files surface as many exception types
@@ -102,15 +101,16 @@ def run(prog: str, work: Callable[[], str], output: str, *, debug: bool) -> int:
     return interruptible(prog, attempt)
 
 
-EXPORT_LAYOUTS = {"midas": "midas", "hf": "hf-v4", "hf-v5": "hf-v5"}
+# --format -> the index into the family's `Checkpoints.layouts` (its release layout first, then transformers' v4, v5)
+EXPORT_LAYOUTS = {"midas": 0, "release": 0, "hf": 1, "hf-v5": 2}
 
 
 def build_export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export_weights",
-        description="Write beit-flax weights back as a PyTorch state dict: the release layout (loads into the "
-        "original MiDaS code; a ZoeDepth as {'model': state_dict}, as ZoeDepth's own files) or transformers' "
-        "DPTForDepthEstimation / ZoeDepthForDepthEstimation names.",
+        description="Write beit-flax weights back as a PyTorch state dict: the model family's release layout (loads "
+        "into the original code: MiDaS; a ZoeDepth as {'model': state_dict}, as ZoeDepth's own files) or "
+        "transformers' names (DPTForDepthEstimation, ZoeDepthForDepthEstimation).",
         epilog="OUT ending in .safetensors is written with safetensors, .pt/.pth/.bin with torch.save; with --format "
         "hf/hf-v5 an OUT without a suffix becomes a folder holding config.json + model.safetensors "
         "(DPTForDepthEstimation / ZoeDepthForDepthEstimation.from_pretrained(OUT)). "
@@ -123,18 +123,18 @@ def build_export_parser() -> argparse.ArgumentParser:
         "--format",
         choices=sorted(EXPORT_LAYOUTS),
         default="midas",
-        help="midas: the release names (MiDaS v3.1, or ZoeDepth's for a ZoeDepth file); hf: "
+        help="release (or midas): the family's release names (MiDaS v3.1's, ZoeDepth's for a ZoeDepth file); hf: "
         "transformers hub (v4) names; hf-v5: transformers 5 module names (default: %(default)s)",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
-def export_outputs(output: str, layout: str) -> list[Path]:
+def export_outputs(output: str, layout: int) -> list[Path]:
     """The files `export` writes for OUT: OUT itself, or OUT/config.json + OUT/model.safetensors for a transformers
     folder (an OUT without a suffix, --format hf / hf-v5). ValueError for a name that is neither."""
     out = Path(output)
-    if out.suffix == "" and layout != "midas":
+    if out.suffix == "" and layout != EXPORT_LAYOUTS["release"]:
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out}: exists and is not a folder")
         return [out / "config.json", out / "model.safetensors"]
@@ -143,8 +143,9 @@ def export_outputs(output: str, layout: str) -> list[Path]:
     return [out]
 
 
-def export(weights: str, output: str, layout: str) -> str:
-    """Write the state dict for `layout`; returns the summary line. Raises ValueError (bad input) or OSError."""
+def export(weights: str, output: str, layout: int) -> str:
+    """Write the state dict in the family's `layouts[layout]`; returns the summary line. Raises ValueError (bad
+    input) or OSError."""
     outputs = export_outputs(output, layout)
     check_input(weights)  # a missing file or a folder is a bad input (2), not an output problem
     check_outputs(outputs, [weights], make_folders=True)  # before the work; none of them the input
@@ -152,23 +153,20 @@ def export(weights: str, output: str, layout: str) -> str:
     import torch
     from safetensors.torch import save as safetensors_bytes
 
-    from beit_flax.convert.flax_to_torch import flax_to_torch
-    from beit_flax.convert.hf_config import hf_config_dict
-    from beit_flax.convert.zoedepth_flax_to_torch import zoedepth_flax_to_torch
-    from beit_flax.convert.zoedepth_hf_config import zoedepth_hf_config_dict
     from beit_flax.files import atomic_write, atomic_write_bytes
-    from beit_flax.models.zoedepth.config import ZoeDepthConfig
+    from beit_flax.models import registry
     from beit_flax.weights import load
 
     start = time.perf_counter()
     model, params = load(weights)
-    zoedepth = isinstance(model.config, ZoeDepthConfig)
-    if zoedepth:  # the release names are ZoeDepth's; transformers' config.json first: it refuses what it cannot build
-        hf_config = zoedepth_hf_config_dict(model.config) if len(outputs) == 2 else None
-        arrays = zoedepth_flax_to_torch(params, model.config, "release" if layout == "midas" else layout)
-    else:
-        hf_config = hf_config_dict(model.config) if len(outputs) == 2 else None
-        arrays = flax_to_torch(params, model.config, layout)
+    family = registry.of_model(model)
+    formats = family.checkpoints
+    name = formats.layouts[layout] if layout < len(formats.layouts) else None
+    if name is None or (len(outputs) == 2 and formats.hf_config is None):
+        raise ValueError(f"{weights}: {family.title} has no {'transformers' if layout else 'release'} layout")
+    # transformers' config.json first: it refuses what transformers cannot build
+    hf_config = formats.hf_config(model.config) if len(outputs) == 2 else None
+    arrays = formats.to_torch(params, model.config, name)
     state = {name: torch.from_numpy(array) for name, array in arrays.items()}
     if hf_config is not None:  # a transformers folder; its config.json needs no transformers
         outputs[0].parent.mkdir(parents=True, exist_ok=True)
@@ -180,10 +178,11 @@ def export(weights: str, output: str, layout: str) -> str:
         import io
 
         buffer = io.BytesIO()
-        # ZoeDepth's release files are {"model": state_dict} (`zoedepth/models/model_io.py` reads either form)
-        torch.save({"model": state} if zoedepth and layout == "midas" else state, buffer)
+        # some release files wrap the state dict (ZoeDepth's {"model": ...}; its loader reads either form)
+        wrap = formats.release_key if layout == EXPORT_LAYOUTS["release"] else None
+        torch.save({wrap: state} if wrap else state, buffer)
         atomic_write(out, [buffer.getbuffer()])
-    return f"exported {len(state)} tensors ({layout} layout) -> {out}: {time.perf_counter() - start:.1f} s"
+    return f"exported {len(state)} tensors ({name} layout) -> {out}: {time.perf_counter() - start:.1f} s"
 
 
 def export_main(argv: list[str] | None = None) -> int:

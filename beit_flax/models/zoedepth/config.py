@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from beit_flax.models.dpt.config import PRESETS as DPT_PRESETS
+from beit_flax.models.dpt.config import TINY as DPT_TINY
 from beit_flax.models.dpt.config import DPTConfig
 
 BIN_CENTERS_TYPES = ("softplus", "normed")
@@ -199,3 +200,14 @@ PRESETS: dict[str, ZoeDepthConfig] = {
         router=RouterConfig(),
     ),
 }
+
+# Not a release: one softplus head of 16 bins with 16-wide embeddings on the DPT's TINY core, the smallest ZoeDepth
+# that exercises every part of one head (tests, examples).
+TINY = ZoeDepthConfig(
+    core=DPT_TINY,
+    bins=(BinConfig("nyu", 16),),
+    bin_embedding_dim=16,
+    n_attractors=(4, 3, 2, 1),
+    attractor_mlp_dim=16,
+    log_binomial_mlp_dim=(DPT_TINY.head_channels + 1 + 16) // 2,
+)

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from beit_flax.convert.checkpoint import Checkpoint, ConversionError
-from beit_flax.convert.keys import Leaf
-from beit_flax.convert.torch_to_flax import infer_config, read_planned
-from beit_flax.convert.zoedepth_keys import CORE_LAYOUT, DROPPED, RELEASE_CORE_PREFIX, dpt_torch_name, rules
+from beit_flax.convert.rules import Converted, Leaf, read_planned
+from beit_flax.files import join_problems
 from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.convert.to_flax import infer_config
 from beit_flax.models.zoedepth.config import PRESETS, BinConfig, RouterConfig, ZoeDepthConfig
-from beit_flax.params import join_problems
+from beit_flax.models.zoedepth.convert.keys import CORE_LAYOUT, DROPPED, RELEASE_CORE_PREFIX, dpt_torch_name, rules
+from beit_flax.models.zoedepth.params import param_shapes
 
 _MARKERS = {  # layout -> names only that layout has
     "release": (RELEASE_CORE_PREFIX + "pretrained.model.cls_token", "conv2.weight"),
@@ -31,30 +32,30 @@ _MARKERS = {  # layout -> names only that layout has
 }
 
 
-@dataclasses.dataclass
-class ConvertedZoeDepth:
-    config: ZoeDepthConfig
-    params: dict[str, Any]
-    layout: str
-    model_name: str
-    dropped: list[str]
-
-
 def strip_module_prefix(name: str) -> str:
     """`module.x` -> `x`, as the original `load_state_dict` (`zoedepth/models/model_io.py`) does for DataParallel."""
     return name.removeprefix("module.")
 
 
-def is_zoedepth(shapes: dict[str, tuple[int, ...]]) -> bool:
-    """Whether a checkpoint's names are a ZoeDepth's (for a dispatcher in front of the DPT converter)."""
+DESCRIPTION = "a ZoeDepth release (ZoeD_M12_N / _K / _NK .pt) or a transformers ZoeDepth checkpoint"
+
+
+def detect_layout(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The layout ("release", "hf-v4", "hf-v5") whose marker names the checkpoint has (a leading `module.` of
+    DataParallel saves ignored), or None."""
     names = {strip_module_prefix(k) for k in shapes}
-    return any(all(m in names for m in markers) for markers in _MARKERS.values())
+    return next((layout for layout, markers in _MARKERS.items() if all(m in names for m in markers)), None)
+
+
+def is_zoedepth(shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a checkpoint's names are a ZoeDepth's."""
+    return detect_layout(shapes) is not None
 
 
 def detect_zoedepth_layout(shapes: dict[str, tuple[int, ...]], source: str) -> str:
-    for layout, markers in _MARKERS.items():
-        if all(m in shapes for m in markers):
-            return layout
+    layout = detect_layout(shapes)
+    if layout is not None:
+        return layout
     sample = ", ".join(sorted(shapes)[:5]) or "none"
     raise ConversionError(f"{source}: not a ZoeDepth checkpoint (release or transformers layout); first keys: {sample}")
 
@@ -77,8 +78,6 @@ def _plan(
 def shape_problems(layout: str, config: ZoeDepthConfig, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """What keeps a checkpoint with these names and shapes from being `config` (empty: nothing): unknown names,
     missing parameters, wrong shapes. Works on shapes alone (zero-size views stand in for the tensors)."""
-    from beit_flax.models.zoedepth.params import param_shapes
-
     plan, _, unknown = _plan(layout, config, list(shapes))
     got: dict[str, tuple[int, ...]] = {}
     for name, (paths, leaf) in plan.items():
@@ -212,7 +211,7 @@ def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str) -> tuple[i
     return shapes[key]
 
 
-def zoedepth_torch_to_flax(checkpoint: Checkpoint, config: ZoeDepthConfig | None = None) -> ConvertedZoeDepth:
+def to_flax(checkpoint: Checkpoint, config: ZoeDepthConfig | None = None) -> Converted:
     """Map every tensor of a ZoeDepth `checkpoint` to the flax tree of `ZoeDepth(config)`.
 
     config: the architecture, when neither config.json nor a released preset tells it (the file must then match it).
@@ -229,4 +228,4 @@ def zoedepth_torch_to_flax(checkpoint: Checkpoint, config: ZoeDepthConfig | None
         raise ConversionError(f"{source}: not the ZoeDepth of this config: {join_problems(problems)}")
     plan, dropped, _ = _plan(layout, config, list(shapes))
     params = read_planned(checkpoint, ((originals[name], paths, leaf) for name, (paths, leaf) in plan.items()))
-    return ConvertedZoeDepth(config, params, layout, model_name(config), dropped)
+    return Converted(config, params, layout, model_name(config), dropped)

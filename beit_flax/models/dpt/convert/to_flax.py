@@ -9,17 +9,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
 from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
-from beit_flax.convert.keys import DROPPED, LAYOUTS, Leaf, find_rule
+from beit_flax.convert.rules import Converted, read_planned
+from beit_flax.files import join_problems
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
-from beit_flax.params import join_problems, param_shapes
+from beit_flax.models.dpt.convert.keys import DROPPED, LAYOUTS, find_rule
+from beit_flax.models.dpt.params import param_shapes
 
 # A name that only one layout has, used to tell them apart.
 _LAYOUT_MARKERS = {
@@ -27,15 +27,6 @@ _LAYOUT_MARKERS = {
     "hf-v5": "backbone.beit.embeddings.cls_token",
     "hf-v4": "backbone.embeddings.cls_token",
 }
-
-
-@dataclasses.dataclass
-class Converted:
-    config: DPTConfig
-    params: dict[str, Any]
-    layout: str
-    model_name: str
-    dropped: list[str]
 
 
 # Other MiDaS / DPT architectures, recognised by a name only they have, so the error can say what the file is.
@@ -49,21 +40,23 @@ _OTHER_ARCHITECTURES = [
 ]
 
 
-def detect_layout(shapes: dict[str, tuple[int, ...]], source: str) -> str:
-    for layout, marker in _LAYOUT_MARKERS.items():
-        if marker in shapes:
-            return layout
+DESCRIPTION = "a MiDaS v3.1 BEiT release (.pt) or a transformers DPT-BEiT checkpoint"
+
+
+def detect_layout(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """The layout whose marker name the checkpoint has ("midas", "hf-v4", "hf-v5"), or None."""
+    return next((layout for layout, marker in _LAYOUT_MARKERS.items() if marker in shapes), None)
+
+
+def explain(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """What an unsupported checkpoint is, when its names tell (another MiDaS / DPT architecture), else None."""
     for architecture, pattern in _OTHER_ARCHITECTURES:
         if any(re.fullmatch(pattern, key) for key in shapes):
-            raise ConversionError(
-                f"{source}: looks like a {architecture} checkpoint; only the MiDaS v3.1 BEiT models "
-                f"(dpt_beit_large_512, dpt_beit_large_384, dpt_beit_base_384) are supported"
+            return (
+                f"looks like a {architecture} checkpoint; of MiDaS v3.1 only the BEiT models (dpt_beit_large_512, "
+                f"dpt_beit_large_384, dpt_beit_base_384) are supported"
             )
-    sample = ", ".join(sorted(shapes)[:5]) or "none"
-    raise ConversionError(
-        f"{source}: not a MiDaS v3.1 BEiT or transformers DPT-BEiT checkpoint (none of "
-        f"{sorted(_LAYOUT_MARKERS.values())} present; first keys: {sample})"
-    )
+    return None
 
 
 def _shape(shapes: dict[str, tuple[int, ...]], key: str, source: str, rank: int) -> tuple[int, ...]:
@@ -106,7 +99,7 @@ def _hf_fields(hf_config: dict, config_file: str) -> dict[str, Any]:
 def infer_config(layout: str, shapes: dict[str, tuple[int, ...]], hf_config: dict | None, source: str) -> DPTConfig:
     """Read the architecture off the tensor shapes (and transformers' config.json where it says more).
 
-    The names are looked up in the layout's key table, so each layout's naming lives in `convert/keys.py` only.
+    The names are looked up in the layout's key table, so each layout's naming lives in `keys.py` only.
     Every tensor read here must have the rank its module gives it; the config is validated (types and bounds) before
     anything else is done with it.
     """
@@ -192,24 +185,14 @@ def _plan(checkpoint: Checkpoint, layout: str, config: DPTConfig) -> tuple[list[
     return plan, dropped
 
 
-def torch_to_flax(checkpoint: Checkpoint) -> Converted:
+def to_flax(checkpoint: Checkpoint) -> Converted:
     """Map every tensor of `checkpoint` to the flax tree; unmapped, misshapen or missing tensors are errors listing
     the keys, found from the names and shapes before any tensor is read."""
     source = str(checkpoint.path)
-    layout = detect_layout(checkpoint.shapes, source)
+    layout = detect_layout(checkpoint.shapes)
+    if layout is None:
+        why = explain(checkpoint.shapes) or f"not {DESCRIPTION} (none of {sorted(_LAYOUT_MARKERS.values())} present)"
+        raise ConversionError(f"{source}: {why}")
     config = infer_config(layout, checkpoint.shapes, checkpoint.hf_config, source)
     plan, dropped = _plan(checkpoint, layout, config)
     return Converted(config, read_planned(checkpoint, plan), layout, model_name(config), dropped)
-
-
-def read_planned(checkpoint: Checkpoint, plan: Iterable[tuple[str, list[str], Leaf]]) -> dict[str, Any]:
-    """Read each planned tensor once, (checkpoint key, flax paths, Leaf), into the flax tree: float32, contiguous,
-    laid out by the key table. NaN / inf is a ConversionError naming the key. Used by every model's converter."""
-    flat: dict[str, np.ndarray] = {}
-    for key, paths, leaf in plan:
-        tensor = checkpoint.take(key)
-        if not np.isfinite(tensor).all():
-            raise ConversionError(f"{checkpoint.path}: {key} has non-finite values (NaN or inf)")
-        for path, value in zip(paths, leaf.to_flax(tensor), strict=True):
-            flat[path] = np.ascontiguousarray(value, dtype=np.float32)
-    return traverse_util.unflatten_dict(flat, sep="/")

@@ -1,8 +1,8 @@
 """beit-flax ZoeDepth parameters -> a PyTorch state dict in the release layout or transformers' names.
 
-The core goes through the DPT exporter (`flax_to_torch`, which also fills in what the original never uses:
+The core goes through the DPT exporter (`dpt.convert.to_torch`, which also fills in what the original never uses:
 relative_position_index buffers, classifier, fc_norm, refinenet4's first unit) and is renamed as `zoedepth_keys`
-renames the DPT rules; the metric head reads `zoedepth_keys.head_rules` the other way. The release layout also gets
+renames the DPT rules; the metric head reads `keys.head_rules` the other way. The release layout also gets
 the log-binomials' persistent buffers, so that the original's strict `load_state_dict` accepts the result (as
 `{"model": state_dict}` or bare: `zoedepth/models/model_io.py` takes either).
 """
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.convert.flax_to_torch import flax_to_torch
-from beit_flax.convert.zoedepth_keys import CORE_LAYOUT, LAYOUTS, core_torch_name, head_rules
+from beit_flax.models.dpt.convert.to_torch import to_torch as dpt_to_torch
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
+from beit_flax.models.zoedepth.convert.keys import CORE_LAYOUT, LAYOUTS, core_torch_name, head_rules
 
 
 def _log_binomial_buffers(config: ZoeDepthConfig) -> dict[str, np.ndarray]:
@@ -29,13 +29,13 @@ def _log_binomial_buffers(config: ZoeDepthConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def zoedepth_flax_to_torch(params: dict[str, Any], config: ZoeDepthConfig, layout: str) -> dict[str, np.ndarray]:
+def to_torch(params: dict[str, Any], config: ZoeDepthConfig, layout: str) -> dict[str, np.ndarray]:
     """State dict (name -> contiguous numpy array) of `ZoeDepth(config)` in `layout` ("release", "hf-v4", "hf-v5")."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown ZoeDepth layout {layout!r}; one of {LAYOUTS}")
     if "core" not in params:
         raise ValueError("params lack the core ('core/...')")
-    core = flax_to_torch(params["core"], config.core, CORE_LAYOUT[layout])
+    core = dpt_to_torch(params["core"], config.core, CORE_LAYOUT[layout])
     state = {core_torch_name(layout, name): value for name, value in core.items()}
     flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
     depth = config.router.depth if config.router is not None else 1

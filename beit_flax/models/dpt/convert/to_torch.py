@@ -1,6 +1,6 @@
 """beit-flax parameters -> a PyTorch state dict in the MiDaS release layout or transformers' names.
 
-The same key tables as the import (`convert/keys.py`), read the other way, so a torch -> flax -> torch round trip gives
+The same key tables as the import (`keys.py`), read the other way, so a torch -> flax -> torch round trip gives
 back every mapped tensor bit for bit. Tensors the original model has but never uses (listed in `DROPPED`) are filled
 in so that the original code's strict `load_state_dict` accepts the result: `relative_position_index` regenerated
 for the training grid, the classifier and `fc_norm` as zeros / ones, refinenet4's unused residual unit as zeros.
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.convert.keys import LAYOUTS
 from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.dpt.convert.keys import LAYOUTS
 from beit_flax.models.dpt.relative_position import relative_position_index
 
 
@@ -38,7 +38,7 @@ def _unused_tensors(layout: str, config: DPTConfig) -> dict[str, np.ndarray]:
     }
 
 
-def flax_to_torch(params: dict[str, Any], config: DPTConfig, layout: str) -> dict[str, np.ndarray]:
+def to_torch(params: dict[str, Any], config: DPTConfig, layout: str) -> dict[str, np.ndarray]:
     """State dict (name -> contiguous numpy array) in `layout` ("midas", "hf-v4" or "hf-v5")."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; one of {sorted(LAYOUTS)}")

@@ -20,12 +20,12 @@ torch's refuses; and a side that would round to 0 (images under 16 px after padd
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import numpy as np
 
-from beit_flax.transforms import MULTIPLE, resize_bicubic
+from beit_flax.models.zoedepth.zoedepth import INPUT_MULTIPLE as MULTIPLE  # `PrepForMidas`'s multiple
+from beit_flax.transforms import fit_size, resize_bicubic, resize_bilinear_align_corners, to_unit
 
 PAD_FACTOR = 3.0  # `_infer_with_pad_aug`'s fh and fw
 
@@ -56,54 +56,7 @@ def target_size(height: int, width: int, net_hw: tuple[int, int], *, keep_aspect
     keep_aspect: one scale for both sides, the one that changes the image least ("minimal"); False: each side on its
     own (`PrepForMidas(keep_aspect_ratio=False)`). Each side rounded to a multiple of 32 (np.round: half to even).
     """
-    net_h, net_w = net_hw
-    if height < 1 or width < 1 or net_h < 1 or net_w < 1:
-        raise ValueError(f"image size {(height, width)} and net size {net_hw} must be positive")
-    scale_h, scale_w = net_h / height, net_w / width
-    if keep_aspect:
-        scale_h = scale_w = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
-    side = lambda x, scale: max(int(np.round(scale * x / MULTIPLE) * MULTIPLE), MULTIPLE)
-    return side(height, scale_h), side(width, scale_w)
-
-
-@functools.lru_cache(maxsize=128)
-def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(low index, high index, weight of low, weight of high), each (out,), of torch's bilinear rule with
-    align_corners=True along one axis: src = dst * (in - 1) / (out - 1) (0 for out == 1), in float32 as torch's CPU
-    kernel computes it (`area_pixel_compute_scale`, `area_pixel_compute_source_index`)."""
-    scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
-    src = np.arange(out_size, dtype=np.float32) * scale
-    low = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
-    t = (src - low.astype(np.float32)).astype(np.float32)
-    return low, high, (np.float32(1) - t).astype(np.float32), t
-
-
-def resize_bilinear_align_corners(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """(H, W[, C]) float -> (size_h, size_w[, C]) float32, torch's `interpolate(mode="bilinear",
-    align_corners=True)` (no antialias), separable (W first, as torch's h0 (w0 a + w1 b) + h1 (...)); an axis kept
-    at its size is the identity."""
-    out = np.asarray(image, np.float32)
-    for axis in (1, 0):
-        if out.shape[axis] == size_hw[axis]:
-            continue
-        low, high, w_low, w_high = linear_taps(out.shape[axis], size_hw[axis])
-        shape = [1] * out.ndim
-        shape[axis] = -1
-        out = np.take(out, low, axis=axis) * w_low.reshape(shape) + np.take(out, high, axis=axis) * w_high.reshape(
-            shape
-        )
-    return out
-
-
-def to_unit(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 / uint16 / float in [0, 1] -> float32 in [0, 1] (`ToTensor`)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image; got shape {image.shape}")
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-    return image.astype(np.float32)
+    return fit_size(height, width, net_hw, MULTIPLE, keep_aspect=keep_aspect)
 
 
 def preprocess_views(

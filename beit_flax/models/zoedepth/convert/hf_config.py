@@ -1,15 +1,15 @@
 """The transformers `config.json` of a ZoeDepth model as a plain dict, and what transformers' port can express.
 
-Built on the DPT mapping (`hf_config.hf_config_dict`: the BEiT backbone and the DPT neck are the same), plus the
-ZoeDepth fields of transformers' `ZoeDepthConfig` (`Intel/zoedepth-*` hub configs). Writing it needs neither torch
-nor transformers.
+Built on the DPT mapping (`dpt.convert.hf_config.hf_config_dict`: the BEiT backbone and the DPT neck are the
+same), plus the ZoeDepth fields of transformers' `ZoeDepthConfig` (`Intel/zoedepth-*` hub configs). Writing it
+needs neither torch nor transformers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from beit_flax.convert.hf_config import hf_config_dict
+from beit_flax.models.dpt.convert.hf_config import hf_config_dict
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
 
 # Keys of the DPT config.json that transformers' ZoeDepthConfig shares (the rest are DPT's own).

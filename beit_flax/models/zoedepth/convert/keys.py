@@ -1,5 +1,5 @@
-"""Key tables of ZoeDepth checkpoints: the DPT tables of `keys.py` under ZoeDepth's names for the core, plus the
-metric head's own rules (same `Rule` and `KINDS`, so both directions read one table).
+"""Key tables of ZoeDepth checkpoints: the DPT tables (`dpt/convert/keys.py`) under ZoeDepth's names for the core,
+plus the metric head's own rules (same `Rule` and `KINDS`, so both directions read one table).
 
 Layouts: "release" (the ZoeD_M12_*.pt files: `{"model": state_dict}`, the MiDaS release layout under `core.core.`)
 and transformers' "hf-v4" / "hf-v5" (`ZoeDepthForDepthEstimation`: DPT's backbone and neck names, `relative_head.conv
@@ -23,14 +23,14 @@ import re
 
 import numpy as np
 
-from beit_flax.convert.keys import DROPPED as DPT_DROPPED
-from beit_flax.convert.keys import KINDS, Leaf, Rule
-from beit_flax.convert.keys import LAYOUTS as DPT_LAYOUTS
+from beit_flax.convert.rules import KINDS, Leaf, Rule
+from beit_flax.models.dpt.convert.keys import DROPPED as DPT_DROPPED
+from beit_flax.models.dpt.convert.keys import LAYOUTS as DPT_LAYOUTS
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
 
 LAYOUTS = ("release", "hf-v4", "hf-v5")
 CORE_LAYOUT = {"release": "midas", "hf-v4": "hf-v4", "hf-v5": "hf-v5"}
-"""The DPT layout (`keys.LAYOUTS`) that each ZoeDepth layout's core uses."""
+"""The DPT layout (`dpt.convert.keys.LAYOUTS`) that each ZoeDepth layout's core uses."""
 
 RELEASE_CORE_PREFIX = "core.core."
 _HF_HEAD = {"0": "1", "2": "2", "4": "3"}  # MiDaS / DPT `head.head.{n}` -> ZoeDepth `relative_head.conv{c}`

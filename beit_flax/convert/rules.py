@@ -1,0 +1,134 @@
+"""Key tables' building blocks, shared by every family's converter: a `Rule` maps one torch module (or tensor) to a
+flax path, its kind (`KINDS`) says which tensors the module has, which flax leaves each fills and how to lay it out
+in each direction:
+
+  dense  torch Linear  weight (out, in)         <-> kernel (in, out),  bias <-> bias
+  conv   torch Conv2d  weight (out, in, kh, kw) <-> kernel (kh, kw, in, out), bias <-> bias
+         torch ConvTranspose2d weight (in, out, kh, kw) takes the same transpose, read by flax's
+         ConvTranspose(transpose_kernel=True) as (kh, kw, out, in)
+  norm   torch LayerNorm weight <-> scale, bias <-> bias
+  param  a bare tensor, copied as is (the names include the leaf)
+  qkv    a fused qkv.weight (3C, C), rows [q; k; v] <-> query/key/value kernels (timm `beit.py` Attention)
+
+A converter reads its family's tables both ways, so a torch -> flax -> torch round trip gives back every mapped
+tensor bit for bit. `read_planned` reads the planned tensors once each; `Converted` is what every converter returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from beit_flax.convert.checkpoint import Checkpoint, ConversionError
+
+
+@dataclasses.dataclass
+class Converted:
+    """A converted checkpoint: the family's config, the flax parameter tree (float32 numpy), the layout read, the
+    model's name (a preset's, or a description) and the checkpoint keys dropped as unused."""
+
+    config: Any
+    params: dict[str, Any]
+    layout: str
+    model_name: str
+    dropped: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One torch tensor of a module <-> the flax leaves it fills (several for a fused tensor).
+
+    to_flax: the torch array -> one array per name in `flax`; to_torch: those arrays, in that order -> the torch array.
+    optional: a layer built without it (transformers' key projection, the bias-free `layer*_rn` convs) lacks it.
+    """
+
+    flax: tuple[str, ...]  # leaf names under the rule's flax path; "" is the path itself
+    to_flax: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+    to_torch: Callable[..., np.ndarray]
+    optional: bool = False
+
+
+def leaf(
+    name: str,
+    to_flax: Callable[[np.ndarray], np.ndarray],
+    to_torch: Callable[[np.ndarray], np.ndarray],
+    optional: bool = False,
+) -> Leaf:
+    return Leaf((name,), lambda t: (to_flax(t),), to_torch, optional)
+
+
+same = lambda t: t
+BIAS = leaf("bias", same, same, optional=True)
+_QKV = ("query/kernel", "key/kernel", "value/kernel")
+
+# kind -> {torch leaf ("" = the rule's torch name itself): Leaf}
+KINDS: dict[str, dict[str, Leaf]] = {
+    "dense": {"weight": leaf("kernel", lambda w: w.T, lambda k: k.T), "bias": BIAS},
+    "conv": {
+        "weight": leaf("kernel", lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1)),
+        "bias": BIAS,
+    },
+    "norm": {"weight": leaf("scale", same, same), "bias": BIAS},
+    "param": {"": leaf("", same, same)},
+    "qkv": {
+        "": Leaf(
+            _QKV,
+            lambda w: tuple(part.T for part in np.split(w, 3, axis=0)),
+            lambda q, k, v: np.concatenate([q.T, k.T, v.T]),
+        )
+    },
+}
+
+
+def _join(prefix: str, leaf: str, sep: str) -> str:
+    return f"{prefix}{sep}{leaf}" if leaf else prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    torch_name: str  # module prefix for dense/conv/norm, full tensor name for param/qkv; may contain {i}
+    flax_path: str  # module path for dense/conv/norm, full leaf path for param; may contain {i}
+    kind: str
+
+    @property
+    def torch_pattern(self) -> str:
+        """Regex of `torch_name` with `{i}` as the group `i`."""
+        return re.escape(self.torch_name).replace(r"\{i\}", r"(?P<i>\d+)")
+
+    def names(self, torch_leaf: str, index: int | str | None = None) -> tuple[str, list[str]]:
+        """(torch name, flax paths) of the tensor `torch_leaf` of this rule for block `index`."""
+        torch_name, flax_path = self.torch_name.format(i=index), self.flax_path.format(i=index)
+        flax_leaves = KINDS[self.kind][torch_leaf].flax
+        return _join(torch_name, torch_leaf, "."), [_join(flax_path, leaf, "/") for leaf in flax_leaves]
+
+    def tensors(self, depth: int) -> Iterator[tuple[str, list[str], Leaf]]:
+        """(torch name, flax paths, Leaf) of every tensor this rule covers in a model with `depth` blocks."""
+        for index in range(depth) if "{i}" in self.torch_name else [None]:
+            for torch_leaf, leaf in KINDS[self.kind].items():
+                yield *self.names(torch_leaf, index), leaf
+
+    def match(self, key: str) -> tuple[list[str], Leaf] | None:
+        """(flax paths, Leaf) of the torch tensor `key`, or None if this rule does not cover `key`."""
+        found = re.fullmatch(self.torch_pattern + r"(?:\.(?P<leaf>weight|bias))?", key)
+        if found is None or (found["leaf"] or "") not in KINDS[self.kind]:  # e.g. a module's name without a leaf
+            return None
+        torch_leaf = found["leaf"] or ""
+        return self.names(torch_leaf, found.groupdict().get("i"))[1], KINDS[self.kind][torch_leaf]
+
+
+def read_planned(checkpoint: Checkpoint, plan: Iterable[tuple[str, list[str], Leaf]]) -> dict[str, Any]:
+    """Read each planned tensor once, (checkpoint key, flax paths, Leaf), into the flax tree: float32, contiguous,
+    laid out by the key table. NaN / inf is a ConversionError naming the key. Used by every family's converter."""
+    flat: dict[str, np.ndarray] = {}
+    for key, paths, leaf in plan:
+        tensor = checkpoint.take(key)
+        if not np.isfinite(tensor).all():
+            raise ConversionError(f"{checkpoint.path}: {key} has non-finite values (NaN or inf)")
+        for path, value in zip(paths, leaf.to_flax(tensor), strict=True):
+            flat[path] = np.ascontiguousarray(value, dtype=np.float32)
+    return traverse_util.unflatten_dict(flat, sep="/")
