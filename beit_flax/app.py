@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-PROG = "beit-depth"
-EXIT_USAGE = 2
+from beit_flax.arguments import EXIT_USAGE, PROG, fov_arg, net_size_arg
+
 INSTALL_HINT = 'the app needs gradio: pip install "beit-flax[app]"'
 WARM_UP_HW = (480, 640)  # the warm-up image: compiles the network input of 4:3 landscape photos, the commonest shape
 IMAGE_HEIGHT, VIEW_HEIGHT = 360, 420  # px: a photo and its depth side by side, the 3D view a little taller
@@ -53,8 +53,6 @@ def port_arg(text: str) -> int:
 
 
 def add_app_parser(sub: argparse._SubParsersAction) -> None:
-    # imported here: cli imports this module at its top, so these names are not defined yet at import time
-    from beit_flax.cli import fov_arg, net_size_arg
     from beit_flax.images import COLORMAPS
     from beit_flax.models.precision import COMPUTE_DTYPES
 
@@ -122,7 +120,7 @@ class Demo:
         files = image_files(
             depth,
             rgb,
-            top_m=self.predictor.top_m,
+            output=self.predictor.output,
             colormap=self.args.colormap,
             ply=True,
             glb=True,
@@ -184,10 +182,8 @@ def build(demo: Demo, title: str) -> Any:
     import gradio as gr
 
     predictor = demo.predictor
-    if predictor.metric:
-        scale = f"metric depth in meters (ZoeDepth); colours over 0..{predictor.top_m:g} m, near bright"
-    else:
-        scale = "relative inverse depth (MiDaS); colours min-max per image, near bright"
+    colours = predictor.output.range_text() or "colours min-max per image, near bright"
+    scale = f"{predictor.family.title}: {predictor.output.units}; {colours}"
     # delete_cache: Gradio's copies of uploads and results older than a day go, checked hourly (and all on close)
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         gr.Markdown(f"## {title}\n{scale}.")

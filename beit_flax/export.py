@@ -4,9 +4,10 @@ Both hold one function, the model's `apply` with the weights baked in as constan
 
     images (B, H, W, 3) float32, normalised as (x - 0.5) / 0.5  ->  depth (B, H, W) float32
 
-(relative inverse depth for MiDaS weights). H and W are fixed per export; B is dynamic unless `batch` is given.
-The graph is the model as traced by JAX with the XLA attention (no cuDNN custom call), so every model of this
-project exports the same way.
+in the model family's units (relative inverse depth for MiDaS, meters for ZoeDepth: `DepthOutput.units`). H and W
+are fixed per export, multiples of the family's `input_multiple` (MiDaS 16, ZoeDepth 32); B is dynamic unless `batch`
+is given. The graph is the model as traced by JAX with the XLA attention (no cuDNN custom call), so every model of
+this project exports the same way. The host pre- and post-processing (resize, padding, flip) is not in the graph.
 
 - StableHLO: `jax.export` bytes lowered for each of `platforms`; `jax.export.deserialize(data).call(images)` runs
   them with nothing but jax installed. jax's compatibility window: jax releases up to 6 months newer than the writer
@@ -31,12 +32,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from beit_flax.files import atomic_write_bytes, check_outputs
-from beit_flax.models.dpt.dpt import DPT
+from beit_flax.models import registry
 from beit_flax.models.precision import check_dtype
 
 FORMATS = ("onnx", "stablehlo")
@@ -61,7 +63,7 @@ class ExportSummary(NamedTuple):
         )
 
 
-def serving_function(model: DPT, params: Any) -> Callable[[jax.Array], jax.Array]:
+def serving_function(model: nn.Module, params: Any) -> Callable[[jax.Array], jax.Array]:
     """images (B, H, W, 3) float32 -> (B, H, W) float32, `params` baked in (cast to the compute dtype if 16-bit)."""
     dtype = check_dtype(model.dtype)
     # the XLA attention: a cuDNN custom call would tie the program to NVIDIA GPUs (and cannot become ONNX)
@@ -72,16 +74,21 @@ def serving_function(model: DPT, params: Any) -> Callable[[jax.Array], jax.Array
     return lambda images: model.apply({"params": params}, images.astype(jnp.float32)).astype(jnp.float32)
 
 
-def _check_size(model: DPT, size_hw: tuple[int, int], batch: int | None) -> None:
-    p = model.config.patch_size
+def _check_size(model: nn.Module, size_hw: tuple[int, int], batch: int | None) -> None:
+    p = registry.of_model(model).input_multiple(model.config)
     if len(size_hw) != 2 or any(s < p or s % p for s in size_hw):
-        raise ValueError(f"size must be H x W, positive multiples of {p} (the patch size); got {size_hw}")
+        raise ValueError(f"size must be H x W, positive multiples of {p} (this model's input multiple); got {size_hw}")
     if batch is not None and batch < 1:
         raise ValueError(f"batch must be positive or None (dynamic), got {batch}")
 
 
 def export_stablehlo(
-    model: DPT, params: Any, size_hw: tuple[int, int], *, batch: int | None = None, platforms: Sequence[str] = PLATFORMS
+    model: nn.Module,
+    params: Any,
+    size_hw: tuple[int, int],
+    *,
+    batch: int | None = None,
+    platforms: Sequence[str] = PLATFORMS,
 ) -> bytearray:
     """Serialized `jax.export.Exported` of `serving_function` for (batch or dynamic B, H, W, 3) float32 inputs."""
     _check_size(model, size_hw, batch)
@@ -115,7 +122,7 @@ def _plain_jax_tracing() -> Iterator[None]:
 
 
 def export_onnx(
-    model: DPT, params: Any, size_hw: tuple[int, int], *, batch: int | None = None, opset: int = ONNX_OPSET
+    model: nn.Module, params: Any, size_hw: tuple[int, int], *, batch: int | None = None, opset: int = ONNX_OPSET
 ) -> bytes:
     """Serialized ONNX ModelProto of `serving_function`: input "images" (B, H, W, 3), output "depth" (B, H, W),
     both float32; checked with `onnx.checker`."""
@@ -158,7 +165,7 @@ def export_onnx(
 
 
 def export(
-    model: DPT,
+    model: nn.Module,
     params: Any,
     fmt: str,
     size_hw: tuple[int, int],

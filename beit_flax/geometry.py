@@ -9,10 +9,11 @@ Files: both the PLY and the GLB are written in the glTF / OpenGL convention, x r
 -z, i.e. the point (X, -Y, -Z), so that they open the right way up, seen from the camera, in browsers (three.js,
 <model-viewer>), Blender (whose glTF importer turns y-up into z-up), MeshLab and trimesh. Positions are float32.
 
-Units: ZoeDepth (`metric=True`) depth is z in meters, used as is, so the files are in meters. MiDaS (`metric=False`)
-depth is relative inverse depth with an unknown scale and shift, which no formula turns into meters; `z_depth` maps it
-to a stated normalised z instead: the nearest pixel at 1 unit, the farthest at `RELATIVE_NEAR_FAR` units, linear in
-inverse depth in between. Only the shape up to that convention is meaningful, not the numbers.
+Units: the model's `DepthOutput.z` gives the z-depth. Metric depth (`MetricDepth`) is z in meters, used as is, so the
+files are in meters. Relative inverse depth (`RelativeInverseDepth`, MiDaS) has an unknown scale and shift, which no
+formula turns into meters; it is mapped to a stated normalised z instead: the nearest pixel at 1 unit, the farthest
+at `RELATIVE_NEAR_FAR` units, linear in inverse depth in between. Only the shape up to that convention is
+meaningful, not the numbers.
 
 Missing depth (non-finite, or a non-positive metric z) gives no point and no triangle.
 
@@ -32,6 +33,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from beit_flax.models.depth_output import RELATIVE_NEAR_FAR, DepthOutput
+
+__all__ = ["DEFAULT_FOV_DEG", "EDGE_DEPTH_RATIO", "RELATIVE_NEAR_FAR", "camera_focal", "glb_bytes", "mesh", "ply_bytes"]
+
 if TYPE_CHECKING:  # trimesh (~0.3 s to import) loads only when a 3D file is made, not with the CLI
     import trimesh
 
@@ -39,10 +44,6 @@ DEFAULT_FOV_DEG = 60.0
 """Horizontal field of view (degrees) used when neither an explicit fov nor EXIF gives a focal length: a moderate
 wide angle, between a phone's main camera (about 65-70 degrees) and a normal lens (about 40 degrees)."""
 
-RELATIVE_NEAR_FAR = 10.0
-"""MiDaS relative depth: the farthest pixel's normalised z over the nearest's (which is 1). MiDaS' inverse depth
-says nothing about the true ratio; 10 shows the relief of indoor and street scenes without flattening the foreground
-or stretching the background into a long tunnel."""
 
 EDGE_DEPTH_RATIO = 1.1
 """Mesh triangles whose vertices' max z / min z exceeds this are dropped as spanning a depth discontinuity. A ratio
@@ -120,28 +121,6 @@ def camera_focal(path: str | os.PathLike | None, width: int, fov_deg: float | No
     return focal_from_fov(DEFAULT_FOV_DEG, width), f"fov {DEFAULT_FOV_DEG:g} deg (default)"
 
 
-def z_depth(depth: np.ndarray, *, metric: bool) -> np.ndarray:
-    """(H, W) float32 z-depth, nan where missing, from a depth map (H, W).
-
-    metric: `depth` is ZoeDepth's z in meters, returned as is (non-finite and non-positive values are missing).
-    Otherwise `depth` is MiDaS' relative inverse depth (larger = nearer): min-max normalised over its finite values to
-    n in [0, 1], then z = 1 / (1 / RELATIVE_NEAR_FAR + (1 - 1 / RELATIVE_NEAR_FAR) n), from 1 (nearest) to
-    RELATIVE_NEAR_FAR (farthest) normalised units. A constant map is all at z = 1.
-    """
-    depth = np.asarray(depth)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
-    d = depth.astype(np.float64)  # float64: max - min of float32 values can overflow float32
-    finite = np.isfinite(d)
-    if metric:
-        return np.where(finite & (d > 0), d, np.nan).astype(np.float32)
-    lo, hi = (d[finite].min(), d[finite].max()) if finite.any() else (0.0, 0.0)
-    span = hi - lo
-    n = (d - lo) / span if span > 0 and math.isfinite(span) else np.ones_like(d)
-    inv_far = 1.0 / RELATIVE_NEAR_FAR
-    return np.where(finite, 1.0 / (inv_far + (1.0 - inv_far) * n), np.nan).astype(np.float32)
-
-
 def _check(depth: np.ndarray, rgb: np.ndarray, focal_px: float) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.shape != (*np.shape(depth), 3) or rgb.dtype != np.uint8:
@@ -161,12 +140,12 @@ def _points(z: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: tuple[int, 
     return np.stack([x, -y, -z], axis=-1).astype(np.float32)
 
 
-def point_cloud(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float) -> trimesh.PointCloud:
+def point_cloud(depth: np.ndarray, rgb: np.ndarray, *, output: DepthOutput, focal_px: float) -> trimesh.PointCloud:
     """A point per pixel with finite depth, in row-major pixel order, coloured by `rgb` (H, W, 3) uint8, at the
-    back-projection of `z_depth(depth, metric=metric)` (H, W) through a pinhole of focal `focal_px` pixels, in the
-    module's file convention (x right, y up, -z forward; meters for ZoeDepth, normalised units for MiDaS)."""
+    back-projection of `output.z(depth)` (H, W, `depth_output`) through a pinhole of focal `focal_px` pixels, in the
+    module's file convention (x right, y up, -z forward; in `output.z_units()`)."""
     rgb = _check(depth, rgb, focal_px)
-    z = z_depth(depth, metric=metric)
+    z = output.z(depth)
     height, width = z.shape
     valid = np.isfinite(z)
     points = _points(z.astype(np.float64), np.arange(height), np.arange(width), z.shape, focal_px)[valid]
@@ -175,7 +154,9 @@ def point_cloud(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: f
     return trimesh.PointCloud(points, colors=rgb[valid])
 
 
-def mesh(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float, max_side: int = 1024) -> trimesh.Trimesh:
+def mesh(
+    depth: np.ndarray, rgb: np.ndarray, *, output: DepthOutput, focal_px: float, max_side: int = 1024
+) -> trimesh.Trimesh:
     """A textured triangle mesh of the depth map (H, W) with `rgb` (H, W, 3) uint8 as its texture.
 
     Vertices: the pixels at every `stride`-th row and column from the first, stride = ceil(max(H, W) / max_side)
@@ -188,7 +169,7 @@ def mesh(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float, m
     rgb = _check(depth, rgb, focal_px)
     if max_side < 2:
         raise ValueError(f"max_side must be at least 2, got {max_side}")
-    z_full = z_depth(depth, metric=metric)
+    z_full = output.z(depth)
     height, width = z_full.shape
     stride = -(-max(height, width) // max_side)
     rows, cols = np.arange(0, height, stride), np.arange(0, width, stride)
@@ -218,12 +199,12 @@ def mesh(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float, m
     return trimesh.Trimesh(vertices, remap[faces], visual=visual, process=False)
 
 
-def ply_bytes(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float) -> bytes:
+def ply_bytes(depth: np.ndarray, rgb: np.ndarray, *, output: DepthOutput, focal_px: float) -> bytes:
     """Binary (little-endian) PLY of `point_cloud`: float32 x, y, z and uint8 RGBA per point, one point per pixel with
     finite depth."""
-    return point_cloud(depth, rgb, metric=metric, focal_px=focal_px).export(file_type="ply", encoding="binary")
+    return point_cloud(depth, rgb, output=output, focal_px=focal_px).export(file_type="ply", encoding="binary")
 
 
-def glb_bytes(depth: np.ndarray, rgb: np.ndarray, *, metric: bool, focal_px: float) -> bytes:
+def glb_bytes(depth: np.ndarray, rgb: np.ndarray, *, output: DepthOutput, focal_px: float) -> bytes:
     """Binary glTF (GLB) of `mesh` (at its default `max_side`), the image embedded as its PNG base-colour texture."""
-    return mesh(depth, rgb, metric=metric, focal_px=focal_px).export(file_type="glb")
+    return mesh(depth, rgb, output=output, focal_px=focal_px).export(file_type="glb")

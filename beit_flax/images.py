@@ -24,6 +24,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from beit_flax.files import InputError, check_input
+from beit_flax.models.depth_output import RELATIVE, MetricDepth, depth_range
+
+__all__ = ["depth_range"]  # re-exported: the min-max rule of MiDaS' pictures
 from beit_flax.transforms import DEFAULT_MAX_PIXELS, megapixels  # the one pixel limit, with the net size's
 
 IMAGE_EXTENSIONS = frozenset(
@@ -108,18 +111,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def depth_range(depth: np.ndarray) -> np.ndarray:
-    """(H, W) depth -> (H, W) float32 in [0, 1] by min-max; a constant map gives zeros (MiDaS `write_depth`)."""
-    depth = np.nan_to_num(np.asarray(depth, dtype=np.float64))
-    lo, hi = depth.min(), depth.max()
-    if hi - lo <= np.finfo(np.float64).eps:
-        return np.zeros(depth.shape, np.float32)
-    return ((depth - lo) / (hi - lo)).astype(np.float32)
-
-
 def to_png16(depth: np.ndarray) -> np.ndarray:
     """(H, W) depth -> (H, W) uint16 = 65535 * min-max normalised, truncated (MiDaS' grayscale PNG)."""
-    return (65535 * depth_range(depth).astype(np.float64)).astype(np.uint16)
+    return RELATIVE.png16(depth)
 
 
 def colorize_unit(values: np.ndarray, colormap: str = "inferno") -> np.ndarray:
@@ -136,8 +130,7 @@ def colorize(depth: np.ndarray, colormap: str = "inferno") -> np.ndarray:
 def colorize_metric(depth_m: np.ndarray, max_depth: float, colormap: str = "inferno") -> np.ndarray:
     """(H, W) metric depth in meters -> (H, W, 3) uint8 over the fixed range 0..max_depth (the same colour is the
     same distance in every image and frame): 0 m the bright end, max_depth and beyond the dark end."""
-    near = 1.0 - np.clip(np.nan_to_num(np.asarray(depth_m, np.float64), nan=max_depth) / max_depth, 0.0, 1.0)
-    return colorize_unit(near, colormap)
+    return colorize_unit(MetricDepth(max_depth).unit(depth_m), colormap)
 
 
 def encode_png(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:

@@ -1,4 +1,5 @@
-"""The model from `flax.nnx`, with no second implementation: the linen `DPT` inside `flax.nnx.bridge.ToNNX`.
+"""The model from `flax.nnx`, with no second implementation: the linen module (`DPT`, `ZoeDepth`, any family's)
+inside `flax.nnx.bridge.ToNNX`.
 
 `to_nnx(model, params)` gives an `nnx.Module` whose call `nnx_model(images)` is `model.apply({"params": params},
 images)` (same shapes and dtypes: (B, H, W, 3) float normalised as (x - 0.5) / 0.5 -> (B, H, W) float32), and whose
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from beit_flax.models.dpt.dpt import DPT
+from beit_flax.models import registry
 from beit_flax.params import check_params
 from beit_flax.weights import load as _load_linen
 from beit_flax.weights import save as _save_linen
@@ -26,18 +27,18 @@ from beit_flax.weights import save as _save_linen
 __all__ = ["from_nnx", "load", "save", "to_nnx"]
 
 
-def to_nnx(model: DPT, params: Any) -> nnx.bridge.ToNNX:
+def to_nnx(model: Any, params: Any) -> nnx.bridge.ToNNX:
     """`nnx.bridge.ToNNX(model)` holding `params` (a linen params dict, numpy or jax leaves; checked against
     `model.config`) as `nnx.Param`s, which hold them as jax arrays of the same dtype (float32 from `load`).
 
     The bridge's `lazy_init` runs abstractly (`nnx.eval_shape`: nothing is computed or allocated), then the
-    parameters are put in; the module holds no RNG state (DPT has no dropout). The execution knobs (dtype, scan,
+    parameters are put in; the module holds no RNG state (no family has dropout). The execution knobs (dtype, scan,
     remat, attention) are the linen model's: `to_nnx(model.clone(scan=True), params)` for another, same params.
     """
-    if not isinstance(model, DPT):
-        raise TypeError(f"model must be a beit_flax.DPT, got {type(model).__name__}")
+    family = registry.of_model(model)  # TypeError for anything else
     check_params(model.config, params)
-    side = 2 * model.config.patch_size  # shapes do not depend on the input size; a 2x2 patch grid is the cheapest
+    # shapes do not depend on the input size; two input multiples a side is cheap and legal for every family
+    side = 2 * family.input_multiple(model.config)
     images = jnp.zeros((1, side, side, 3), jnp.float32)
     abstract = nnx.eval_shape(lambda: nnx.bridge.ToNNX(model).lazy_init(images, rngs=jax.random.key(0)))
     graphdef, state = nnx.split(abstract)
@@ -45,12 +46,14 @@ def to_nnx(model: DPT, params: Any) -> nnx.bridge.ToNNX:
     return nnx.merge(graphdef, state)
 
 
-def from_nnx(nnx_model: nnx.Module) -> tuple[DPT, dict[str, Any]]:
-    """`(model, params)` of a module made by `to_nnx` (after any training): the linen `DPT` and its params dict
+def from_nnx(nnx_model: nnx.Module) -> tuple[Any, dict[str, Any]]:
+    """`(model, params)` of a module made by `to_nnx` (after any training): the linen module and its params dict
     (jax arrays, the paths and shapes `beit_flax.save` checks), as `beit_flax.load` returns them."""
     model = getattr(nnx_model, "to_nnx__module", None)
-    if not isinstance(nnx_model, nnx.bridge.ToNNX) or not isinstance(model, DPT):
-        raise TypeError(f"expected a module made by beit_flax.nnx.to_nnx, got {type(nnx_model).__name__}")
+    try:
+        registry.of_model(model)
+    except TypeError:
+        raise TypeError(f"expected a module made by beit_flax.nnx.to_nnx, got {type(nnx_model).__name__}") from None
     params = nnx.to_pure_dict(nnx.state(nnx_model, nnx.Param))
     check_params(model.config, params, source="nnx model")
     return model, params

@@ -1,54 +1,34 @@
-"""The host pipeline, image -> depth: `predict` for lists of images, `Batcher` for streams, `ordered_map` for the
-host work around them. `predict`, `beit-depth predict` and `beit-depth video` all run on these three.
+"""The host pipeline, image -> depth: `predict` for lists of images, `run_images` / `run_prepared` for streams,
+`ordered_map` for the host work around them. `predict`, `Predictor`, `beit-depth predict` and `beit-depth video` all
+run on these.
 
-Every image is preprocessed on the host (`transforms.preprocess`: MiDaS "minimal" resize to the net size), then
-images are grouped by their network input shape (H', W') and run in batches of `batch_size`; a shape's leftover
-batch runs at a size from `batch_plan` (on CPU its own size, elsewhere the next power of two, the padding
-dropped), so each shape compiles a few programs at most. Each item travels with its own metadata (`Batcher.run`
-hands back whatever the caller paired with the input: a file and the image's size, a video frame), so no stage
-keeps state for another. The jitted apply is cached per model and device mesh, a `Batcher` keeps its last few
-compiled programs (`Programs`), and `predict` keeps the parameters it placed on the devices for the next call with
-the same parameters.
-
-Data parallel (`sharding.py`): by default every local device runs; params are replicated on each (on CPU devices,
-one host copy that all of them share), every batch is split evenly over them along its first axis. `batch_size` is
-global (all devices together) and rounded up to a multiple of the device count; `devices=N` uses the first N local
-devices only. With several processes (`jax.distributed`), each runs on its own devices with the inputs it was given
-(`sharding.process_slice`).
+Every image is preprocessed on the host by its model family's `Processing` (MiDaS run.py's resize, ZoeDepth's
+padded and flipped views, ...) into one or more network inputs, which a `Batcher` (`batcher.py`) groups by shape
+(H', W') and runs in batches on the devices; each image's views meet again in `per_image` and the family's
+`finish` turns them into the map at the image's size. Each item travels with its own metadata (whatever the caller
+paired with the input: a file and the image's size, a video frame), so no stage keeps state for another. `predict`
+keeps the parameters it placed on the devices for the next call with the same parameters. With several processes
+(`jax.distributed`), each runs on its own devices with the inputs it was given (`sharding.process_slice`).
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
-import ctypes.util
-import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
 
-from beit_flax.models.dpt.dpt import DPT
-from beit_flax.models.zoedepth.zoedepth import ZoeDepth
-from beit_flax.sharding import (
-    batch_sharded,
-    local_mesh,
-    pad_batch,
-    place_replicated,
-    replicated,
-    replicated_subset,
-    round_up,
-)
-from beit_flax.transforms import check_net_size, postprocess, preprocess
+from beit_flax.batcher import Batcher, Devices
+from beit_flax.models import registry
+from beit_flax.models.family import Processing
 
 M = TypeVar("M")  # an item's metadata, carried through the pipeline with it
 T = TypeVar("T")
 R = TypeVar("R")
-
-Devices = int | Sequence[jax.Device] | None
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecutor, limit: int) -> Iterator[R]:
@@ -65,227 +45,6 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecut
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
-
-
-def default_batch_size(devices: int = 1) -> int:
-    """Per device: 1 on CPU (XLA already spreads one image over all cores; padding would only cost), 8 on GPU /
-    TPU; times the number of devices."""
-    return (1 if jax.default_backend() == "cpu" else 8) * devices
-
-
-def check_batch_size(batch_size: int | None, devices: int = 1) -> int:
-    """The global batch size: `batch_size` rounded up to a multiple of `devices`, or the default for them."""
-    if batch_size is None:
-        return default_batch_size(devices)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return round_up(batch_size, devices)
-
-
-def batch_plan(batch_size: int, devices: int = 1, platform: str | None = None) -> tuple[tuple[int, int], ...]:
-    """The (batch size, devices) a `Batcher` runs, ascending: full batches at `batch_size` (a multiple of
-    `devices`) on every device, a shape's leftover at the smallest size that holds it (the padding dropped).
-
-    CPU: every size, none padded, on the largest device count that divides it (a leftover of 3 on 8 devices: 3
-    devices, one image each). Padding costs its share of compute there (3 images of 3 shapes at batch 8 took 6x as
-    long padded), XLA already spreads one image over every core, and a CPU program compiles in seconds.
-    GPU / TPU: `devices` times the powers of two below the per-device batch, then `batch_size`, on every device: at
-    most log2(batch) + 1 programs per input shape, a leftover padded by less than 2x.
-    """
-    platform = platform or jax.default_backend()
-    if platform == "cpu":
-        return tuple((k, max(d for d in range(1, devices + 1) if k % d == 0)) for k in range(1, batch_size + 1))
-    per_device = batch_size // devices
-    powers = [2**k for k in range(per_device.bit_length()) if 2**k < per_device]
-    return tuple((devices * k, devices) for k in (*powers, per_device))
-
-
-class Programs:
-    """`apply(params, batch)` through at most `kept` compiled programs, one per batch shape and mesh, the least
-    recently used dropped first; `jit(mesh)` gives the jitted apply a new program is lowered from.
-
-    Each compiled program holds host memory of its own (XLA CPU: ~20-30 MB per BEiT-B program, its executable),
-    which jit's own cache keeps for every shape it ever saw: ten shapes of one stream held 240 MB. A dropped shape
-    that comes back is compiled again, from the persistent compilation cache when it is on (`compile_cache.py`).
-    `compiled` counts the compilations (cache loads included).
-    """
-
-    def __init__(self, jit: Callable[[Mesh], Any], kept: int) -> None:
-        if isinstance(kept, bool) or not isinstance(kept, int) or kept < 1:
-            raise ValueError(f"programs kept must be a positive int, got {kept!r}")
-        self.jit, self.kept, self.compiled = jit, kept, 0
-        self.programs: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-
-    def __call__(self, params: Any, batch: jax.Array) -> jax.Array:
-        key = (batch.shape, batch.dtype, batch.sharding)
-        if key in self.programs:
-            self.programs.move_to_end(key)
-        else:
-            while len(self.programs) >= self.kept:  # freed before the new one compiles
-                self.programs.popitem(last=False)
-            # a fresh jit per program: jax's caches hold a program for as long as its jitted function lives
-            self.programs[key] = self.jit(batch.sharding.mesh).lower(params, batch).compile()
-            self.compiled += 1
-            release_free_memory()  # what compiling freed (and the dropped program) back to the OS
-        return self.programs[key](params, batch)
-
-
-def release_free_memory() -> None:
-    """Return the C heap's free pages to the OS (glibc `malloc_trim`; nothing elsewhere). glibc keeps freed memory
-    that lies between live allocations: the weights' host copy once they are placed, the temporaries of each compile
-    among the programs kept. BEiT-B on CPU: 0.4 GB resident but free after the first image, without this."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def programs_kept(platform: str) -> int:
-    """Compiled programs a `Batcher` keeps by default (see `Programs`). CPU: 2 - each holds ~20-30 MB of host
-    memory (BEiT-B) and comes back in ~2 s (trace, lower, load from the persistent cache); enough for a video or a
-    camera's two orientations. GPU / TPU: 8 (a compile takes far longer; programs live in plentiful host memory)."""
-    return 2 if platform == "cpu" else 8
-
-
-def jitted_apply(model: DPT, devices: Devices | Mesh = None) -> Callable[[Any, jax.Array], jax.Array]:
-    """`(params, images (B, H', W', 3) float32) -> (B, H', W') float32` on a mesh of local devices (default: all),
-    params replicated, batch and result sharded along B (B a multiple of the device count). Jitted once per
-    (model, mesh) per process; pass arrays placed with `jax.device_put(x, sharding)` (see `Batcher`).
-
-    params are an argument, not a closure constant, so one compiled program serves every weights file of a config.
-    """
-    return _jitted_apply(model, devices if isinstance(devices, Mesh) else local_mesh(devices))
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_apply(model: DPT, mesh: Mesh) -> Callable[[Any, jax.Array], jax.Array]:
-    return _new_jitted_apply(model, mesh)
-
-
-def _new_jitted_apply(model: DPT, mesh: Mesh) -> Callable[[Any, jax.Array], jax.Array]:
-    """`_jitted_apply` without the cache: a jit of a fresh function, whose traces and programs jax's own caches
-    (keyed weakly on the function) let go when it goes."""
-
-    def beit_depth(params: Any, images: jax.Array) -> jax.Array:  # the name shows in the persistent cache's keys
-        return model.apply({"params": params}, images)
-
-    batch = batch_sharded(mesh)
-    return jax.jit(beit_depth, in_shardings=(replicated(mesh), batch), out_shardings=batch)
-
-
-class Batcher:
-    """Runs preprocessed images through the model in batches, one batch shape per input shape (and leftover size),
-    each batch split over the devices of `mesh` (params replicated on each, placed once).
-
-    `run` consumes `(meta, net_input (H', W', 3) float32)` pairs and yields `(meta, depth (H', W') float32)` once a
-    batch of that shape is full (or at the end, at a size from `batch_plan`). One batch stays in flight: the host
-    prepares and consumes the neighbouring batches while the device computes (JAX dispatch is asynchronous). Within
-    one shape results come in input order; across shapes, in the order their batches fill up (leftovers at the end).
-
-    batch_size: global, rounded up to a multiple of the device count (default: 1 per device on CPU, 8 per device
-    on GPU / TPU). devices: None (every local device), N (the first N) or a list of local devices.
-    programs: compiled programs kept (default `programs_kept`; see `Programs`).
-    `shapes`: the distinct batch shapes run; `input_shapes`: the distinct (H', W').
-    """
-
-    def __init__(
-        self,
-        model: DPT,
-        params: Any,
-        batch_size: int | None = None,
-        devices: Devices = None,
-        programs: int | None = None,
-    ) -> None:
-        if not isinstance(model, (DPT, ZoeDepth)):  # a ZoeDepth's output is metric depth, in meters
-            raise ValueError(
-                f"model must be a beit_flax DPT or ZoeDepth (from beit_flax.load), got {type(model).__name__}"
-            )
-        self.model = model
-        self.config = model.config
-        self.mesh = local_mesh(devices)
-        self.device_count = self.mesh.size
-        self.batch_size = check_batch_size(batch_size, self.device_count)
-        platform = self.mesh.devices.flat[0].platform
-        self.batch_plan = batch_plan(self.batch_size, self.device_count, platform)
-        kept = programs_kept(platform) if programs is None else programs
-        self.apply = Programs(functools.partial(_new_jitted_apply, model), kept)
-        self.batch_sharding = batch_sharded(self.mesh)
-        # once: numpy params would be copied to every device on every call
-        self.params = place_replicated(params, self.mesh)
-        self._placements = {self.device_count: (self.params, self.batch_sharding)}  # device count -> placement
-        self.shapes: set[tuple[int, ...]] = set()  # distinct batch shapes run
-
-    def _placement(self, devices: int) -> tuple[Any, NamedSharding]:
-        """(params, batch sharding) on the first `devices` devices of the mesh; the params share their buffers."""
-        if devices not in self._placements:
-            mesh = Mesh(self.mesh.devices[:devices], self.mesh.axis_names)
-            self._placements[devices] = replicated_subset(self.params, mesh), batch_sharded(mesh)
-        return self._placements[devices]
-
-    @property
-    def input_shapes(self) -> set[tuple[int, int]]:
-        """The distinct network input shapes (H', W') run."""
-        return {shape[1:3] for shape in self.shapes}
-
-    def run(
-        self, items: Iterable[tuple[M, np.ndarray]], on_error: Callable[[list[M], Exception], None] | None = None
-    ) -> Iterator[tuple[M, np.ndarray]]:
-        """Yield `(meta, depth (H', W'))` for each `(meta, net_input (H', W', 3))`.
-
-        on_error: if given, a batch that fails on the device (e.g. out of memory for a huge panorama) is handed to
-        it with its items' metadata and the run goes on; otherwise the error propagates.
-        """
-        pending: dict[tuple[int, ...], list[tuple[M, np.ndarray]]] = {}
-        in_flight: collections.deque[tuple[list[M], jax.Array | Exception]] = collections.deque()
-        for meta, image in items:
-            bucket = pending.setdefault(image.shape, [])
-            bucket.append((meta, image))
-            if len(bucket) == self.batch_size:
-                in_flight.append(self._launch(pending.pop(image.shape), on_error))
-                if len(in_flight) > 1:
-                    yield from self._collect(*in_flight.popleft(), on_error)
-        for shape in list(pending):
-            in_flight.append(self._launch(pending.pop(shape), on_error))
-            if len(in_flight) > 1:  # one batch in flight here too: each holds a whole batch's activations
-                yield from self._collect(*in_flight.popleft(), on_error)
-        while in_flight:
-            yield from self._collect(*in_flight.popleft(), on_error)
-
-    def _launch(self, bucket: list[tuple[M, np.ndarray]], on_error) -> tuple[list[M], jax.Array | Exception]:
-        metas, arrays = zip(*bucket)
-        size, devices = next(plan for plan in self.batch_plan if plan[0] >= len(arrays))
-        batch = pad_batch(arrays, size)  # zero padding (if any): its output is dropped
-        self.shapes.add(batch.shape)
-        try:
-            # placed explicitly: jit refuses to shard numpy arguments once several processes exist; the call is
-            # asynchronous and returns before the devices are done
-            params, sharding = self._placement(devices)
-            return list(metas), self.apply(params, jax.device_put(batch, sharding))
-        except Exception as err:
-            if on_error is None:
-                raise
-            return list(metas), err
-
-    @staticmethod
-    def _collect(metas: list[M], depth: jax.Array | Exception, on_error) -> Iterator[tuple[M, np.ndarray]]:
-        try:
-            if isinstance(depth, Exception):
-                raise depth
-            depth = np.asarray(depth, dtype=np.float32)  # waits for the device
-        except Exception as err:
-            if on_error is None:
-                raise
-            on_error(metas, err)
-            return
-        yield from zip(metas, depth[: len(metas)])
 
 
 def as_image_list(images: Any) -> list[np.ndarray]:
@@ -322,7 +81,7 @@ _BATCHERS: collections.OrderedDict[tuple, tuple[list[Any], Batcher]] = collectio
 _BATCHERS_KEPT = 2
 
 
-def _batcher(model: DPT, params: Any, batch_size: int | None, devices: Devices) -> Batcher:
+def _batcher(model: nn.Module, params: Any, batch_size: int | None, devices: Devices) -> Batcher:
     leaves, treedef = jax.tree.flatten(params)
     device_key = devices if devices is None or isinstance(devices, int) else tuple(d.id for d in devices)
     key = (model, treedef, tuple(map(id, leaves)), batch_size, device_key)
@@ -341,8 +100,21 @@ def clear_device_params() -> None:
     _BATCHERS.clear()
 
 
+def per_image(results: Iterable[tuple[tuple[int, int], Any]], views: int) -> Iterator[tuple[int, list[Any]]]:
+    """`((image serial, view position), result)` -> `(serial, [result of view 0, 1, ...])` once all `views` of an
+    image are in. An image's views have the same shape, so they meet in one bucket and come back together or in
+    neighbouring batches: only a batch's worth waits here."""
+    waiting: dict[int, dict[int, Any]] = {}
+    for (serial, position), result in results:
+        parts = waiting.setdefault(serial, {})
+        parts[position] = result
+        if len(parts) == views:
+            del waiting[serial]
+            yield serial, [parts[k] for k in range(views)]
+
+
 def predict(
-    model: DPT,
+    model: nn.Module,
     params: Any,
     images: Sequence[np.ndarray] | np.ndarray,
     *,
@@ -353,46 +125,75 @@ def predict(
     pad: bool | None = None,
     flip: bool | None = None,
 ) -> list[np.ndarray]:
-    """Relative inverse depth for each image, at the image's own size (MiDaS run.py pre- and post-processing); for a
-    `ZoeDepth` model, metric depth in meters (ZoeDepth's `infer_pil`: `zoedepth_transforms`).
+    """Each image's depth map at the image's own size, with its model family's pre- and post-processing: relative
+    inverse depth for MiDaS (run.py's steps), meters for ZoeDepth (`infer_pil`'s: padding, flip averaging);
+    `registry.of_model(model).output(model.config)` says what the maps mean.
 
     images: list of (H, W, 3) RGB arrays, uint8 (or uint16 / float in [0, 1]); sizes may differ.
-    Returns a list of (H, W) float32 arrays, larger = nearer. `net_size` defaults to the model's (512 or 384);
-    `square` resizes to net x net instead of keeping the aspect ratio. Images of one input shape run in batches of
-    `batch_size` (default: 1 per device on CPU, 8 per device otherwise), a leftover at a size from `batch_plan`.
-    devices: every local device by default (params replicated, each batch split over them), N for the first N, or
-    a list of local devices; `batch_size` is global and rounded up to a multiple of the device count.
-    The parameters are placed on the devices once and kept for the next call with the same `params` (the same
-    arrays; `clear_device_params()` frees them).
-    ZoeDepth: `net_size` an int (N x N) or (H, W), default the config's (384 x 512; K: 384 x 768); `square` resizes
-    to the net size without keeping the aspect ratio; `pad` (reflect padding) and `flip` (the flipped image's depth
-    averaged in) default to True, as the original's; they are ValueErrors for a DPT model.
+    Returns a list of (H, W) float32 arrays, larger = nearer for relative depth. `net_size` defaults to the model's
+    (MiDaS: an int side, 512 or 384; ZoeDepth: an int N for N x N or (H, W), default 384 x 512, K: 384 x 768);
+    `square` resizes to the net size without keeping the aspect ratio. `pad` (reflect padding) and `flip` (the
+    flipped image's depth averaged in): the family's test-time options, None for its own default (ZoeDepth: both
+    on); a ValueError for a family whose pipeline has none (MiDaS).
+    Images of one input shape run in batches of `batch_size` (default: 1 per device on CPU, 8 per device
+    otherwise), a leftover at a size from `batch_plan`. devices: every local device by default (params replicated,
+    each batch split over them), N for the first N, or a list of local devices; `batch_size` is global and rounded
+    up to a multiple of the device count. The parameters are placed on the devices once and kept for the next call
+    with the same `params` (the same arrays; `clear_device_params()` frees them).
     Raises ValueError (with the shape received) for anything that is not a list of RGB images.
     """
     images = as_image_list(images)
-    if isinstance(model, ZoeDepth):
-        from beit_flax.zoedepth_pipeline import check_net_hw, predict_zoedepth
-
-        net_hw = check_net_hw(model.config.net_size if net_size is None else net_size)
-        if not images:
-            return []
-        return predict_zoedepth(
-            _batcher(model, params, batch_size, devices),
-            images,
-            net_hw,
-            pad=pad is not False,
-            flip=flip is not False,
-            keep_aspect=not square,
-        )
-    if pad is not None or flip is not None:
-        raise ValueError("pad and flip are ZoeDepth options (its test-time padding and flip); this model is a DPT")
+    try:
+        family = registry.of_model(model)
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+    processing = family.processing(model.config, size=net_size, square=square, pad=pad, flip=flip)
     if not images:
         return []
     batcher = _batcher(model, params, batch_size, devices)
-    net = check_net_size(model.config.net_size if net_size is None else net_size)
-    # lazy: preprocessing overlaps the device; each input carries its index and its image's size
-    inputs = (((i, image.shape[:2]), preprocess(image, net, square=square)) for i, image in enumerate(images))
     out: list[np.ndarray | None] = [None] * len(images)
-    for (i, size_hw), depth in batcher.run(inputs):
-        out[i] = postprocess(depth, size_hw)
+    for (i, size_hw), parts in run_images(batcher, processing, ((i, image) for i, image in enumerate(images))):
+        out[i] = processing.finish(size_hw, parts)
     return out  # type: ignore[return-value]
+
+
+def run_images(
+    batcher: Batcher,
+    processing: Processing,
+    images: Iterable[tuple[M, np.ndarray]],
+    on_error: Callable[[list[M], Exception], None] | None = None,
+) -> Iterator[tuple[tuple[M, tuple[int, int]], list[tuple[Any, np.ndarray]]]]:
+    """`(meta, image)` -> `((meta, image (H, W)), [(view, network output)...])`, ready for `processing.finish`;
+    preprocessing is lazy (it overlaps the device). `meta` must identify the image (an index)."""
+    prepared = (((meta, image.shape[:2]), processing.inputs(image)) for meta, image in images)
+    yield from run_prepared(batcher, processing.views, prepared, on_error)
+
+
+def run_prepared(
+    batcher: Batcher,
+    views: int,
+    prepared: Iterable[tuple[M, list[tuple[Any, np.ndarray]]]],
+    on_error: Callable[[list[M], Exception], None] | None = None,
+) -> Iterator[tuple[M, list[tuple[Any, np.ndarray]]]]:
+    """`(meta, [(view, network input)...])` per image (`Processing.inputs`, done by the caller, e.g. in worker
+    threads) -> `(meta, [(view, network output)...])` in the same view order, batched on the devices; one shape's
+    images come back in input order. on_error: as `Batcher.run`'s, given each failed image's meta once."""
+    metas: dict[int, M] = {}  # serial -> meta, while the image's views are in flight
+
+    def network_items() -> Iterator[tuple[tuple[int, int, Any], np.ndarray]]:
+        for serial, (meta, inputs) in enumerate(prepared):
+            metas[serial] = meta
+            for position, (view, net_input) in enumerate(inputs):
+                yield (serial, position, view), net_input
+
+    def failed(keys: list[tuple[int, int, Any]], err: Exception) -> None:
+        serials = dict.fromkeys(serial for serial, _, _ in keys)  # an image's views may both be there
+        gone = [metas.pop(serial) for serial in serials if serial in metas]
+        if gone:
+            on_error(gone, err)
+
+    results = batcher.run(network_items(), on_error=failed if on_error else None)
+    keyed = (((serial, position), (view, output)) for (serial, position, view), output in results)
+    for serial, parts in per_image(keyed, views):
+        if serial in metas:  # not failed with an earlier batch
+            yield metas.pop(serial), parts

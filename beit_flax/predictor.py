@@ -1,34 +1,26 @@
-"""A depth model loaded and placed once, with `beit-depth`'s preprocessing: images in, full-size depth maps out.
+"""A depth model loaded and placed once, with its family's preprocessing: images in, full-size depth maps out.
 
-`Predictor` is what the CLI's `predict` and `video` and the web demo share, so that the three give the same numbers:
-MiDaS (DPT) files give relative inverse depth (larger = nearer) preprocessed as MiDaS run.py; ZoeDepth files give
-meters preprocessed as ZoeDepth's `infer_pil` (reflect padding, flip averaging).
+`Predictor` is what the CLI's `predict` and `video` and the web demo share, so that the three give the same numbers.
+What the maps are and how they are made is the model family's (`models.registry`): MiDaS files give relative inverse
+depth (larger = nearer) preprocessed as MiDaS run.py; ZoeDepth files give meters preprocessed as ZoeDepth's
+`infer_pil` (reflect padding, flip averaging). `output` says which (`models.depth_output`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 
+from beit_flax.batcher import Batcher
 from beit_flax.compile_cache import enable_compilation_cache
 from beit_flax.hub import resolve
-from beit_flax.models.zoedepth.zoedepth import ZoeDepth
-from beit_flax.pipeline import Batcher
-from beit_flax.transforms import (
-    DEFAULT_MAX_PIXELS,
-    check_net_input,
-    check_net_size,
-    postprocess,
-    preprocess,
-    target_size,
-)
+from beit_flax.models import registry
+from beit_flax.pipeline import run_prepared
+from beit_flax.transforms import DEFAULT_MAX_PIXELS, check_net_input, check_net_size
 from beit_flax.weights import load
-from beit_flax.zoedepth_pipeline import check_net_hw, depth_range_m, grouped
-from beit_flax.zoedepth_transforms import merge, pad_sizes, preprocess_views
-from beit_flax.zoedepth_transforms import target_size as zoedepth_target_size
 
 M = TypeVar("M")
 
@@ -36,10 +28,13 @@ M = TypeVar("M")
 class Predictor:
     """Loads `weights` (anything `beit-depth --weights` takes) and places it on the devices once.
 
-    size: the net size (MiDaS: the side to resize towards; ZoeDepth: N x N; default the model's). square: MiDaS'
-    N x N resize / ZoeDepth without keeping the aspect ratio. pad / flip: ZoeDepth's infer_pil steps (a MiDaS file
-    with either False is refused). Raises ValueError or OSError with a one-line message (`cannot load weights:
-    ...` when the file is at fault).
+    size: the net size (default the model's; MiDaS: the side to resize towards; ZoeDepth: N x N). square: resize
+    without keeping the aspect ratio. pad / flip: False turns off a family's test-time padding / flip averaging
+    (ZoeDepth's infer_pil steps; refused for a family without them), None keeps its default. Raises ValueError or
+    OSError with a one-line message (`cannot load weights: ...` when the file is at fault).
+
+    Attributes: `family` (`models.family.Family`), `output` (what the maps mean: `depth_output.DepthOutput`),
+    `processing` (the family's `Processing` for these options), `batcher` (the placed model).
     """
 
     def __init__(
@@ -49,8 +44,8 @@ class Predictor:
         size: int | None = None,
         square: bool = False,
         dtype: str = "float32",
-        pad: bool = True,
-        flip: bool = True,
+        pad: bool | None = None,
+        flip: bool | None = None,
         batch_size: int | None = None,
         devices: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -62,19 +57,18 @@ class Predictor:
             model, params = load(resolve(weights, progress=progress), dtype=dtype)
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot load weights: {err}") from err
-        self.metric = isinstance(model, ZoeDepth)
-        if not self.metric and not (pad and flip):
-            raise ValueError(f"--no-pad / --no-flip are ZoeDepth options; {weights} is a MiDaS (relative depth) model")
+        self.family = registry.of_model(model)
         try:
-            if self.metric:
-                self.net: Any = check_net_hw(size or model.config.net_size)
-                check_net_input(self.net, max_pixels)
-            else:
-                self.net = size or check_net_size(model.config.net_size, max_pixels)
+            self.processing = self.family.processing(model.config, size=size, square=square, pad=pad, flip=flip)
+        except ValueError as err:
+            raise ValueError(f"{weights}: {err}") from None
+        try:
+            net = self.processing.net  # a side (N x N) or (H, W)
+            check_net_size(net, max_pixels) if isinstance(net, int) else check_net_input(tuple(net), max_pixels)
         except ValueError as err:
             raise ValueError(f"{weights}: the model's {err}") from None
-        self.square, self.pad, self.flip, self.max_pixels = square, pad, flip, max_pixels
-        self.top_m: float | None = depth_range_m(model.config) if self.metric else None
+        self.output = self.family.output(model.config)
+        self.max_pixels = max_pixels
         enable_compilation_cache()
         try:
             self.batcher = Batcher(model, params, batch_size, devices)
@@ -82,53 +76,34 @@ class Predictor:
             raise ValueError(f"--devices {devices}: {err}") from None
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
-        """The network input (H', W') of a (height, width) image (ZoeDepth's: of the padded image)."""
-        if not self.metric:
-            return target_size(height, width, self.net, square=self.square)
-        pad_h, pad_w = pad_sizes(height, width, self.pad)
-        return zoedepth_target_size(height + 2 * pad_h, width + 2 * pad_w, self.net, keep_aspect=not self.square)
+        """The network input (H', W') of a (height, width) image."""
+        return self.processing.network_size(height, width)
 
     def check(self, height: int, width: int) -> None:
         """ValueError when an image of this size needs a network input over `max_pixels`."""
         check_net_input(self.network_size(height, width), self.max_pixels)
 
-    def inputs(self, image: np.ndarray, index: int = 0) -> list:
-        """[(view or None, network input)]: ZoeDepth's views of the image (plain, flipped), or MiDaS' one input."""
-        if self.metric:
-            return preprocess_views(
-                image, self.net, index=index, pad=self.pad, flip=self.flip, keep_aspect=not self.square
-            )
-        return [(None, preprocess(image, self.net, square=self.square))]
+    def inputs(self, image: np.ndarray, index: int = 0) -> list[tuple[Any, np.ndarray]]:
+        """[(view, network input)]: the family's network inputs of the image (`Processing.inputs`)."""
+        return self.processing.inputs(image, index)
 
     def run(
-        self, prepared: Iterable[tuple[M, tuple[int, int], list]], on_error=None
+        self,
+        prepared: Iterable[tuple[M, tuple[int, int], list]],
+        on_error: Callable[[list[M], Exception], None] | None = None,
     ) -> Iterator[tuple[M, tuple[int, int], list]]:
         """Stream `(meta, image (H, W), self.inputs(image, index))` -> `(meta, (H, W), parts)`, batched on the
         devices; one shape's results come in input order. The host work around the device is the caller's, so that
         it can run in worker threads: `inputs` before, `finish(size_hw, parts)` (the full-size depth map) after.
-        on_error: as `Batcher.run`'s, given the metas of a failed batch."""
-
-        def network_items() -> Iterator:
-            for meta, size_hw, inputs in prepared:
-                for view, net_input in inputs:
-                    yield (meta, size_hw, view), net_input
-
-        def failed(keys: list, err: Exception) -> None:
-            on_error([meta for meta, _, _ in keys], err)  # ZoeDepth: an image's views may both be there
-
-        results = self.batcher.run(network_items(), on_error=failed if on_error else None)
-        if self.metric:
-            keyed = ((((meta, size_hw), view), depth) for (meta, size_hw, view), depth in results)
-            for (meta, size_hw), views in grouped(keyed, 2 if self.flip else 1):
-                yield meta, size_hw, views
-        else:
-            for (meta, size_hw, view), depth in results:
-                yield meta, size_hw, [(view, depth)]
+        on_error: as `Batcher.run`'s, given the metas of a failed batch (each image once)."""
+        keyed = (((meta, size_hw), inputs) for meta, size_hw, inputs in prepared)
+        failed = (lambda keys, err: on_error([meta for meta, _ in keys], err)) if on_error else None
+        for (meta, size_hw), parts in run_prepared(self.batcher, self.processing.views, keyed, failed):
+            yield meta, size_hw, parts
 
     def finish(self, size_hw: tuple[int, int], parts: list) -> np.ndarray:
-        """An image's network outputs -> (H, W) float32: meters (ZoeDepth: its views merged, the padding cropped)
-        or relative inverse depth (MiDaS: bicubic to the image's size, as run.py)."""
-        return merge(parts) if self.metric else postprocess(parts[0][1], size_hw)
+        """An image's network outputs -> (H, W) float32 in the model's units (`output.units`)."""
+        return self.processing.finish(size_hw, parts)
 
     def depth(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 (or uint16) image -> (H, W) float32 depth, exactly `beit-depth predict`'s .npy."""

@@ -1,10 +1,11 @@
 """A video -> its depth video (H.264 through imageio's ffmpeg), frame by frame, stable by default.
 
-MiDaS (relative) files: each frame's inverse depth is aligned to the running reference and noise-gated
-(`stabilize.Stabilizer`) and every frame is coloured over one range for the whole clip; `stabilize=False` colours
-each frame by its own min-max as before (and as MiDaS does). ZoeDepth (metric) files: no alignment, one fixed range
-in meters (0..top_m, near bright). `npy_dir` gets each frame's map as `frame_000000.npy`...: clip units (the
-stabilized map, 0..1 = the colour range), relative inverse depth (`stabilize=False`) or meters (ZoeDepth).
+Relative depth (MiDaS: `DepthOutput.up_to_scale`): each frame's inverse depth is aligned to the running reference
+and noise-gated (`stabilize.Stabilizer`) and every frame is coloured over one range for the whole clip;
+`stabilize=False` colours each frame by its own min-max as before (and as MiDaS does). Metric depth (ZoeDepth): no
+alignment, the model's fixed range in meters (0..top, near bright). `npy_dir` gets each frame's map as
+`frame_000000.npy`...: clip units (the stabilized map, 0..1 = the colour range), relative inverse depth
+(`stabilize=False`) or meters (metric models).
 
 Pipeline: worker threads decode and preprocess ahead, the devices run batches, one thread stabilizes and colours in
 frame order, ffmpeg encodes into a temp file beside `out` that replaces `out` only when every frame is in.
@@ -111,11 +112,11 @@ def depth_frames(
     """Yield `(frame, map, picture)` per frame of `frames` ((H, W, 3) uint8 each), in order: the frame, its (H, W)
     float32 map (units: see the module doc) and its (H, W, 3) uint8 picture. `stabilizer`: the one to use (and to
     read `scenes` from afterwards); a new one by default."""
-    if stabilize and not predictor.metric:
+    if stabilize and predictor.output.up_to_scale:
         stabilizer = stabilizer if stabilizer is not None else Stabilizer()
         finish = lambda depth: (clip := stabilizer(depth), colorize_unit(clip, colormap))  # one range: [0, 1]
-    else:  # as predict's PNG: ZoeDepth's fixed range in meters, or MiDaS' min-max per frame
-        finish = lambda depth: (depth, picture(depth, predictor.top_m, colormap))
+    else:  # as predict's PNG: a metric model's fixed range in meters, or min-max per frame
+        finish = lambda depth: (depth, picture(depth, predictor.output, colormap))
 
     def prepare(item: tuple[int, np.ndarray]) -> tuple:
         index, frame = item
@@ -243,7 +244,7 @@ def depth_video(
         raise VideoError("cannot make the depth video (out of memory)") from err
     finally:
         reader.close()
-    scenes = stabilizer.scenes if stabilize and not predictor.metric else 0
+    scenes = stabilizer.scenes if stabilize and predictor.output.up_to_scale else 0
     return VideoResult(count, time.perf_counter() - start, fps, scenes, (predictor.network_size(*shape),))
 
 

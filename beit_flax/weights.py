@@ -1,10 +1,11 @@
 """The beit-flax weights file: one msgpack (flax.serialization) holding a format tag, the config and the parameters.
 
-    {"format": "beit-flax", "format_version": 2, "model": "dpt" | "zoedepth",
-     "config": {...DPTConfig or ZoeDepthConfig fields...}, "params": {...float32 tree...}}
+    {"format": "beit-flax", "format_version": 2, "model": "dpt" | "zoedepth" | ...,
+     "config": {...the family's config fields...}, "params": {...float32 tree...}}
 
-"model" names the model the file holds (`MODEL_KINDS`); files without it (all written before ZoeDepth) are DPT.
-A beit-flax that predates ZoeDepth ignores the key and refuses a ZoeDepth file at its config ("bad config").
+"model" names the model family (`models.registry`) the file holds; files without it (all written before ZoeDepth)
+are DPT. A beit-flax that predates a family refuses its files: by the unknown name, or (before ZoeDepth, when the
+key was not read) at the config ("bad config").
 
 Version 1 files also stored the compute dtype in the config; they still load (the dtype is ignored: it is chosen
 when loading, `load(path, dtype=...)`). `load` reads only a regular file of at most MAX_WEIGHTS_BYTES, validates the
@@ -19,32 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import msgpack
 import numpy as np
 from flax import serialization
 
 from beit_flax.files import atomic_write, read_input
-from beit_flax.models.dpt.config import MAX_WEIGHTS_BYTES, DPTConfig
-from beit_flax.models.dpt.dpt import DPT
+from beit_flax.models import registry
+from beit_flax.models.family import MAX_WEIGHTS_BYTES
 from beit_flax.models.precision import check_dtype
-from beit_flax.models.zoedepth.config import ZoeDepthConfig
-from beit_flax.models.zoedepth.zoedepth import ZoeDepth
-from beit_flax.params import ModelConfig, check_params
+from beit_flax.params import check_params
 
 FORMAT = "beit-flax"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-# model kind -> (config class, model class)
-MODEL_KINDS: dict[str, tuple[type, type]] = {"dpt": (DPTConfig, DPT), "zoedepth": (ZoeDepthConfig, ZoeDepth)}
-
-
-def model_kind(config: ModelConfig) -> str:
-    """ "dpt" or "zoedepth": the kind a weights file stores for `config`. TypeError for anything else."""
-    for kind, (config_class, _) in MODEL_KINDS.items():
-        if isinstance(config, config_class):
-            return kind
-    raise TypeError(f"config must be a DPTConfig or a ZoeDepthConfig, got {type(config).__name__}")
 
 
 # First bytes of the PyTorch / safetensors files users may hand us instead (they need `convert_weights` first).
@@ -66,10 +56,10 @@ def _msgpack_chunks(tree: Any) -> Iterator[bytes]:
         yield serialization.msgpack_serialize(tree)
 
 
-def save(path: str | os.PathLike, config: ModelConfig, params: Any) -> None:
-    """Write `params` (float32, checked against `config`, a DPTConfig or ZoeDepthConfig), the model kind and
-    `config` to a msgpack file, atomically."""
-    kind = model_kind(config)
+def save(path: str | os.PathLike, config: Any, params: Any) -> None:
+    """Write `params` (float32, checked against `config`, any registered family's), the family's name and `config`
+    to a msgpack file, atomically."""
+    kind = registry.of_config(config).name
     params = jax.tree.map(lambda leaf: np.asarray(leaf, dtype=np.float32), params)
     check_params(config, params)
     payload = {
@@ -94,9 +84,9 @@ def _not_weights_file(path: Path, data: bytes) -> str:
     return f"{path}: not a beit-flax weights file (not readable as msgpack; convert_weights writes them)"
 
 
-def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[DPT | ZoeDepth, dict[str, Any]]:
-    """Read a file written by `save` (or `convert_weights`) and return `(model, params)`: a `DPT`, or a `ZoeDepth`
-    for a file whose model kind is "zoedepth".
+def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[nn.Module, dict[str, Any]]:
+    """Read a file written by `save` (or `convert_weights`) and return `(model, params)`: the module of the family the
+    file names (`DPT`, `ZoeDepth`, ...; `models.registry.of_model` tells which).
 
     dtype: the model's compute dtype ("float32", "bfloat16", "float16"); parameters stay float32.
     Raises ValueError naming the file and the reason for anything that is not a valid beit-flax weights file (a
@@ -120,19 +110,19 @@ def load(path: str | os.PathLike, dtype: str = "float32") -> tuple[DPT | ZoeDept
         raise ValueError(
             f"{path}: format version {payload.get('format_version')!r}, this beit-flax reads {READABLE_VERSIONS}"
         )
-    kind = payload.get("model", "dpt")
-    if not isinstance(kind, str) or kind not in MODEL_KINDS:
-        raise ValueError(f"{path}: unknown model kind {kind!r} (this beit-flax reads {sorted(MODEL_KINDS)})")
-    config_class, model_class = MODEL_KINDS[kind]
+    kind = payload.get("model", registry.DEFAULT)
+    if not isinstance(kind, str) or kind not in registry.FAMILIES:
+        raise ValueError(f"{path}: unknown model kind {kind!r} (this beit-flax reads {sorted(registry.FAMILIES)})")
+    family = registry.FAMILIES[kind]
     try:
         fields = payload.get("config")
-        if kind != "dpt" and not isinstance(fields, dict):  # DPTConfig.from_dict says so itself
+        if not isinstance(fields, dict):
             raise TypeError(f"config must be a dict of fields, got a {type(fields).__name__}")
-        config = config_class.from_dict(fields)
+        config = family.config_class.from_dict(fields)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad config: {err}") from None
     params = payload.get("params")
     if not isinstance(params, dict):
         raise ValueError(f"{path}: no parameter tree")
     check_params(config, params, source=str(path))
-    return model_class(config, dtype=dtype), params
+    return family.build(config, dtype=dtype), params

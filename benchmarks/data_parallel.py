@@ -38,9 +38,9 @@ def measure(variant: str, images: int, settings: list[tuple[int, int]]) -> None:
     import numpy as np
 
     from beit_flax import DPT, PRESETS
+    from beit_flax.batcher import Batcher
     from beit_flax.models.dpt.config import TINY
     from beit_flax.params import init_params
-    from beit_flax.pipeline import Batcher
 
     config = TINY if variant == "tiny" else PRESETS[variant]
     rng = np.random.default_rng(0)

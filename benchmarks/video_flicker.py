@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("--strip", type=Path, help="write the pan clip's frame strip here (PNG)")
     args = parser.parse_args()
     predictor = Predictor(args.weights)
-    if predictor.metric:
-        parser.error("stabilization is for relative (MiDaS) depth; ZoeDepth videos use a fixed range in meters")
+    if not predictor.output.up_to_scale:
+        parser.error(f"stabilization is for relative depth; {args.weights} gives {predictor.output.units}")
     gains: dict[str, dict[str, list[float]]] = {}
     lags = []
     start = time.perf_counter()

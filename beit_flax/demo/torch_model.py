@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DPTConfig, DPTForDepthEstimation
 
-from beit_flax.convert.hf_config import hf_config_dict
 from beit_flax.models.dpt.config import DPTConfig as FlaxConfig
+from beit_flax.models.dpt.convert.hf_config import hf_config_dict
 
 PATCH = 16
 """Patch size of every released model."""

@@ -19,10 +19,10 @@ from transformers.models.zoedepth.modeling_zoedepth import (
     ZoeDepthSeedBinRegressor,
 )
 
-from beit_flax.convert.zoedepth_hf_config import zoedepth_hf_config_dict
 from beit_flax.demo.torch_model import CALIBRATION_QUANTILE, _perturb_, random_images
 from beit_flax.models.dpt.config import DPTConfig
-from beit_flax.models.zoedepth.config import BinConfig, RouterConfig, ZoeDepthConfig
+from beit_flax.models.zoedepth.config import TINY, BinConfig, RouterConfig, ZoeDepthConfig
+from beit_flax.models.zoedepth.convert.hf_config import zoedepth_hf_config_dict
 
 CALIBRATION_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (64, 96), (96, 64), (96, 128))
 """Image sizes of the calibration images (multiples of 32, as ZoeDepth needs)."""
@@ -32,15 +32,8 @@ def tiny_configs(core: DPTConfig) -> dict[str, ZoeDepthConfig]:
     """Small ZoeDepth variants on a small `core`, for fast tests: "n" (one softplus head, 16 bins, attractors
     4, 3, 2, 1), "k" (the same, normed) and "nk" (two softplus heads, the router with a 64-wide FFN). Widths that
     transformers hard-codes stay as it has them (`zoedepth_hf_config.hf_unsupported`)."""
-    e = 16
-    n = ZoeDepthConfig(
-        core=core,
-        bins=(BinConfig("nyu", 16),),
-        bin_embedding_dim=e,
-        n_attractors=(4, 3, 2, 1),
-        attractor_mlp_dim=e,
-        log_binomial_mlp_dim=(core.head_channels + 1 + e) // 2,
-    )
+    e = TINY.bin_embedding_dim
+    n = TINY.replace(core=core, log_binomial_mlp_dim=(core.head_channels + 1 + e) // 2)
     return {
         "n": n,
         "k": n.replace(bins=(BinConfig("kitti", 16),), bin_centers_type="normed", net_size=(384, 768)),

@@ -13,7 +13,7 @@ from pathlib import Path
 from beit_flax.files import first_line
 from beit_flax.hub import cache
 from beit_flax.hub.download import DigestError, DownloadError, NoNetworkError, download, sha256_file
-from beit_flax.hub.sources import KNOWN, SUPPORTED_FAMILIES, Known, download_url, parse_repo_id
+from beit_flax.hub.sources import KNOWN, Known, download_url, parse_repo_id
 
 OFFLINE_ENVS = ("BEIT_FLAX_OFFLINE", "HF_HUB_OFFLINE")  # either one set: no network at all
 _TRUE = {"1", "on", "yes", "true"}
@@ -110,11 +110,6 @@ def _not_cached(known: Known, folder: Path, why: str) -> NotCachedError:
 
 def _release(known: Known, folder: Path, progress: bool) -> Path:
     """A known name: its cached conversion, else download (resumable), verify, convert, cache."""
-    if known.family not in SUPPORTED_FAMILIES:
-        raise ValueError(
-            f"{known.name}: a {known.family} model, which needs the {known.family} converter; this "
-            f"beit-flax does not have it yet (source: {known.url}, hub repo {known.repo})"
-        )
     if (hit := cache.find(folder, source=known.url)) is not None:
         return hit.weights
     downloads = folder / "downloads"

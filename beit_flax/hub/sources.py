@@ -1,4 +1,5 @@
-"""The known names: one table mapping each released model to its official sources (release file, hub repo).
+"""The known names: each released model of each family (`Family.releases`) with its official sources (release file,
+hub repo).
 
 A name resolves to its release file (the original MiDaS / ZoeDepth `.pt`); the hub repo is the same model converted
 by Intel for transformers, used when the repo id itself is given (`Intel/dpt-beit-large-512[@revision]`).
@@ -10,40 +11,60 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterator, MutableMapping
+
+from beit_flax.models import registry
 
 MIRROR_ENV = "BEIT_FLAX_RELEASE_MIRROR"
 GITHUB = "https://github.com"
-_MIDAS = f"{GITHUB}/isl-org/MiDaS/releases/download/v3_1/"
-_ZOE = f"{GITHUB}/isl-org/ZoeDepth/releases/download/v1.0/"
-SUPPORTED_FAMILIES = {"dpt", "zoedepth"}  # the families beit_flax.convert.cli.convert dispatches to a converter
 
 
 @dataclasses.dataclass(frozen=True)
 class Known:
-    """A released model: `url` its release file, `repo` its hub repo, `sha256` where the source publishes one."""
+    """A released model: `url` its release file, `repo` its hub repo, `sha256` where the source publishes one,
+    `family` the model family that reads it (`models.registry`)."""
 
     name: str
     url: str
     repo: str
     sha256: str | None = None  # MiDaS and ZoeDepth publish none: the converter's tensor accounting verifies them
-    family: str = "dpt"  # which converter and model it needs
+    family: str = registry.DEFAULT
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
 
-KNOWN: dict[str, Known] = {
-    k.name: k
-    for k in (
-        Known("dpt_beit_large_512", _MIDAS + "dpt_beit_large_512.pt", "Intel/dpt-beit-large-512"),
-        Known("dpt_beit_large_384", _MIDAS + "dpt_beit_large_384.pt", "Intel/dpt-beit-large-384"),
-        Known("dpt_beit_base_384", _MIDAS + "dpt_beit_base_384.pt", "Intel/dpt-beit-base-384"),
-        Known("zoedepth_nyu", _ZOE + "ZoeD_M12_N.pt", "Intel/zoedepth-nyu", family="zoedepth"),
-        Known("zoedepth_kitti", _ZOE + "ZoeD_M12_K.pt", "Intel/zoedepth-kitti", family="zoedepth"),
-        Known("zoedepth_nyu_kitti", _ZOE + "ZoeD_M12_NK.pt", "Intel/zoedepth-nyu-kitti", family="zoedepth"),
-    )
-}
+class KnownNames(MutableMapping[str, Known]):
+    """{name: Known}: every family's releases (`Family.releases`, read when asked, so that a family registered later
+    is included), plus names set here (a mirror's own, the tests')."""
+
+    def __init__(self) -> None:
+        self.added: dict[str, Known] = {}
+
+    def _all(self) -> dict[str, Known]:
+        from_families = {
+            name: Known(name, r.url, r.repo, r.sha256, family.name) for name, (family, r) in registry.releases().items()
+        }
+        return from_families | self.added
+
+    def __getitem__(self, name: str) -> Known:
+        return self._all()[name]
+
+    def __setitem__(self, name: str, known: Known) -> None:
+        self.added[name] = known
+
+    def __delitem__(self, name: str) -> None:
+        del self.added[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+KNOWN = KnownNames()
 
 # owner/name[@revision], as the hub spells them; a weights-file suffix means a path (`models/w.msgpack`), not a repo
 REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]*[\w-])(?:@(?P<revision>[\w./-]+))?")

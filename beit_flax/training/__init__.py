@@ -1,7 +1,7 @@
 """Fine-tuning in JAX: the train state, the steps, checkpoints, the MiDaS loss, data.
 
 One module per concern: `state` (optimizer, freezing, layer decay), `steps` (jitted / sharded train and eval
-steps), `checkpoints` (orbax), `losses` (MiDaS loss and metrics; ZoeDepth's SILog and metric metrics), `data`
+steps), `checkpoints` (orbax), `losses` (MiDaS loss and metrics; SILog and unaligned metrics for metric depth), `data`
 (batches, folders of images and depth, generated scenes from `scenes`). The names users need are re-exported here:
 
     from beit_flax import training
@@ -15,8 +15,8 @@ from beit_flax.training.losses import metric_depth_metrics, silog_loss
 from beit_flax.training.state import (
     BACKBONE,
     LOSS_TARGETS,
-    ZOEDEPTH_BACKBONE,
     TrainState,
+    backbone,
     build_optimizer,
     create_train_state,
     frozen_paths,
@@ -27,9 +27,9 @@ from beit_flax.training.steps import eval_step, jit_eval_step, jit_train_step, l
 __all__ = [
     "BACKBONE",
     "LOSS_TARGETS",
-    "ZOEDEPTH_BACKBONE",
     "Batch",
     "TrainState",
+    "backbone",
     "build_optimizer",
     "check_batch",
     "checkpoint_metadata",

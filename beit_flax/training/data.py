@@ -6,8 +6,8 @@ Both give batches in the form `steps.train_step` takes (numpy, on the host; `che
      "inverse_depth": (B, S, S) float32, 1 / depth where valid scaled to median 1 per image, 0 elsewhere,
      "mask": (B, S, S) bool, valid ground truth}
 
-Metric batches (`metric=True`, for the "silog" loss of a ZoeDepth) hold "depth": (B, S, S) float32 meters where
-valid, 0 elsewhere, unscaled, instead of "inverse_depth".
+Batches for a loss on depth itself (`target="depth"`, the "silog" loss of metric models) hold "depth": (B, S, S)
+float32 meters where valid, 0 elsewhere, unscaled, instead of "inverse_depth".
 
 `batch_indices(n, batch_size, step, seed)` picks the items of a step as a pure function of the step (a fresh
 permutation each epoch), so a resumed run sees exactly the batches an uninterrupted one would.
@@ -44,9 +44,12 @@ Batch = Mapping[str, Any]
 DEPTH_EXTENSIONS = (".png", ".npy")
 
 
-def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray, *, metric: bool = False) -> Batch:
-    """uint8 images (B, H, W, 3), depth (B, H, W), mask (B, H, W) -> a train-step batch (see the module doc);
-    `metric`: the depth as it is (meters), under "depth"."""
+def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray, *, target: str = "inverse_depth") -> Batch:
+    """uint8 images (B, H, W, 3), depth (B, H, W), mask (B, H, W) -> a train-step batch (see the module doc) whose
+    target is `target`, the loss's (`state.LOSS_TARGETS`): "inverse_depth" (per-image median 1) or "depth" (as it
+    is, meters)."""
+    if target not in ("inverse_depth", "depth"):
+        raise ValueError(f"target must be 'inverse_depth' or 'depth', got {target!r}")
     images, depth, mask = np.asarray(images), np.asarray(depth, np.float32), np.asarray(mask, bool)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be (B, H, W, 3) uint8; got {images.shape} {images.dtype}")
@@ -55,7 +58,7 @@ def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray, *, metri
     with np.errstate(divide="ignore", invalid="ignore"):
         valid = mask & np.isfinite(depth) & (depth > 0)
         inverse = np.where(valid, 1.0 / np.where(valid, depth, 1.0), 0.0)
-    if metric:
+    if target == "depth":
         depth = np.where(valid, depth, 0.0).astype(np.float32)
         return {"image": (images.astype(np.float32) / 255.0 - 0.5) / 0.5, "depth": depth, "mask": valid}
     # Per-image median 1: the loss is invariant to the prediction's scale but not the target's, whose scale sets the
@@ -65,10 +68,10 @@ def make_batch(images: np.ndarray, depth: np.ndarray, mask: np.ndarray, *, metri
     return {"image": (images.astype(np.float32) / 255.0 - 0.5) / 0.5, "inverse_depth": inverse, "mask": valid}
 
 
-def check_batch(batch: Batch, patch_size: int, target: str = "inverse_depth") -> None:
+def check_batch(batch: Batch, input_multiple: int, target: str = "inverse_depth") -> None:
     """Raise ValueError unless `batch` is {"image": (B, H, W, 3) float normalised as (x - 0.5) / 0.5,
-    "inverse_depth": (B, H, W) float, "mask": (B, H, W) bool or 0/1} with H and W multiples of `patch_size` (the
-    model's, `TrainState.patch_size`). `target`: "depth" for metric batches. Shapes only, so it also runs at trace
+    "inverse_depth": (B, H, W) float, "mask": (B, H, W) bool or 0/1} with H and W multiples of `input_multiple` (the
+    model's, `TrainState.input_multiple`). `target`: "depth" for metric batches. Shapes only, so it also runs at trace
     time inside jit."""
     missing = {"image", target, "mask"} - set(batch)
     if missing:
@@ -78,8 +81,8 @@ def check_batch(batch: Batch, patch_size: int, target: str = "inverse_depth") ->
         raise ValueError(
             f"batch shapes: image {image} must be (B, H, W, 3), {target} {target_shape} and mask {mask} (B, H, W)"
         )
-    if image[1] % patch_size or image[2] % patch_size:
-        raise ValueError(f"image size {image[1:3]} is not a multiple of the patch size {patch_size}")
+    if image[1] % input_multiple or image[2] % input_multiple:
+        raise ValueError(f"image size {image[1:3]} is not a multiple of {input_multiple}, the model's input multiple")
 
 
 def batch_indices(num_items: int, batch_size: int, step: int, seed: int = 0) -> np.ndarray:
@@ -104,8 +107,8 @@ class Arrays:
     def __len__(self) -> int:
         return len(self.images)
 
-    def batch(self, indices: Sequence[int], *, metric: bool = False) -> Batch:
-        return make_batch(self.images[indices], self.depth[indices], self.mask[indices], metric=metric)
+    def batch(self, indices: Sequence[int], *, target: str = "inverse_depth") -> Batch:
+        return make_batch(self.images[indices], self.depth[indices], self.mask[indices], target=target)
 
 
 def synthetic_scenes(count: int, size: int, seed: int = 0) -> Arrays:
@@ -187,9 +190,9 @@ class DepthFolder:
         depth, valid = _nearest(depth, resized), _nearest(valid, resized)
         return crop(image), crop(depth).astype(np.float32), crop(valid)
 
-    def batch(self, indices: Sequence[int], *, metric: bool = False) -> Batch:
+    def batch(self, indices: Sequence[int], *, target: str = "inverse_depth") -> Batch:
         images, depth, mask = (np.stack(parts) for parts in zip(*(self.sample(int(i)) for i in indices)))
-        return make_batch(images, depth, mask, metric=metric)
+        return make_batch(images, depth, mask, target=target)
 
     def to_arrays(self) -> Arrays:
         """Everything in memory (small datasets: decoding once instead of every epoch)."""

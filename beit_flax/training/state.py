@@ -20,21 +20,21 @@ import optax
 from flax import struct, traverse_util
 from flax.training import train_state
 
-from beit_flax.models.zoedepth.config import ZoeDepthConfig
+from beit_flax.models import registry
 from beit_flax.params import check_params
 from beit_flax.training.losses import LOSSES
 
-BACKBONE = ("patch_embed", "encoder")  # the BEiT backbone: `freeze=BACKBONE` trains the DPT decoder only
-ZOEDEPTH_BACKBONE = ("core/patch_embed", "core/encoder")  # a ZoeDepth's
+BACKBONE = registry.named(registry.DEFAULT).backbone  # MiDaS' BEiT: `freeze=BACKBONE` trains the decoder only
 LOSS_TARGETS = {name: target for name, (_, target) in LOSSES.items()}  # a loss -> the batch key of its target
 
 
 class TrainState(train_state.TrainState):
-    """flax TrainState (step, apply_fn, params, tx, opt_state) + the frozen parameter paths, the model's patch
-    size (static: batches are checked against it) and the loss ("midas" or "silog", `LOSS_TARGETS`)."""
+    """flax TrainState (step, apply_fn, params, tx, opt_state) + the frozen parameter paths, what the H and W of
+    the model's inputs must be multiples of (its family's `input_multiple`: the patch size for MiDaS, 32 for
+    ZoeDepth; static: batches are checked against it) and the loss (`LOSS_TARGETS`)."""
 
     frozen: frozenset[str] = struct.field(pytree_node=False, default=frozenset())
-    patch_size: int = struct.field(pytree_node=False, default=16)
+    input_multiple: int = struct.field(pytree_node=False, default=16)
     loss: str = struct.field(pytree_node=False, default="midas")
 
 
@@ -60,17 +60,26 @@ def frozen_paths(params: Any, freeze: Iterable[str]) -> frozenset[str]:
     return frozenset(path for path in paths if any(_matches(path, p) for p in freeze))
 
 
-def layer_decay_scales(params: Any, depth: int, decay: float) -> Any:
+def backbone(model: nn.Module) -> tuple[str, str]:
+    """The parameter paths of `model`'s transformer backbone (its family's `backbone`), for `freeze=`: training
+    with them frozen trains the decoder (and any head) only."""
+    return registry.of_model(model).backbone
+
+
+def layer_decay_scales(params: Any, depth: int, decay: float, backbone_path: str = "") -> Any:
     """Learning-rate multipliers, a tree like `params` (BEiT's layer-wise decay).
 
-    encoder/block_i: decay^(depth - i); patch_embed (incl. cls token): decay^(depth + 1); decoder: 1. A ZoeDepth's
-    core ("core/...") the same; its metric head 1.
+    Under `backbone_path` (the family's: "" for MiDaS, "core/" for ZoeDepth): encoder/block_i: decay^(depth - i);
+    patch_embed (incl. cls token): decay^(depth + 1). Everything else (decoder, heads): 1.
     """
     if not 0 < decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
+    root = tuple(p for p in backbone_path.split("/") if p)
 
     def scale(path: tuple[str, ...]) -> float:
-        path = path[1:] if path[0] == "core" and len(path) > 1 else path
+        if path[: len(root)] != root or len(path) <= len(root):
+            return 1.0
+        path = path[len(root) :]
         if path[0] == "patch_embed":
             return decay ** (depth + 1)
         if path[0] == "encoder":
@@ -95,6 +104,7 @@ def build_optimizer(
     freeze: Iterable[str] = (),
     layer_decay: float | None = None,
     depth: int | None = None,
+    backbone_path: str = "",
     clip_norm: float | None = 1.0,
 ) -> tuple[optax.GradientTransformation, frozenset[str]]:
     """Wrap `optimizer`: clip the trainable gradients' global norm, freeze subtrees, decay lr by layer.
@@ -115,7 +125,7 @@ def build_optimizer(
     if layer_decay is not None:
         if depth is None:
             raise ValueError("layer_decay needs the encoder depth")
-        inner = optax.chain(inner, _scale_updates(layer_decay_scales(params, depth, layer_decay)))
+        inner = optax.chain(inner, _scale_updates(layer_decay_scales(params, depth, layer_decay, backbone_path)))
     return inner, frozen
 
 
@@ -127,24 +137,31 @@ def create_train_state(
     freeze: Iterable[str] = (),
     layer_decay: float | None = None,
     clip_norm: float | None = 1.0,
-    loss: str = "midas",
+    loss: str | None = None,
 ) -> TrainState:
-    """A train state for `model` (a `DPT` or `ZoeDepth`) from float32 `params` and an optax optimizer, wrapped by
-    `build_optimizer` (freeze, layer_decay, clip_norm; see there).
+    """A train state for `model` (any family's module: `DPT`, `ZoeDepth`, ...) from float32 `params` and an optax
+    optimizer, wrapped by `build_optimizer` (freeze, layer_decay, clip_norm; see there).
 
-    loss: "midas" (scale-and-shift-invariant, least squares, on batches' "inverse_depth"), "ssimae" /
-    "ssitrim" (MiDaS' median / MAD variants, which keep the sign of depth from a random init: see `losses`) or
-    "silog" (ZoeDepth's, on metric "depth" in meters: the loss for a `ZoeDepth`, whose output is meters). A
-    ZoeDepth's backbone is `ZOEDEPTH_BACKBONE`.
+    loss: None for the family's `default_loss` ("midas" for MiDaS, "silog" for ZoeDepth's meters), or "midas"
+    (scale-and-shift-invariant, least squares, on batches' "inverse_depth"), "ssimae" / "ssitrim" (MiDaS' median /
+    MAD variants, which keep the sign of depth from a random init: see `losses`) or "silog" (ZoeDepth's, on metric
+    "depth" in meters). `backbone(model)` gives the paths for `freeze=` to train the decoder only.
     """
+    family = registry.of_model(model)
+    loss = family.default_loss if loss is None else loss
     if loss not in LOSS_TARGETS:
         raise ValueError(f"loss must be one of {sorted(LOSS_TARGETS)}, got {loss!r}")
     config = model.config
     check_params(config, params)
-    core = config.core if isinstance(config, ZoeDepthConfig) else config
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     tx, frozen = build_optimizer(
-        optimizer, params, freeze=freeze, layer_decay=layer_decay, depth=core.depth, clip_norm=clip_norm
+        optimizer,
+        params,
+        freeze=freeze,
+        layer_decay=layer_decay,
+        depth=family.encoder_depth(config),
+        backbone_path=family.backbone_path,
+        clip_norm=clip_norm,
     )
     # step as an int32 array from the start: a Python 0 would be weakly typed and cost a second compilation
     return TrainState(
@@ -154,6 +171,6 @@ def create_train_state(
         tx=tx,
         opt_state=tx.init(params),
         frozen=frozen,
-        patch_size=core.patch_size,
+        input_multiple=family.input_multiple(config),
         loss=loss,
     )

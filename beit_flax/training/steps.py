@@ -51,7 +51,7 @@ def _global_norm(grads: Any, frozen: frozenset[str]) -> jnp.ndarray:
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One optimizer step with the state's loss. Returns the new state and {"loss", the loss's terms ("data",
     "gradient" for "midas"; "silog"), "grad_norm" (before clipping)}."""
-    check_batch(batch, state.patch_size, LOSS_TARGETS[state.loss])
+    check_batch(batch, state.input_multiple, LOSS_TARGETS[state.loss])
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.apply_fn, batch, state.loss)
     terms = {k: v for k, v in aux.items() if k != "pred"}
     metrics = {"loss": loss, **terms, "grad_norm": _global_norm(grads, state.frozen)}
@@ -62,7 +62,7 @@ def eval_step(state: TrainState, batch: Batch) -> dict[str, jnp.ndarray]:
     """Loss terms (batch values) and the depth metrics (means over the images with valid pixels): "midas", AbsRel /
     delta1 after alignment; "silog", AbsRel / RMSE (meters) / delta1 of the metric depth as it is."""
     target = LOSS_TARGETS[state.loss]
-    check_batch(batch, state.patch_size, target)
+    check_batch(batch, state.input_multiple, target)
     loss, aux = loss_fn(state.params, state.apply_fn, batch, state.loss)
     metrics = metric_depth_metrics if state.loss == "silog" else depth_metrics
     per_image = metrics(aux["pred"], batch[target], batch["mask"])
