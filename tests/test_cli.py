@@ -15,7 +15,8 @@ from PIL import Image
 from predict_helpers import scene, tiny_files, write_images
 
 import beit_flax
-from beit_flax.cli import expand_inputs, main, output_stems
+from beit_flax.cli import main
+from beit_flax.cli.predict import expand_inputs, output_stems
 from beit_flax.images import read_image, to_png16
 
 BATCH = "2"  # as in test_predict.py: the jitted programs are shared within the session

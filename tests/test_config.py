@@ -14,6 +14,7 @@ from tiny_config import TINY
 
 from beit_flax.models.dpt import config as bounds
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
+from beit_flax.models.family import MAX_WEIGHTS_BYTES
 from beit_flax.params import param_shapes
 from beit_flax.transforms import DEFAULT_MAX_PIXELS
 
@@ -165,7 +166,7 @@ def test_bounds_fit_the_largest_weights_file():
     )
     shapes = param_shapes(largest)
     framing = 1024 * len(shapes)  # msgpack: key, ext header, shape and dtype per leaf
-    assert 4 * sum(math.prod(s) for s in shapes.values()) + framing <= bounds.MAX_WEIGHTS_BYTES
+    assert 4 * sum(math.prod(s) for s in shapes.values()) + framing <= MAX_WEIGHTS_BYTES
     assert bounds.MAX_NET_SIZE**2 == DEFAULT_MAX_PIXELS
 
 

@@ -18,9 +18,10 @@ from beit_flax import load
 from beit_flax.convert import open_checkpoint, torch_to_flax
 from beit_flax.convert.cli import EXIT_BAD_INPUT, export_main
 from beit_flax.convert.cli import main as convert_main
-from beit_flax.convert.flax_to_torch import flax_to_torch
-from beit_flax.convert.hf_config import hf_config_dict
-from beit_flax.convert.keys import DROPPED, KINDS
+from beit_flax.convert.rules import KINDS
+from beit_flax.models.dpt.convert.hf_config import hf_config_dict
+from beit_flax.models.dpt.convert.keys import DROPPED
+from beit_flax.models.dpt.convert.to_torch import to_torch as flax_to_torch
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,16 @@ from beit_flax.geometry import (
     mesh,
     ply_bytes,
     point_cloud,
-    z_depth,
 )
+from beit_flax.models.depth_output import MetricDepth, RelativeInverseDepth
+
+METRIC, RELATIVE = MetricDepth(10.0), RelativeInverseDepth()
+
+
+def z_of(depth, *, metric: bool):
+    """The z-depth the 3D files use: `DepthOutput.z` of metric or relative depth."""
+    return (METRIC if metric else RELATIVE).z(depth)
+
 
 FOCAL_LENGTH, FOCAL_35MM, FOCAL_PLANE_XRES, FOCAL_PLANE_UNIT = 0x920A, 0xA405, 0xA20E, 0xA210
 
@@ -158,37 +166,37 @@ def test_camera_focal_precedence(tmp_path):
 
 def test_z_depth_metric_passthrough():
     depth = np.array([[0.5, 2.0, 80.0], [np.nan, np.inf, -1.0], [0.0, 3.25, 1e-3]], np.float32)
-    z = z_depth(depth, metric=True)
+    z = z_of(depth, metric=True)
     assert z.dtype == np.float32 and z.shape == (3, 3)
     np.testing.assert_array_equal(z, np.float32([[0.5, 2.0, 80.0], [np.nan, np.nan, np.nan], [np.nan, 3.25, 1e-3]]))
 
 
 def test_z_depth_relative_values():
     inverse = np.array([[0.0, 1.0], [0.5, 2.0]], np.float32)  # n = 0, 0.5, 0.25, 1
-    z = z_depth(inverse, metric=False)
+    z = z_of(inverse, metric=False)
     assert z.dtype == np.float32
     np.testing.assert_allclose(z, [[10.0, 1 / (0.1 + 0.45)], [1 / (0.1 + 0.225), 1.0]], rtol=1e-6)
     assert RELATIVE_NEAR_FAR == 10.0
     # Affine invariant, as MiDaS' output is; missing values are skipped by the normalisation and stay missing.
-    np.testing.assert_allclose(z_depth(3.0 * inverse - 7.0, metric=False), z, rtol=1e-6)
+    np.testing.assert_allclose(z_of(3.0 * inverse - 7.0, metric=False), z, rtol=1e-6)
     holes = np.array([[0.0, np.nan], [-np.inf, 2.0]], np.float32)
-    np.testing.assert_array_equal(z_depth(holes, metric=False), [[10.0, np.nan], [np.nan, 1.0]])
+    np.testing.assert_array_equal(z_of(holes, metric=False), [[10.0, np.nan], [np.nan, 1.0]])
 
 
 def test_z_depth_relative_degenerate():
-    np.testing.assert_array_equal(z_depth(np.full((3, 4), 0.7, np.float32), metric=False), np.ones((3, 4)))
-    np.testing.assert_array_equal(z_depth(np.array([[np.nan, 5.0]]), metric=False), [[np.nan, 1.0]])
-    assert np.isnan(z_depth(np.full((2, 2), np.nan), metric=False)).all()
+    np.testing.assert_array_equal(z_of(np.full((3, 4), 0.7, np.float32), metric=False), np.ones((3, 4)))
+    np.testing.assert_array_equal(z_of(np.array([[np.nan, 5.0]]), metric=False), [[np.nan, 1.0]])
+    assert np.isnan(z_of(np.full((2, 2), np.nan), metric=False)).all()
     # A span that overflows float32 is still normalised (in float64).
-    np.testing.assert_allclose(z_depth(np.array([[-3e38, 3e38]], np.float32), metric=False), [[10.0, 1.0]])
+    np.testing.assert_allclose(z_of(np.array([[-3e38, 3e38]], np.float32), metric=False), [[10.0, 1.0]])
     with pytest.raises(ValueError):
-        z_depth(np.zeros((2, 2, 1)), metric=False)
+        z_of(np.zeros((2, 2, 1)), metric=False)
 
 
 @settings(max_examples=60, deadline=None)
 @given(arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 6)), elements=st.floats(-1e3, 1e3, width=32)))
 def test_z_depth_relative_properties(inverse):
-    z = z_depth(inverse, metric=False)
+    z = z_of(inverse, metric=False)
     assert z.dtype == np.float32 and z.shape == inverse.shape
     if inverse.max() == inverse.min():
         np.testing.assert_array_equal(z, 1.0)
@@ -212,7 +220,7 @@ def metric_depth():
 
 def test_ply_header_and_points():
     depth, rgb = metric_depth()
-    data = ply_bytes(depth, rgb, metric=True, focal_px=4.0)
+    data = ply_bytes(depth, rgb, output=METRIC, focal_px=4.0)
     assert data.startswith(b"ply\nformat binary_little_endian 1.0\n")
     header = data[: data.index(b"end_header\n")].decode()
     assert "element vertex 14\n" in header and "property float x\n" in header and "property uchar red\n" in header
@@ -233,11 +241,13 @@ def test_ply_header_and_points():
 
 def test_ply_relative_scale():
     inverse = np.array([[4.0, 1.0, 2.5], [np.inf, 3.0, 1.0]], np.float32)
-    cloud = trimesh.load(io.BytesIO(ply_bytes(inverse, scene_rgb(2, 3), metric=False, focal_px=10.0)), file_type="ply")
+    cloud = trimesh.load(
+        io.BytesIO(ply_bytes(inverse, scene_rgb(2, 3), output=RELATIVE, focal_px=10.0)), file_type="ply"
+    )
     assert len(cloud.vertices) == 5
     np.testing.assert_allclose(-cloud.vertices[:, 2], [1.0, 10.0, 1 / (0.1 + 0.45), 1 / (0.1 + 0.6), 10.0], rtol=1e-6)
     # The point cloud object itself: float32-exact positions, RGBA colours.
-    direct = point_cloud(inverse, scene_rgb(2, 3), metric=False, focal_px=10.0)
+    direct = point_cloud(inverse, scene_rgb(2, 3), output=RELATIVE, focal_px=10.0)
     np.testing.assert_array_equal(direct.vertices, cloud.vertices)
     assert direct.colors.shape == (5, 4)
 
@@ -245,11 +255,11 @@ def test_ply_relative_scale():
 def test_inputs_checked():
     depth, rgb = metric_depth()
     with pytest.raises(ValueError):
-        ply_bytes(depth, rgb[:, :4], metric=True, focal_px=4.0)
+        ply_bytes(depth, rgb[:, :4], output=METRIC, focal_px=4.0)
     with pytest.raises(ValueError):
-        ply_bytes(depth, rgb.astype(np.float32), metric=True, focal_px=4.0)
+        ply_bytes(depth, rgb.astype(np.float32), output=METRIC, focal_px=4.0)
     with pytest.raises(ValueError):
-        glb_bytes(depth, rgb, metric=True, focal_px=0.0)
+        glb_bytes(depth, rgb, output=METRIC, focal_px=0.0)
 
 
 # --- GLB ----------------------------------------------------------------------------------------------------------
@@ -258,7 +268,7 @@ def test_inputs_checked():
 def test_glb_plane():
     height, width = 4, 5
     rgb = scene_rgb(height, width)
-    data = glb_bytes(np.full((height, width), 2.0, np.float32), rgb, metric=True, focal_px=4.0)
+    data = glb_bytes(np.full((height, width), 2.0, np.float32), rgb, output=METRIC, focal_px=4.0)
     assert data[:4] == b"glTF"
     loaded = load_glb(data)
     assert len(loaded.vertices) == 20 and len(loaded.faces) == 2 * 3 * 4
@@ -283,7 +293,7 @@ def test_glb_missing_pixels():
     depth = np.full((4, 5), 2.0, np.float32)
     depth[0, 0] = np.nan  # a corner: in one triangle
     depth[2, 2] = np.inf  # an interior vertex: in six triangles
-    loaded = load_glb(glb_bytes(depth, scene_rgb(4, 5), metric=True, focal_px=4.0))
+    loaded = load_glb(glb_bytes(depth, scene_rgb(4, 5), output=METRIC, focal_px=4.0))
     assert len(loaded.vertices) == 18 and len(loaded.faces) == 24 - 1 - 6
     assert np.isfinite(loaded.vertices).all()
     assert not np.isclose(loaded.vertices, pinhole(2, 2, 2.0, (4, 5), 4.0)).all(axis=1).any()
@@ -292,17 +302,17 @@ def test_glb_missing_pixels():
 def test_glb_depth_step_cut_and_slope_kept():
     height, width = 4, 8
     step = np.where(np.arange(width) < 4, 1.0, 3.0)[None, :].repeat(height, 0).astype(np.float32)
-    loaded = load_glb(glb_bytes(step, scene_rgb(height, width), metric=True, focal_px=6.0))
+    loaded = load_glb(glb_bytes(step, scene_rgb(height, width), output=METRIC, focal_px=6.0))
     assert len(loaded.vertices) == 32
     assert len(loaded.faces) == 2 * 3 * 7 - 2 * 3  # the column of quads across the step is gone
     assert np.ptp(loaded.vertices[loaded.faces][..., 2], axis=1).max() == 0.0  # no triangle joins 1 m to 3 m
     # A smooth slope, z growing 6% per pixel (under EDGE_DEPTH_RATIO), keeps every triangle.
     slope = (1.06 ** np.arange(width))[None, :].repeat(height, 0).astype(np.float32)
     assert 1.06 < EDGE_DEPTH_RATIO < 3.0
-    loaded = load_glb(glb_bytes(slope, scene_rgb(height, width), metric=True, focal_px=6.0))
+    loaded = load_glb(glb_bytes(slope, scene_rgb(height, width), output=METRIC, focal_px=6.0))
     assert len(loaded.vertices) == 32 and len(loaded.faces) == 2 * 3 * 7
     # The same for MiDaS' relative depth: a step in inverse depth between 1 and 10 normalised units is cut.
-    loaded = load_glb(glb_bytes(1.0 / step, scene_rgb(height, width), metric=False, focal_px=6.0))
+    loaded = load_glb(glb_bytes(1.0 / step, scene_rgb(height, width), output=RELATIVE, focal_px=6.0))
     assert len(loaded.faces) == 2 * 3 * 7 - 2 * 3
     np.testing.assert_allclose(sorted(set(-loaded.vertices[:, 2].round(5))), [1.0, 10.0])
 
@@ -310,7 +320,7 @@ def test_glb_depth_step_cut_and_slope_kept():
 def test_mesh_downsampled():
     height, width = 7, 10
     depth = np.linspace(2.0, 2.2, height * width, dtype=np.float32).reshape(height, width)  # under 10% per stride
-    small = mesh(depth, scene_rgb(height, width), metric=True, focal_px=8.0, max_side=4)
+    small = mesh(depth, scene_rgb(height, width), output=METRIC, focal_px=8.0, max_side=4)
     # stride ceil(10 / 4) = 3: rows 0, 3, 6 and columns 0, 3, 6, 9, each at its own pixel's depth and centre.
     assert len(small.vertices) == 12 and len(small.faces) == 2 * 2 * 3
     assert small.vertices.dtype == np.float64  # trimesh stores float64; the values are float32-exact
@@ -318,15 +328,15 @@ def test_mesh_downsampled():
     np.testing.assert_allclose(small.vertices[-1], pinhole(9, 6, depth[6, 9], (height, width), 8.0), rtol=1e-6)
     np.testing.assert_allclose(small.visual.uv[-1], [9.5 / width, 1.0 - 6.5 / height], rtol=1e-6)
     assert small.visual.material.baseColorTexture.size == (width, height)  # the texture stays full size
-    full = mesh(depth, scene_rgb(height, width), metric=True, focal_px=8.0, max_side=10)
+    full = mesh(depth, scene_rgb(height, width), output=METRIC, focal_px=8.0, max_side=10)
     assert len(full.vertices) == 70 and len(full.faces) == 2 * 6 * 9
 
 
 def test_nothing_to_write():
     # No finite depth, or no quad (a single row): still valid files, with nothing in them.
     rgb = scene_rgb(1, 5)
-    data = ply_bytes(np.full((1, 5), np.nan), rgb, metric=True, focal_px=3.0)
+    data = ply_bytes(np.full((1, 5), np.nan), rgb, output=METRIC, focal_px=3.0)
     assert b"element vertex 0\n" in data and len(trimesh.load(io.BytesIO(data), file_type="ply").geometry) == 0
-    assert len(mesh(np.ones((1, 5)), rgb, metric=True, focal_px=3.0).faces) == 0
-    scene = trimesh.load(io.BytesIO(glb_bytes(np.ones((1, 5)), rgb, metric=True, focal_px=3.0)), file_type="glb")
+    assert len(mesh(np.ones((1, 5)), rgb, output=METRIC, focal_px=3.0).faces) == 0
+    scene = trimesh.load(io.BytesIO(glb_bytes(np.ones((1, 5)), rgb, output=METRIC, focal_px=3.0)), file_type="glb")
     assert len(scene.geometry) == 0

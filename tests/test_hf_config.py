@@ -16,7 +16,7 @@ import torch_reference as ref
 import transformers
 
 from beit_flax import PRESETS, DPTConfig
-from beit_flax.convert.hf_config import hf_config_dict
+from beit_flax.models.dpt.convert.hf_config import hf_config_dict
 
 
 @pytest.mark.parametrize("name", ["tiny", *PRESETS])
@@ -39,8 +39,8 @@ def test_imports_stay_light():
         "import sys\n"
         "import beit_flax\n"
         "assert 'torch' not in sys.modules, 'beit_flax imported torch'\n"
-        "import beit_flax.convert, beit_flax.convert.cli, beit_flax.convert.flax_to_torch\n"
-        "import beit_flax.convert.hf_config\n"
+        "import beit_flax.convert, beit_flax.convert.cli, beit_flax.models.dpt.convert.to_torch\n"
+        "import beit_flax.models.dpt.convert.hf_config, beit_flax.models.registry\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'transformers' or m.startswith('beit_flax.demo'))\n"
         "assert not bad, bad\n"
     )

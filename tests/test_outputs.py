@@ -12,7 +12,8 @@ from PIL import Image
 
 from beit_flax.geometry import glb_bytes, ply_bytes
 from beit_flax.images import colorize, colorize_metric, to_png16
-from beit_flax.outputs import SUFFIXES, image_files, metric_png16, suffixes
+from beit_flax.models.depth_output import MetricDepth, RelativeInverseDepth
+from beit_flax.outputs import SUFFIXES, image_files, suffixes
 
 
 @pytest.fixture
@@ -41,22 +42,21 @@ def test_midas_files_are_the_map_and_its_min_max_colouring(depth_and_image):
 
 def test_metric_files_use_the_fixed_range_and_say_so(depth_and_image):
     depth, rgb = depth_and_image
-    files = image_files(depth * 3, rgb, top_m=10.0, colormap="viridis")
+    files = image_files(depth * 3, rgb, output=MetricDepth(10.0), colormap="viridis")
     picture = png(files[".png"])
     np.testing.assert_array_equal(np.asarray(picture), colorize_metric(depth * 3, 10.0, "viridis"))
     assert picture.text == {"depth": "metric, meters", "depth_range_m": "0 10", "near": "bright"}
-    gray = png(image_files(depth * 3, rgb, top_m=10.0, grayscale16=True)[".png"])
-    np.testing.assert_array_equal(np.asarray(gray), metric_png16(depth * 3, 10.0))
+    gray = png(image_files(depth * 3, rgb, output=MetricDepth(10.0), grayscale16=True)[".png"])
+    np.testing.assert_array_equal(np.asarray(gray), MetricDepth(10.0).png16(depth * 3))
 
 
-@pytest.mark.parametrize("top_m", [None, 80.0])
-def test_3d_files_are_the_geometry_module_s(depth_and_image, top_m):
+@pytest.mark.parametrize("output", [RelativeInverseDepth(), MetricDepth(80.0)])
+def test_3d_files_are_the_geometry_module_s(depth_and_image, output):
     depth, rgb = depth_and_image
-    files = image_files(depth, rgb, top_m=top_m, ply=True, glb=True, focal_px=17.0)
+    files = image_files(depth, rgb, output=output, ply=True, glb=True, focal_px=17.0)
     assert list(files) == list(SUFFIXES) == suffixes(ply=True, glb=True)
-    metric = top_m is not None
-    assert files[".ply"] == ply_bytes(depth, rgb, metric=metric, focal_px=17.0)
-    assert files[".glb"] == glb_bytes(depth, rgb, metric=metric, focal_px=17.0)
+    assert files[".ply"] == ply_bytes(depth, rgb, output=output, focal_px=17.0)
+    assert files[".glb"] == glb_bytes(depth, rgb, output=output, focal_px=17.0)
     cloud = trimesh.load(io.BytesIO(files[".ply"]), file_type="ply")
     assert len(cloud.vertices) == depth.size
     with pytest.raises(ValueError, match="focal length"):

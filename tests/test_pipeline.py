@@ -16,8 +16,9 @@ from predict_helpers import TINY_NET, scene, tiny_files, torch_run_py, write_ima
 
 import beit_flax
 from beit_flax import pipeline
+from beit_flax.batcher import Batcher, batch_plan
 from beit_flax.images import read_image
-from beit_flax.pipeline import Batcher, batch_plan, ordered_map
+from beit_flax.pipeline import ordered_map
 
 BATCH = 2  # every test uses it, so each input shape compiles once for the whole session
 TOLERANCE = 1e-3  # max|ours - torch| / max|torch|; we measure ~1e-6 (float32 vs float64 resizing, XLA vs torch)
@@ -205,7 +206,7 @@ def test_predict_rejects_bad_options(tiny):
         beit_flax.predict(model, params, image, batch_size=0)
     with pytest.raises(ValueError, match="net size must be an int >= 32, got 16"):
         beit_flax.predict(model, params, image, net_size=16)
-    with pytest.raises(ValueError, match="model must be a beit_flax DPT"):
+    with pytest.raises(ValueError, match="model must be a beit_flax model"):
         beit_flax.predict(object(), params, image)
 
 

@@ -8,6 +8,7 @@ import pytest
 from predict_helpers import scene, tiny_files
 
 import beit_flax
+from beit_flax.models.depth_output import RelativeInverseDepth
 from beit_flax.predictor import Predictor
 
 
@@ -26,7 +27,7 @@ def test_depth_is_the_library_predict(weights):
     predictor = Predictor(weights)
     model, params = beit_flax.load(weights)
     expected = beit_flax.predict(model, params, images)
-    assert not predictor.metric and predictor.top_m is None
+    assert predictor.output == RelativeInverseDepth() and predictor.family.name == "dpt"
     for image, want in zip(images, expected):
         got = predictor.depth(image)
         assert got.shape == image.shape[:2] and got.dtype == np.float32 and np.ptp(got) > 0
@@ -47,8 +48,8 @@ def test_run_streams_in_input_order_per_shape(weights):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"pad": False}, "--no-pad / --no-flip are ZoeDepth options"),
-        ({"flip": False}, "--no-pad / --no-flip are ZoeDepth options"),
+        ({"pad": False}, "has no test-time padding or flip"),
+        ({"flip": False}, "has no test-time padding or flip"),
         ({"devices": 64}, "--devices 64"),
         ({"size": 10**6}, "over"),
     ],

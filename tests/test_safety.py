@@ -32,12 +32,12 @@ from PIL import Image
 from predict_helpers import scene, tiny_files
 from test_files import KINDS, fifo_watchdog, make_node, snapshot
 
-from beit_flax import params as params_module
 from beit_flax.cli import main as depth_main
 from beit_flax.convert.checkpoint import MAX_CHECKPOINT_BYTES
 from beit_flax.convert.cli import export_main
 from beit_flax.convert.cli import main as convert_main
-from beit_flax.models.dpt.config import MAX_WEIGHTS_BYTES
+from beit_flax.models.family import MAX_WEIGHTS_BYTES
+from beit_flax.models.family import _traced as traced_shapes  # the cache of every traced parameter tree
 
 # imageio-ffmpeg starts ffmpeg with fork + exec (no Python in the child): JAX's fork warning is moot
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
@@ -291,7 +291,7 @@ def test_small_files_describing_huge_models_fail_before_tracing(ws, capsys):
     deep = _weights_with(ws, "deep.msgpack", lambda p: p["config"].update(depth=60, hooks=[0, 1, 2, 59]))
     table = "pretrained.model.blocks.{}.attn.relative_position_bias_table"  # 52 x 2 in the tiny model
     torch.save({**_midas_sd(), **{table.format(i): torch.zeros(52, 2) for i in range(4, 2000)}}, ws / "tables.pt")
-    traced = params_module._param_shapes.cache_info().misses
+    traced = traced_shapes.cache_info().misses
     _every_weights_reader(ws, capsys, huge, "depth 100000 is over the limit of 64")
     _every_weights_reader(ws, capsys, deep, "the tree has blocks 0..3 (4), the config's depth is 60")
     refused(
@@ -304,7 +304,7 @@ def test_small_files_describing_huge_models_fail_before_tracing(ws, capsys):
         names=(ws / "tables.pt",),
         says="depth 2000 is over the limit of 64",
     )
-    assert params_module._param_shapes.cache_info().misses == traced
+    assert traced_shapes.cache_info().misses == traced
 
 
 # --- 6. the network input is bounded ---------------------------------------------------------------------------------

@@ -84,13 +84,13 @@ def test_metric_train_and_eval_steps_on_a_tiny_zoedepth():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     depth = rng.uniform(1.0, 5.0, (2, 32, 32)).astype(np.float32)
-    batch = make_batch(images, depth, np.ones_like(depth, bool), metric=True)
+    batch = make_batch(images, depth, np.ones_like(depth, bool), target="depth")
     assert "depth" in batch and "inverse_depth" not in batch
     np.testing.assert_array_equal(batch["depth"], depth)
     state = training.create_train_state(
-        model, params, optax.adam(1e-3), loss="silog", freeze=training.ZOEDEPTH_BACKBONE, layer_decay=0.9
+        model, params, optax.adam(1e-3), loss="silog", freeze=training.backbone(model), layer_decay=0.9
     )
-    assert state.loss == "silog" and state.patch_size == config.core.patch_size
+    assert state.loss == "silog" and state.input_multiple == 32  # ZoeDepth's inputs: multiples of 32
     state, metrics = training.jit_train_step(state, batch)
     assert set(metrics) == {"loss", "silog", "grad_norm"} and np.isfinite(float(metrics["loss"]))
     evaluated = training.jit_eval_step(state, batch)

@@ -86,7 +86,7 @@ def test_bad_arguments_are_refused(params):
 def test_the_state_records_the_frozen_paths_and_the_patch_size(params):
     state = tiny_state()
     assert state.frozen == {p for p in flat(params) if p.startswith(tuple(f + "/" for f in FROZEN))}
-    assert state.patch_size == TINY.patch_size == 16 and int(state.step) == 0 and state.step.dtype == jnp.int32
+    assert state.input_multiple == TINY.patch_size == 16 and int(state.step) == 0 and state.step.dtype == jnp.int32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
     # static fields: not leaves, so jit sees them as part of the state's structure
     assert len(jax.tree.leaves(state)) == len(jax.tree.leaves((state.step, state.params, state.opt_state)))

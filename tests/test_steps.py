@@ -1,4 +1,4 @@
-"""beit_flax.training.steps: the train and eval steps, the batch check against the model's patch size, and remat.
+"""beit_flax.training.steps: the train and eval steps, the batch check against the model's input multiple, and remat.
 
 One train state (finetune_helpers.tiny_state: a frozen block and a frozen reassemble stage, layer decay, clipping)
 serves every model-level test, so the train step compiles once (shared with tests/test_checkpoints.py). The steps
@@ -49,7 +49,7 @@ def test_eval_step_reports_the_train_loss_and_bounded_metrics():
 def test_bad_batches_are_refused():
     with pytest.raises(ValueError, match="missing"):
         training.train_step(tiny_state(), {"image": np.zeros((1, 32, 32, 3), np.float32)})
-    with pytest.raises(ValueError, match="multiple of the patch size"):
+    with pytest.raises(ValueError, match="the model's input multiple"):
         training.check_batch(tiny_batch(0, size=40), 16)
     with pytest.raises(ValueError, match=r"image \(1, 32, 32, 3\) must be \(B, H, W, 3\), inverse_depth \(1, 32\)"):
         training.check_batch(
@@ -57,16 +57,16 @@ def test_bad_batches_are_refused():
         )
 
 
-def test_batches_are_checked_against_the_states_patch_size():
-    """The steps check a batch against the state's patch size (set from the model's config), not a default: a
+def test_batches_are_checked_against_the_states_input_multiple():
+    """The steps check a batch against the state's input multiple (from the model's family), not a default: a
     state that says 32 refuses a 48 x 48 batch that 16 would take. (Every DPTConfig has patch size 16, the only
     one the decoder fits, so the state's field is changed by hand here.)"""
-    state = tiny_state().replace(patch_size=32)
+    state = tiny_state().replace(input_multiple=32)
     training.check_batch(tiny_batch(0, size=48), 16)
     for step in (training.train_step, training.eval_step):  # refused before anything is traced
-        with pytest.raises(ValueError, match=r"image size \(48, 48\) is not a multiple of the patch size 32"):
+        with pytest.raises(ValueError, match=r"image size \(48, 48\) is not a multiple of 32, the model's input"):
             step(state, tiny_batch(0, size=48))
-    with pytest.raises(ValueError, match="patch size 16"):
+    with pytest.raises(ValueError, match="not a multiple of 16"):
         training.train_step(tiny_state(), tiny_batch(0, size=24))
 
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from predict_helpers import midas_size
 
-from beit_flax.transforms import postprocess, preprocess, resize_bicubic, target_size
+from beit_flax.models.dpt.processing import postprocess, preprocess, target_size
+from beit_flax.transforms import resize_bicubic
 
 # (H, W, net, square) -> (H', W'), each entry worked out by hand from MiDaS' rule and checked against midas_size.
 TABLE = [

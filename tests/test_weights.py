@@ -13,8 +13,8 @@ from flax import serialization, traverse_util
 from tiny_config import TINY
 
 from beit_flax import FORMAT_VERSION, load, save
-from beit_flax import params as params_module
 from beit_flax.files import atomic_write_bytes
+from beit_flax.models.family import _traced as traced_shapes  # the cache of every traced parameter tree
 from beit_flax.params import init_params
 
 
@@ -114,10 +114,10 @@ def test_the_tree_is_checked_against_the_config_before_tracing(saved):
     ~30 ms and 0.35 MB a block: a small file must not buy minutes of it)."""
     path, _ = saved
     _rewrite(path, lambda p: p["config"].update(depth=40, hooks=[0, 1, 2, 39]))
-    misses = params_module._param_shapes.cache_info().misses
+    misses = traced_shapes.cache_info().misses
     with pytest.raises(ValueError, match=r"the tree has blocks 0\.\.3 \(4\), the config's depth is 40"):
         load(path)
-    assert params_module._param_shapes.cache_info().misses == misses
+    assert traced_shapes.cache_info().misses == misses
 
 
 @pytest.mark.parametrize("cut", [0, 1, 100, -1])

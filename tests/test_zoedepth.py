@@ -21,12 +21,12 @@ from flax import traverse_util
 from tiny_config import TINY
 
 from beit_flax.convert import open_checkpoint
-from beit_flax.convert.zoedepth_torch_to_flax import zoedepth_torch_to_flax
 from beit_flax.demo import zoedepth_torch as zt
 from beit_flax.demo.torch_model import assert_nondegenerate, random_images
 from beit_flax.models.dpt.dpt import DPT
 from beit_flax.models.zoedepth import PRESETS, BinConfig, RouterConfig, ZoeDepth, ZoeDepthConfig, param_shapes
 from beit_flax.models.zoedepth.attractors import exp_attractor, inv_attractor
+from beit_flax.models.zoedepth.convert.to_flax import to_flax as zoedepth_torch_to_flax
 from beit_flax.models.zoedepth.log_binomial import log_binomial_softmax
 from beit_flax.models.zoedepth.router import positional_encoding_1d
 from beit_flax.params import init_params

@@ -24,17 +24,19 @@ from safetensors.torch import save_file
 from tiny_config import TINY
 
 from beit_flax.convert import ConversionError, open_checkpoint
-from beit_flax.convert.zoedepth_flax_to_torch import zoedepth_flax_to_torch
-from beit_flax.convert.zoedepth_hf_config import zoedepth_hf_config_dict
-from beit_flax.convert.zoedepth_torch_to_flax import (
-    infer_zoedepth_config,
-    is_zoedepth,
-    model_name,
-    zoedepth_torch_to_flax,
-)
 from beit_flax.demo import zoedepth_torch as zt
 from beit_flax.demo.torch_model import as_spec, random_images
 from beit_flax.models.zoedepth import PRESETS, ZoeDepthConfig, param_shapes
+from beit_flax.models.zoedepth.convert.hf_config import zoedepth_hf_config_dict
+from beit_flax.models.zoedepth.convert.to_flax import (
+    infer_zoedepth_config,
+    is_zoedepth,
+    model_name,
+)
+from beit_flax.models.zoedepth.convert.to_flax import (
+    to_flax as zoedepth_torch_to_flax,
+)
+from beit_flax.models.zoedepth.convert.to_torch import to_torch as zoedepth_flax_to_torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

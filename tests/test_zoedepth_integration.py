@@ -23,13 +23,14 @@ from beit_flax import weights
 from beit_flax.convert import open_checkpoint
 from beit_flax.convert.cli import export_main
 from beit_flax.convert.cli import main as convert_main
-from beit_flax.convert.zoedepth_flax_to_torch import zoedepth_flax_to_torch
-from beit_flax.convert.zoedepth_torch_to_flax import zoedepth_torch_to_flax
 from beit_flax.demo import zoedepth_torch as zt
 from beit_flax.demo.torch_model import assert_nondegenerate
 from beit_flax.models.zoedepth import ZoeDepth
+from beit_flax.models.zoedepth.convert.to_flax import to_flax as zoedepth_torch_to_flax
+from beit_flax.models.zoedepth.convert.to_torch import to_torch as zoedepth_flax_to_torch
+from beit_flax.models.zoedepth.transforms import pad_sizes, target_size
 from beit_flax.params import check_params, init_params, param_shapes
-from beit_flax.zoedepth_transforms import pad_sizes, resize_bilinear_align_corners, target_size
+from beit_flax.transforms import resize_bilinear_align_corners
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -126,7 +127,7 @@ def test_convert_and_export_weights(tiny, tmp_path, capsys):
 
     # release layout: {"model": state_dict}, the names and tensors of `zoedepth_flax_to_torch(..., "release")`
     assert export_main([str(out), str(tmp_path / "zoe.pt")]) == 0
-    assert "(midas layout)" in capsys.readouterr().out
+    assert "(release layout)" in capsys.readouterr().out
     saved = torch.load(tmp_path / "zoe.pt", weights_only=True)
     expected = zoedepth_flax_to_torch(params, config, "release")
     assert list(saved) == ["model"] and saved["model"].keys() == expected.keys()
@@ -225,7 +226,7 @@ def test_predict_matches_the_originals_steps_in_torch(tiny, pad, flip):
 
 
 def test_predict_refuses_zoedepth_options_for_a_dpt():
-    with pytest.raises(ValueError, match="pad and flip are ZoeDepth options"):
+    with pytest.raises(ValueError, match="has no test-time padding or flip"):
         beit_flax.predict(beit_flax.DPT(TINY), init_params(TINY), [photo(32, 32, 0)], flip=False)
 
 
@@ -245,7 +246,7 @@ def test_beit_depth_predict_writes_meters_and_a_fixed_range_png(tiny, tmp_path, 
     assert main(["predict", str(tmp_path / "room.png"), "--weights", str(path), "--out", str(out), "-q"]) == 0
     summary = capsys.readouterr().out
     top = max(b.max_depth for b in config.bins)
-    assert f"metric depth, PNG range 0..{top:g} m" in summary
+    assert f"metric depth, colour range 0..{top:g} m" in summary
     depth = np.load(out / "room.npy")
     expected = beit_flax.predict(ZoeDepth(config), params, [image], net_size=(64, 96))[0]
     np.testing.assert_allclose(depth, expected, rtol=1e-5, atol=1e-6)
@@ -289,7 +290,7 @@ def test_beit_depth_refuses_zoedepth_flags_for_a_midas_file(tmp_path, capsys):
             "-q",
         ]
     )
-    assert code == 2 and "--no-pad / --no-flip are ZoeDepth options" in capsys.readouterr().err
+    assert code == 2 and "has no test-time padding or flip" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("tiny", ["nk"], indirect=True)  # one variant is enough for the CLI
@@ -317,4 +318,4 @@ def test_beit_depth_video_uses_the_fixed_metric_range(tiny, tmp_path, capsys):
     first = Predictor(path).depth(np.asarray(decoded[0]))
     np.testing.assert_allclose(np.load(maps / "frame_000000.npy"), first, rtol=0, atol=1e-5 * np.abs(first).max())
     assert main([*argv, "--no-stabilize"]) == 2  # nothing to switch off for metric depth
-    assert "--no-stabilize is for MiDaS" in capsys.readouterr().err
+    assert "--no-stabilize is for relative depth" in capsys.readouterr().err

@@ -15,8 +15,8 @@ from PIL import Image
 from sharding_helpers import picture, tiny_weights
 
 import beit_flax
+from beit_flax.batcher import Batcher, jitted_apply
 from beit_flax.cli import main
-from beit_flax.pipeline import Batcher, jitted_apply
 
 DEVICES = 8
 if jax.local_device_count() < DEVICES:
