@@ -51,8 +51,9 @@ import numpy as np
 import optax
 
 import beit_flax
-from beit_flax import DPT, DPTConfig, training
-from beit_flax.models.zoedepth import BinConfig, ZoeDepth, ZoeDepthConfig
+from beit_flax import DPTConfig, training
+from beit_flax.models import registry
+from beit_flax.models.zoedepth import BinConfig, ZoeDepthConfig
 from beit_flax.params import init_params
 from beit_flax.sharding import place, shard_batch, state_shardings, train_mesh
 from beit_flax.training.data import DepthFolder, batch_indices, synthetic_scenes
@@ -205,12 +206,12 @@ def lr_schedule(steps: int, lr: float) -> optax.Schedule:
 def evaluate(
     eval_step, state: training.TrainState, dataset, indices: np.ndarray, batch_size: int, mesh
 ) -> dict[str, float]:
-    metric = state.loss == "silog"
     """Mean of the eval-step metrics over `indices` in full batches only (another shape would compile again, and
     might not split over the devices): the last partial batch is dropped, or repeated to a full one if it is all."""
+    target = training.LOSS_TARGETS[state.loss]
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     chunks = [c for c in chunks if len(c) == batch_size] or [np.resize(indices, batch_size)]
-    results = [jax.device_get(eval_step(state, shard_batch(dataset.batch(c, metric=metric), mesh))) for c in chunks]
+    results = [jax.device_get(eval_step(state, shard_batch(dataset.batch(c, target=target), mesh))) for c in chunks]
     return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
@@ -234,13 +235,18 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             fail(f"--weights: {err}", 1)
         config = model.config
-        if isinstance(model, ZoeDepth) != (args.loss == "silog"):
-            zoedepth = isinstance(model, ZoeDepth)
-            kind, losses = ("ZoeDepth (metric)", "silog") if zoedepth else ("MiDaS", "ssimae, ssitrim or midas")
-            fail(f"--weights {args.weights} is a {kind} model: --loss {losses} trains it")
-        patch_size = config.core.patch_size if isinstance(config, ZoeDepthConfig) else config.patch_size
-        if args.size % patch_size:
-            fail(f"--size {args.size} is not a multiple of the model's patch size {patch_size}")
+        family = registry.of_model(model)
+        # a loss trains the kind of map the model outputs: metric depth or relative inverse depth
+        fits = [
+            name
+            for name, target in training.LOSS_TARGETS.items()
+            if target == training.LOSS_TARGETS[family.default_loss]
+        ]
+        if args.loss not in fits:
+            fail(f"--weights {args.weights} is a {family.title} model: --loss {' or '.join(fits)} trains it")
+        multiple = family.input_multiple(config)
+        if args.size % multiple:
+            fail(f"--size {args.size} is not a multiple of the model's input multiple {multiple}")
     else:
         config = small_zoedepth_config(args.size) if args.loss == "silog" else small_config(args.size)
         params = init_params(config, seed=args.seed)
@@ -252,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{checkpoints} holds a run with other settings ({'; '.join(changed)}): resume it with its own "
                 "settings, or use another --out"
             )
-    model_class = ZoeDepth if isinstance(config, ZoeDepthConfig) else DPT
-    model = model_class(config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan)
-    metric = args.loss == "silog"
+    model = registry.of_config(config).build(
+        config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan
+    )
+    target = training.LOSS_TARGETS[args.loss]
+    metric = target == "depth"
 
     if args.data:
         try:
@@ -278,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         model,
         params,
         optimizer,
-        freeze=(training.ZOEDEPTH_BACKBONE if metric else training.BACKBONE) if args.freeze_encoder else (),
+        freeze=training.backbone(model) if args.freeze_encoder else (),
         layer_decay=args.layer_decay,
         clip_norm=CLIP_NORM,
         loss=args.loss,
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for step in range(first, args.steps):
             batch = dataset.batch(
-                train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)], metric=metric
+                train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)], target=target
             )
             state, metrics = train_step(state, shard_batch(batch, mesh))
             done = step + 1
