@@ -111,7 +111,11 @@ _SHAPES = {
     ("conv", "weight"): ((4, 3, 2, 5), [(2, 5, 3, 4)]),
     ("param", ""): ((4, 3), [(4, 3)]),
     ("qkv", ""): ((6, 2), [(2, 2)] * 3),
-    ("qkv_bias", ""): ((6,), [(2,)] * 3),  # registered by convert/zoedepth_keys.py once the ZoeDepth converter loads
+    ("qkv_bias", ""): ((6,), [(2,)] * 3),  # registered by models/zoedepth/convert/keys.py once it loads
+    ("qkv_dense", "weight"): ((6, 2), [(2, 2)] * 3),  # DINOv2's fused qkv Linear
+    ("qkv_dense", "bias"): ((6,), [(2,)] * 3),
+    ("gate_up", "weight"): ((4, 3), [(3, 2)] * 2),  # DINOv2's SwiGLU w12
+    ("gate_up", "bias"): ((4,), [(2,)] * 2),
 }
 
 

@@ -70,7 +70,7 @@ def test_feature_fusion_block(stage, path_hw, size_hw):
     params = {"rcu2": rcu2_params, "out_conv": out_params}
     if skip is not None:
         params["rcu1"] = rcu1_params
-    module = FeatureFusionBlock(CFG, stage)
+    module = FeatureFusionBlock(CFG.fusion_channels)
     skip_nhwc = None if skip is None else nchw_to_nhwc(skip)
     assert_params_match_module(module, params, nchw_to_nhwc(path), skip_nhwc, size_hw)
     ours = jax.jit(lambda p, a, b: module.apply({"params": p}, a, b, size_hw))(params, nchw_to_nhwc(path), skip_nhwc)

@@ -30,7 +30,7 @@ def test_depth_head():
     assert (expected > 0).float().mean() > 0.5
 
     params = {"conv1": p1, "conv2": p2, "conv3": p3}
-    module = DepthHead(CFG)
+    module = DepthHead(CFG.fusion_channels, CFG.head_channels)
     assert_params_match_module(module, params, nchw_to_nhwc(x))
     ours = jax.jit(lambda p, v: module.apply({"params": p}, v))(params, nchw_to_nhwc(x))
     assert ours.shape == (2, 26, 14) and ours.dtype == np.float32

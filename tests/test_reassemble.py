@@ -25,7 +25,7 @@ from tiny_config import TINY as CFG
 from torch import nn
 
 from beit_flax.models.dpt.config import DPTConfig
-from beit_flax.models.dpt.reassemble import Reassemble
+from beit_flax.models.dpt.reassemble import STAGE_SCALES, Reassemble
 
 
 class TorchReassemble(nn.Module):
@@ -64,12 +64,17 @@ class TorchReassemble(nn.Module):
         return params
 
 
+def reassemble(stage: int) -> Reassemble:
+    """MiDaS's stage `stage` (1..4) of the test config."""
+    return Reassemble(CFG.reassemble_channels[stage - 1], STAGE_SCALES[stage - 1], CFG.fusion_channels)
+
+
 def _run(stage: int, grid_hw: tuple[int, int], seed: int = 0):
     """(torch module, tokens, flax output, flax intermediates) for one stage."""
     torch.manual_seed(seed)
     ref = TorchReassemble(CFG, stage)
     tokens = torch.randn(2, 1 + grid_hw[0] * grid_hw[1], CFG.width)
-    module = Reassemble(CFG, stage)
+    module = reassemble(stage)
     params = ref.flax_params()
     assert_params_match_module(module, params, to_numpy(tokens), grid_hw)
     apply = jax.jit(
@@ -111,6 +116,6 @@ def test_cls_token_reaches_every_position():
     ref, tokens, out, _ = _run(3, (3, 5))
     tokens2 = tokens.clone()
     tokens2[:, 0] += 1.0
-    apply = jax.jit(lambda p, t: Reassemble(CFG, 3).apply({"params": p}, t, (3, 5)))
+    apply = jax.jit(lambda p, t: reassemble(3).apply({"params": p}, t, (3, 5)))
     out2 = apply(ref.flax_params(), to_numpy(tokens2))
     assert (np.abs(np.asarray(out2) - np.asarray(out)).max(axis=-1) > 0).all()

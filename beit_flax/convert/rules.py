@@ -9,6 +9,9 @@ in each direction:
   norm   torch LayerNorm weight <-> scale, bias <-> bias
   param  a bare tensor, copied as is (the names include the leaf)
   qkv    a fused qkv.weight (3C, C), rows [q; k; v] <-> query/key/value kernels (timm `beit.py` Attention)
+  qkv_dense  a fused qkv Linear with its bias (DINOv2): weight (3C, C) and bias (3C,) <-> query/key/value
+         kernels and biases
+  gate_up  a fused Linear [gate; up] (DINOv2's SwiGLU w12) <-> gate and up kernels and biases
 
 A converter reads its family's tables both ways, so a torch -> flax -> torch round trip gives back every mapped
 tensor bit for bit. `read_planned` reads the planned tensors once each; `Converted` is what every converter returns.
@@ -18,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from beit_flax.convert.checkpoint import Checkpoint, ConversionError
+from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
+from beit_flax.files import join_problems
 
 
 @dataclasses.dataclass
@@ -82,6 +86,30 @@ KINDS: dict[str, dict[str, Leaf]] = {
             lambda q, k, v: np.concatenate([q.T, k.T, v.T]),
         )
     },
+    "qkv_dense": {
+        "weight": Leaf(
+            _QKV,
+            lambda w: tuple(part.T for part in np.split(w, 3, axis=0)),
+            lambda q, k, v: np.concatenate([q.T, k.T, v.T]),
+        ),
+        "bias": Leaf(
+            ("query/bias", "key/bias", "value/bias"),
+            lambda b: tuple(np.split(b, 3, axis=0)),
+            lambda q, k, v: np.concatenate([q, k, v]),
+        ),
+    },
+    "gate_up": {  # a fused Linear whose output rows are [gate; up] (DINOv2's SwiGLU `w12`)
+        "weight": Leaf(
+            ("gate/kernel", "up/kernel"),
+            lambda w: tuple(part.T for part in np.split(w, 2, axis=0)),
+            lambda g, u: np.concatenate([g.T, u.T]),
+        ),
+        "bias": Leaf(
+            ("gate/bias", "up/bias"),
+            lambda b: tuple(np.split(b, 2, axis=0)),
+            lambda g, u: np.concatenate([g, u]),
+        ),
+    },
 }
 
 
@@ -119,6 +147,62 @@ class Rule:
             return None
         torch_leaf = found["leaf"] or ""
         return self.names(torch_leaf, found.groupdict().get("i"))[1], KINDS[self.kind][torch_leaf]
+
+
+def plan_tensors(
+    checkpoint: Checkpoint,
+    rules: Sequence[Rule],
+    dropped_patterns: Sequence[str],
+    expected: dict[str, tuple[int, ...]],
+    depth: int,
+    what: str,
+) -> tuple[list[tuple[str, list[str], Leaf]], list[str]]:
+    """((key, flax paths, Leaf) of every tensor to convert, dropped keys), from the names, shapes and dtypes alone.
+
+    rules: the layout's key table; dropped_patterns: regexes of the tensors the model never uses; expected: the
+    config's {flax path: shape}; depth: its block count (for the `{i}` rules); what: the config, for messages.
+    ConversionError naming the keys for tensors that no rule maps, that are not float, whose shape is not the
+    config's (a block past the depth included) or that are missing, before a single tensor is read.
+    """
+    source = str(checkpoint.path)
+    names = {path: name for rule in rules for name, paths, _ in rule.tensors(depth) for path in paths}
+    plan, dropped, unknown, problems, covered = [], [], [], [], set()
+    for key, shape in checkpoint.shapes.items():
+        target = next((t for rule in rules if (t := rule.match(key)) is not None), None)
+        if target is None:
+            (dropped if any(re.fullmatch(p, key) for p in dropped_patterns) else unknown).append(key)
+            continue
+        paths, leaf = target
+        covered.update(paths)
+        dtype = checkpoint.dtypes[key]
+        if dtype not in FLOAT_DTYPES:
+            problems.append(
+                f"{key} is {'not a tensor' if dtype is None else f'a {dtype} tensor'} "
+                f"(parameters are {' / '.join(FLOAT_DTYPES)})"
+            )
+            continue
+        want = [expected.get(path) for path in paths]
+        if None in want:
+            problems.append(f"unexpected {key}: {what} has no {paths[0]}")
+            continue
+        try:  # the layout change on a zero-stride view: shapes only, nothing allocated
+            got = [value.shape for value in leaf.to_flax(np.broadcast_to(np.float32(0), shape))]
+        except (ValueError, IndexError):  # a rank or size the layout change cannot take
+            got = None
+        if got != want:
+            needs = leaf.to_torch(*(np.broadcast_to(np.float32(0), w) for w in want)).shape
+            problems.append(f"{key} has shape {tuple(shape)}, config needs {tuple(needs)} ({', '.join(paths)})")
+            continue
+        plan.append((key, paths, leaf))
+    if unknown:
+        raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
+    if problems:
+        raise ConversionError(f"{source}: {join_problems(problems)}")
+    missing = sorted(expected.keys() - covered)
+    if missing:
+        listed = ", ".join(f"{names.get(path, '?')} ({path})" for path in missing[:10])
+        raise ConversionError(f"{source}: {len(missing)} parameters missing from the checkpoint: {listed}")
+    return plan, dropped
 
 
 def read_planned(checkpoint: Checkpoint, plan: Iterable[tuple[str, list[str], Leaf]]) -> dict[str, Any]:

@@ -67,12 +67,12 @@ def attend(
     query: jnp.ndarray,
     key: jnp.ndarray,
     value: jnp.ndarray,
-    bias: jnp.ndarray | BiasRows,
+    bias: jnp.ndarray | BiasRows | None,
     implementation: AttentionImpl,
     chunk: QueryChunk = None,
 ) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v for (B, N, heads, d) inputs and a float32 (heads, N, N) bias (an array, or
-    `BiasRows` that build it, so that a chunk of queries needs only its own rows).
+    `BiasRows` that build it, so that a chunk of queries needs only its own rows), or None for no bias (DINOv2).
 
     "xla": portable; logits, bias and softmax in float32; with `chunk` (`query_chunk`) a chunk of queries at a time
     (`chunked_attention`), else all at once (`xla_attention`). "cudnn": cuDNN's fused kernel (NVIDIA GPUs, 16-bit
@@ -81,31 +81,35 @@ def attend(
     XLA otherwise.
     """
     n = query.shape[1]
-    rows = bias if callable(bias) else dense_rows(bias)
+    rows = bias if bias is None or callable(bias) else dense_rows(bias)
+    whole = None if rows is None else rows(0, n)
     gpu_16_bit = jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
     if implementation == "cudnn" or (implementation == "auto" and gpu_16_bit):
         try:
-            return cudnn_attention(query, key, value, rows(0, n))
+            return cudnn_attention(query, key, value, whole)
         except (NotImplementedError, ValueError, RuntimeError):
             if implementation == "cudnn":
                 raise
     size = query_chunk(chunk, n, query.shape[2])
     if size is None:
-        return xla_attention(query, key, value, rows(0, n))
+        return xla_attention(query, key, value, whole)
     return chunked_attention(query, key, value, rows, size)
 
 
 def _attention_bhnd(
-    q_bhqd: jnp.ndarray, k_bhkd: jnp.ndarray, v_bhkd: jnp.ndarray, bias_hqk: jnp.ndarray
+    q_bhqd: jnp.ndarray, k_bhkd: jnp.ndarray, v_bhkd: jnp.ndarray, bias_hqk: jnp.ndarray | None
 ) -> jnp.ndarray:
     """softmax(q k^T / sqrt(d) + bias) v heads first, (B, heads, Q, d) in the compute dtype."""
     logits = jnp.einsum("bhqd,bhkd->bhqk", q_bhqd, k_bhkd, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(logits * q_bhqd.shape[-1] ** -0.5 + bias_hqk[None], axis=-1)
+    logits = logits * q_bhqd.shape[-1] ** -0.5
+    probs = jax.nn.softmax(logits if bias_hqk is None else logits + bias_hqk[None], axis=-1)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v_bhkd.dtype), v_bhkd, preferred_element_type=jnp.float32)
     return out.astype(v_bhkd.dtype)
 
 
-def xla_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray) -> jnp.ndarray:
+def xla_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray | None
+) -> jnp.ndarray:
     """`attend` as plain XLA ops, heads first: the math of `jax.nn.dot_product_attention(implementation="xla")`
     (logits accumulated and softmaxed in float32, probabilities cast back to the compute dtype for the second
     product), which contracts in the (B, N, heads, d) layout instead: on XLA CPU one BEiT-L 512 block's attention
@@ -115,7 +119,7 @@ def xla_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias
 
 
 def chunked_attention(
-    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: BiasRows, chunk: int
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias: BiasRows | None, chunk: int
 ) -> jnp.ndarray:
     """`xla_attention` `chunk` queries at a time (a `lax.map`, the last chunk padded), each chunk's bias rows built
     inside the loop body: memory grows with N, not N^2 (per chunk: (B, heads, chunk, N) logits and probabilities,
@@ -129,7 +133,7 @@ def chunked_attention(
 
     def rows(first_and_q: tuple[jnp.ndarray, jnp.ndarray]) -> jnp.ndarray:
         first, q_bhqd = first_and_q
-        return _attention_bhnd(q_bhqd, k_bhnd, v_bhnd, bias(first, chunk))
+        return _attention_bhnd(q_bhqd, k_bhnd, v_bhnd, None if bias is None else bias(first, chunk))
 
     firsts = jnp.arange(count, dtype=jnp.int32) * chunk
     out = jax.lax.map(jax.checkpoint(rows, prevent_cse=False), (firsts, jnp.moveaxis(q_chunks, 2, 0)))
@@ -152,13 +156,16 @@ def cudnn_inputs(
     return pad(query), pad(key), pad(value), bias
 
 
-def cudnn_attention(query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray) -> jnp.ndarray:
+def cudnn_attention(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray | None
+) -> jnp.ndarray:
     """`attend` through cuDNN: (B, N, heads, d) -> (B, N, heads, d)."""
+    scale = query.shape[-1] ** -0.5
+    if bias_hnn is None:  # no bias: any token count
+        return jax.nn.dot_product_attention(query, key, value, scale=scale, implementation="cudnn")
     n = query.shape[1]
     query, key, value, bias = cudnn_inputs(query, key, value, bias_hnn)
-    out = jax.nn.dot_product_attention(
-        query, key, value, bias=bias[None], scale=query.shape[-1] ** -0.5, implementation="cudnn"
-    )
+    out = jax.nn.dot_product_attention(query, key, value, bias=bias[None], scale=scale, implementation="cudnn")
     return out[:, :n]
 
 

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 from beit_flax.models.dpt.attention import ATTENTION_IMPLS, AttentionImpl, QueryChunk, query_chunk
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.encoder import encoder
-from beit_flax.models.dpt.fusion import FeatureFusionBlock
+from beit_flax.models.dpt.fusion import fuse
 from beit_flax.models.dpt.head import DepthHead
 from beit_flax.models.dpt.patch_embed import PatchEmbed
-from beit_flax.models.dpt.reassemble import Reassemble
+from beit_flax.models.dpt.reassemble import STAGE_SCALES, Reassemble
 from beit_flax.models.precision import check_dtype, matmul_precision
 
 
@@ -103,14 +103,13 @@ class DPT(nn.Module):
         )
         knobs = {"remat": self.remat, "scan": self.scan, "attention": self.attention, "query_chunk": self.query_chunk}
         hooked = encoder(cfg, dtype=dtype, **knobs)(tokens_bnc, grid_hw)
-        l1, l2, l3, l4 = (
-            Reassemble(cfg, stage, dtype, name=f"reassemble_{stage}")(tokens, grid_hw)
-            for stage, tokens in zip((1, 2, 3, 4), hooked)
+        maps = tuple(
+            Reassemble(channels, scale, cfg.fusion_channels, dtype=dtype, name=f"reassemble_{stage}")(tokens, grid_hw)
+            for stage, (tokens, channels, scale) in enumerate(
+                zip(hooked, cfg.reassemble_channels, STAGE_SCALES), start=1
+            )
         )
-        size = lambda x: x.shape[1:3]
-        r4 = FeatureFusionBlock(cfg, 4, dtype, name="fusion_4")(l4, None, size(l3))
-        r3 = FeatureFusionBlock(cfg, 3, dtype, name="fusion_3")(r4, l3, size(l2))
-        r2 = FeatureFusionBlock(cfg, 2, dtype, name="fusion_2")(r3, l2, size(l1))
-        r1 = FeatureFusionBlock(cfg, 1, dtype, name="fusion_1")(r2, l1, (2 * l1.shape[1], 2 * l1.shape[2]))
-        depth, activation = DepthHead(cfg, dtype, name="head")(r1, with_activation=True)
-        return DPTFeatures(depth, activation, l4, (r4, r3, r2, r1))
+        fused = fuse(maps, cfg.fusion_channels, dtype)
+        head = DepthHead(cfg.fusion_channels, cfg.head_channels, dtype=dtype, name="head")
+        depth, activation = head(fused[-1], with_activation=True)
+        return DPTFeatures(depth, activation, maps[3], fused)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.resize import resize_bilinear
 
 
@@ -32,22 +31,33 @@ class ResidualConvUnit(nn.Module):
 
 
 class FeatureFusionBlock(nn.Module):
-    """Fuse the coarser path with this stage's skip map, refine, resize to `size_hw`, 1x1 out conv.
+    """Fuse the coarser path with this stage's skip map, refine, resize to `size_hw`, 1x1 out conv; `channels` in
+    and out. The coarsest stage has no skip input, so it has no first residual unit (the release checkpoints carry
+    one that is never used)."""
 
-    stage: 1..4 as in MiDaS's `refinenet{stage}`. Stage 4 has no skip input, so it has no first residual unit (the
-    release checkpoints carry one that is never used).
-    """
-
-    config: DPTConfig
-    stage: int
+    channels: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, path_bhwc: jnp.ndarray, skip_bhwc: jnp.ndarray | None, size_hw: tuple[int, int]) -> jnp.ndarray:
-        cfg = self.config
-        channels, dtype = cfg.fusion_channels, self.dtype
+        channels, dtype = self.channels, self.dtype
         if skip_bhwc is not None:
             path_bhwc = path_bhwc + ResidualConvUnit(channels, dtype, name="rcu1")(skip_bhwc)
         path_bhwc = ResidualConvUnit(channels, dtype, name="rcu2")(path_bhwc)
         path_bhwc = resize_bilinear(path_bhwc, size_hw, align_corners=True)
         return nn.Conv(channels, (1, 1), dtype=dtype, name="out_conv")(path_bhwc)
+
+
+def fuse(
+    maps: tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray], channels: int, dtype: jnp.dtype
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The fusion stage on the four reassembled maps (l1 finest .. l4 coarsest, (B, h_k, w_k, channels)) -> the
+    fusion outputs coarsest first (r4, r3, r2, r1), r1 at twice l1's size. Call it inside a compact method: the
+    blocks are the caller's submodules `fusion_{4..1}` (MiDaS `refinenet{k}`)."""
+    l1, l2, l3, l4 = maps
+    size = lambda x: x.shape[1:3]
+    r4 = FeatureFusionBlock(channels, dtype, name="fusion_4")(l4, None, size(l3))
+    r3 = FeatureFusionBlock(channels, dtype, name="fusion_3")(r4, l3, size(l2))
+    r2 = FeatureFusionBlock(channels, dtype, name="fusion_2")(r3, l2, size(l1))
+    r1 = FeatureFusionBlock(channels, dtype, name="fusion_1")(r2, l1, (2 * l1.shape[1], 2 * l1.shape[2]))
+    return r4, r3, r2, r1

@@ -12,11 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
-from beit_flax.convert.rules import Converted, read_planned
-from beit_flax.files import join_problems
+from beit_flax.convert.checkpoint import Checkpoint, ConversionError
+from beit_flax.convert.rules import Converted, plan_tensors, read_planned
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
 from beit_flax.models.dpt.convert.keys import DROPPED, LAYOUTS, find_rule
 from beit_flax.models.dpt.params import param_shapes
@@ -43,8 +40,14 @@ _OTHER_ARCHITECTURES = [
 DESCRIPTION = "a MiDaS v3.1 BEiT release (.pt) or a transformers DPT-BEiT checkpoint"
 
 
+# transformers' backbones with an absolute position table (DINOv2: Depth Anything) share hf-v4's marker; BEiT has none
+_ABSOLUTE_POSITIONS = "backbone.embeddings.position_embeddings"
+
+
 def detect_layout(shapes: dict[str, tuple[int, ...]]) -> str | None:
     """The layout whose marker name the checkpoint has ("midas", "hf-v4", "hf-v5"), or None."""
+    if _ABSOLUTE_POSITIONS in shapes:
+        return None
     return next((layout for layout, marker in _LAYOUT_MARKERS.items() if marker in shapes), None)
 
 
@@ -137,54 +140,6 @@ def model_name(config: DPTConfig) -> str:
     return f"custom BEiT-DPT (width {config.width}, depth {config.depth}, grid {config.train_grid})"
 
 
-def _plan(checkpoint: Checkpoint, layout: str, config: DPTConfig) -> tuple[list[tuple[str, list[str], Any]], list[str]]:
-    """((key, flax paths, Leaf) of every tensor to convert, dropped keys), from the names, shapes and dtypes alone.
-
-    ConversionError naming the keys for tensors that no rule maps, that are not float, whose shape is not the
-    config's (a block past the depth included) or that are missing, before a single tensor is read.
-    """
-    source = str(checkpoint.path)
-    expected = param_shapes(config)
-    names = {path: name for rule in LAYOUTS[layout] for name, paths, _ in rule.tensors(config.depth) for path in paths}
-    plan, dropped, unknown, problems, covered = [], [], [], [], set()
-    for key, shape in checkpoint.shapes.items():
-        target = next((t for rule in LAYOUTS[layout] if (t := rule.match(key)) is not None), None)
-        if target is None:
-            (dropped if any(re.fullmatch(p, key) for p in DROPPED[layout]) else unknown).append(key)
-            continue
-        paths, leaf = target
-        covered.update(paths)
-        dtype = checkpoint.dtypes[key]
-        if dtype not in FLOAT_DTYPES:
-            problems.append(
-                f"{key} is {'not a tensor' if dtype is None else f'a {dtype} tensor'} "
-                f"(parameters are {' / '.join(FLOAT_DTYPES)})"
-            )
-            continue
-        want = [expected.get(path) for path in paths]
-        if None in want:
-            problems.append(f"unexpected {key}: the config ({config.depth} blocks) has no {paths[0]}")
-            continue
-        try:  # the layout change on a zero-stride view: shapes only, nothing allocated
-            got = [value.shape for value in leaf.to_flax(np.broadcast_to(np.float32(0), shape))]
-        except (ValueError, IndexError):  # a rank or size the layout change cannot take
-            got = None
-        if got != want:
-            needs = leaf.to_torch(*(np.broadcast_to(np.float32(0), w) for w in want)).shape
-            problems.append(f"{key} has shape {tuple(shape)}, config needs {tuple(needs)} ({', '.join(paths)})")
-            continue
-        plan.append((key, paths, leaf))
-    if unknown:
-        raise ConversionError(f"{source}: {len(unknown)} unexpected keys: {', '.join(unknown[:10])}")
-    if problems:
-        raise ConversionError(f"{source}: {join_problems(problems)}")
-    missing = sorted(expected.keys() - covered)
-    if missing:
-        listed = ", ".join(f"{names.get(path, '?')} ({path})" for path in missing[:10])
-        raise ConversionError(f"{source}: {len(missing)} parameters missing from the checkpoint: {listed}")
-    return plan, dropped
-
-
 def to_flax(checkpoint: Checkpoint) -> Converted:
     """Map every tensor of `checkpoint` to the flax tree; unmapped, misshapen or missing tensors are errors listing
     the keys, found from the names and shapes before any tensor is read."""
@@ -194,5 +149,6 @@ def to_flax(checkpoint: Checkpoint) -> Converted:
         why = explain(checkpoint.shapes) or f"not {DESCRIPTION} (none of {sorted(_LAYOUT_MARKERS.values())} present)"
         raise ConversionError(f"{source}: {why}")
     config = infer_config(layout, checkpoint.shapes, checkpoint.hf_config, source)
-    plan, dropped = _plan(checkpoint, layout, config)
+    what = f"the config ({config.depth} blocks)"
+    plan, dropped = plan_tensors(checkpoint, LAYOUTS[layout], DROPPED[layout], param_shapes(config), config.depth, what)
     return Converted(config, read_planned(checkpoint, plan), layout, model_name(config), dropped)
