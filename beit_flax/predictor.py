@@ -17,6 +17,7 @@ import numpy as np
 from beit_flax.batcher import Batcher
 from beit_flax.compile_cache import enable_compilation_cache
 from beit_flax.hub import resolve
+from beit_flax.hub.sources import KNOWN
 from beit_flax.models import registry
 from beit_flax.pipeline import run_prepared
 from beit_flax.transforms import DEFAULT_MAX_PIXELS, check_net_input, check_net_size
@@ -69,6 +70,8 @@ class Predictor:
             raise ValueError(f"{weights}: the model's {err}") from None
         self.output = self.family.output(model.config)
         self.max_pixels = max_pixels
+        known = KNOWN.get(str(weights))
+        self.licence = known.licence if known else None  # a released model's, when named
         enable_compilation_cache()
         try:
             self.batcher = Batcher(model, params, batch_size, devices)
@@ -114,4 +117,5 @@ class Predictor:
     def describe(self) -> str:
         batcher = self.batcher
         n = batcher.device_count
-        return f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
+        where = f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
+        return where + (f", weights licence {self.licence}" if self.licence else "")

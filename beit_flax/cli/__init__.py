@@ -10,7 +10,9 @@ W: a known name (dpt_beit_large_512...), a hub repo id, a checkpoint or a .msgpa
 The model family of W decides the rest (`models.registry`, through `Predictor`): MiDaS weights give relative inverse
 depth with MiDaS run.py's pre- and post-processing; ZoeDepth weights give meters with its `infer_pil` steps (reflect
 padding, flip averaging: --no-pad / --no-flip turn them off, refused for a family without them), PNGs and videos
-over a fixed range 0..max depth (near = bright), stated in the summary line and the PNG's text.
+over a fixed range 0..max depth (near = bright), stated in the summary line and the PNG's text; Depth Anything
+weights give relative inverse depth, or meters for its metric models, with `infer_image`'s steps (--size: its
+input_size).
 
 One module per command: `predict`, `video` (and `beit_flax.app`, `beit_flax.export`); `common` holds the options
 they share; argument types and reports live below all of them, in `beit_flax.arguments`.
@@ -44,8 +46,8 @@ __all__ = ["EXIT_FAILED_INPUTS", "EXIT_USAGE", "PROG", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="DPT monocular depth in JAX/Flax (MiDaS v3.1 BEiT-DPT, ZoeDepth), each model with its own "
-        "pre- and post-processing (MiDaS run.py, ZoeDepth infer_pil).",
+        description="DPT monocular depth in JAX/Flax (MiDaS v3.1 BEiT-DPT, ZoeDepth, Depth Anything V1 / V2), each "
+        "model with its own pre- and post-processing (MiDaS run.py, ZoeDepth infer_pil, Depth Anything infer_image).",
         epilog="Exit status: 0 all done, 1 some inputs failed (the others were written), 2 bad arguments, weights "
         "or output paths (nothing was processed), 130 / 143 interrupted (Ctrl-C / SIGTERM). Compiled programs are "
         "cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",

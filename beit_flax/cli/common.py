@@ -26,7 +26,10 @@ def model_options() -> argparse.ArgumentParser:
         "once, cached), or a beit-flax .msgpack",
     )
     model.add_argument(
-        "--size", type=net_size_arg, metavar="N", help="net size to resize towards (default: the model's, 512 or 384)"
+        "--size",
+        type=net_size_arg,
+        metavar="N",
+        help="net size to resize towards (default: the model's: MiDaS 512 or 384, Depth Anything's input_size 518)",
     )
     model.add_argument("--square", action="store_true", help="resize to N x N instead of keeping the aspect ratio")
     model.add_argument(

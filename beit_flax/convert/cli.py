@@ -1,6 +1,6 @@
 """`convert_weights CKPT OUT.msgpack`: a checkpoint of any model family (MiDaS v3.1 BEiT, ZoeDepth ZoeD_M12_N / _K /
-_NK, transformers DPT-BEiT / ZoeDepth) -> beit-flax weights; `export_weights` the other way. The family's own
-converter does the work (`models.registry`)."""
+_NK, Depth Anything V1 / V2, their transformers folders) -> beit-flax weights; `export_weights` the other way. The
+family's own converter does the work (`models.registry`)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="convert_weights",
         description=(
             "Convert a MiDaS v3.1 BEiT-DPT checkpoint (dpt_beit_large_512.pt, dpt_beit_large_384.pt, "
-            "dpt_beit_base_384.pt), a ZoeDepth release (ZoeD_M12_N.pt, ZoeD_M12_K.pt, ZoeD_M12_NK.pt) or a "
-            "transformers DPT-BEiT / ZoeDepth checkpoint (model.safetensors / pytorch_model.bin, or the folder "
+            "dpt_beit_base_384.pt), a ZoeDepth release (ZoeD_M12_N.pt, ZoeD_M12_K.pt, ZoeD_M12_NK.pt), a Depth "
+            "Anything V2 / V1 release (depth_anything_v2_vitl.pth, ...) or a transformers DPT-BEiT / ZoeDepth / "
+            "Depth Anything checkpoint (model.safetensors / pytorch_model.bin, or the folder "
             "holding it and config.json) into a beit-flax .msgpack weights file."
         ),
         epilog=f"Exit status: 0 converted, {EXIT_BAD_INPUT} bad or unsupported input, {EXIT_CANNOT_WRITE} output not "
@@ -32,11 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", help="MiDaS .pt, transformers .safetensors/.bin, or a folder with config.json")
     parser.add_argument("output", help="where to write the .msgpack (written atomically)")
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        metavar="M",
+        help="the checkpoint is a metric model with outputs up to M meters, for files that do not say so themselves "
+        "(Depth Anything: a metric .pth has a relative one's tensors; its config.json or release file name "
+        "say it otherwise)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return parser
 
 
-def convert(checkpoint: str, output: str) -> str:
+def convert(checkpoint: str, output: str, max_depth: float | None = None) -> str:
     """Convert and write atomically; returns the summary line. Raises ConversionError (bad input) or OSError."""
     import jax
 
@@ -45,7 +54,7 @@ def convert(checkpoint: str, output: str) -> str:
 
     start = time.perf_counter()
     try:
-        converted = torch_to_flax(open_checkpoint(checkpoint))
+        converted = torch_to_flax(open_checkpoint(checkpoint), max_depth=max_depth)
     except ConversionError:
         raise
     except Exception as err:  # unreadable, truncated or hostile files surface as many exception types
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # before minutes of work: an output we may write, and none of the files the conversion reads
         check_outputs([args.output], checkpoint_files(args.checkpoint))
-        return convert(args.checkpoint, args.output)
+        return convert(args.checkpoint, args.output, args.max_depth)
 
     return run("convert_weights", work, args.output, debug=args.debug)
 

@@ -22,13 +22,14 @@ GITHUB = "https://github.com"
 @dataclasses.dataclass(frozen=True)
 class Known:
     """A released model: `url` its release file, `repo` its hub repo, `sha256` where the source publishes one,
-    `family` the model family that reads it (`models.registry`)."""
+    `family` the model family that reads it (`models.registry`), `licence` its weights' licence."""
 
     name: str
     url: str
     repo: str
     sha256: str | None = None  # MiDaS and ZoeDepth publish none: the converter's tensor accounting verifies them
     family: str = registry.DEFAULT
+    licence: str = "MIT"  # the model card's; stated in beit-depth's summary line
 
     @property
     def filename(self) -> str:
@@ -44,7 +45,8 @@ class KnownNames(MutableMapping[str, Known]):
 
     def _all(self) -> dict[str, Known]:
         from_families = {
-            name: Known(name, r.url, r.repo, r.sha256, family.name) for name, (family, r) in registry.releases().items()
+            name: Known(name, r.url, r.repo, r.sha256, family.name, r.licence)
+            for name, (family, r) in registry.releases().items()
         }
         return from_families | self.added
 

@@ -81,6 +81,8 @@ class Checkpoints:
     description: what its checkpoints are, for error messages.
     explain: names and shapes -> why they are an unsupported relative of this family (or None).
     release_key: the key the release `.pt` wraps its state dict in (ZoeDepth's {"model": ...}), or None.
+    takes_max_depth: its checkpoints do not say whether they are metric (Depth Anything: a metric file has a
+      relative one's tensors), so `to_flax(checkpoint, max_depth=M)` is how a caller says so.
     """
 
     detect: Callable[[Mapping[str, tuple[int, ...]]], str | None]
@@ -91,6 +93,7 @@ class Checkpoints:
     hf_config: Callable[[Any], dict[str, Any]] | None = None
     explain: Callable[[Mapping[str, tuple[int, ...]]], str | None] = lambda shapes: None
     release_key: str | None = None
+    takes_max_depth: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,8 @@ class Family:
     config_class: its frozen config (`to_dict`, `from_dict`, `replace`); presets: released configs by name; tiny:
       the smallest config that exercises every part (tests, benchmarks, examples).
     module: the linen module, `module(config, dtype=..., remat=..., ...)`; `apply` maps (B, H, W, 3) float32
-      normalised as (x - 0.5) / 0.5 to (B, H, W) float32 (its export signature too).
+      normalised as its processing does ((x - 0.5) / 0.5; Depth Anything: ImageNet mean / std) to (B, H, W)
+      float32 (its export signature too).
     param_shapes: config -> {flax path: shape}.
     backbone_path: where its transformer backbone sits in the parameter tree ("", ZoeDepth's "core/"): under it,
       "patch_embed" (embedding, class token) and "encoder/block_{i}", i < encoder_depth(config). Weights files are
@@ -111,7 +115,7 @@ class Family:
     output: config -> what its maps mean (`DepthOutput`: relative inverse depth, or meters with a colour range).
     processing: (config, size=None, square=False, pad=None, flip=None) -> `Processing`; None options mean the
       family's own pipeline, and an option the family's pipeline lacks is a ValueError.
-    default_loss: the training loss for its output (`training.losses.LOSSES`).
+    default_loss: config -> the training loss for its output (`training.losses.LOSSES`).
     checkpoints: its PyTorch layouts (`Checkpoints`). releases: the names `--weights` resolves.
     extends: the family whose checkpoints this one's contain (ZoeDepth holds a DPT core): when both detect a
       checkpoint, the extending one reads it.
@@ -130,7 +134,7 @@ class Family:
     input_multiple: Callable[[Any], int]
     output: Callable[[Any], DepthOutput]
     processing: Callable[..., Processing]
-    default_loss: str
+    default_loss: Callable[[Any], str]
     checkpoints: Checkpoints
     releases: tuple[Release, ...] = ()
     extends: str | None = None

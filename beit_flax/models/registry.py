@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from beit_flax.models.depth_anything.family import FAMILY as DEPTH_ANYTHING
 from beit_flax.models.dpt.family import FAMILY as DPT
 from beit_flax.models.family import Family, Release
 from beit_flax.models.zoedepth.family import FAMILY as ZOEDEPTH
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (DPT, ZOEDEPTH)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (DPT, ZOEDEPTH, DEPTH_ANYTHING)}
 DEFAULT = DPT.name  # weights files written before the family was recorded hold a DPT
 
 

@@ -148,7 +148,7 @@ def create_train_state(
     "depth" in meters). `backbone(model)` gives the paths for `freeze=` to train the decoder only.
     """
     family = registry.of_model(model)
-    loss = family.default_loss if loss is None else loss
+    loss = family.default_loss(model.config) if loss is None else loss
     if loss not in LOSS_TARGETS:
         raise ValueError(f"loss must be one of {sorted(LOSS_TARGETS)}, got {loss!r}")
     config = model.config
