@@ -20,10 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
-from beit_flax.convert.rules import Converted, Rule, read_planned
+from beit_flax.convert.checkpoint import Checkpoint, ConversionError
+from beit_flax.convert.rules import Converted, Rule, plan_tensors, read_planned, torch_state
 from beit_flax.models.depth_output import MetricDepth
 from beit_flax.models.family import Checkpoints, Family, refuse_options, traced_param_shapes
 from beit_flax.transforms import check_net_size, fit_size, resize_bilinear_align_corners, to_unit
@@ -200,47 +199,19 @@ def infer_config(shapes: dict[str, tuple[int, ...]], source: str) -> ToyConfig:
 
 def to_flax(checkpoint: Checkpoint) -> Converted:
     """Every tensor planned (unknown, misshapen, non-float or missing ones are a ConversionError) before any is
-    read."""
+    read, with the converters' shared planner."""
     source = str(checkpoint.path)
     if detect(checkpoint.shapes) is None:
         raise ConversionError(f"{source}: not {DESCRIPTION}")
     config = infer_config(checkpoint.shapes, source)
-    expected = param_shapes(config)
-    plan, unknown, problems, covered = [], [], [], set()
-    for key, shape in checkpoint.shapes.items():
-        target = next((t for rule in RULES if (t := rule.match(key)) is not None), None)
-        if target is None:
-            unknown.append(key)
-            continue
-        paths, leaf = target
-        covered.update(paths)
-        if checkpoint.dtypes[key] not in FLOAT_DTYPES:
-            problems.append(f"{key} is not a float tensor")
-            continue
-        got = [value.shape for value in leaf.to_flax(np.broadcast_to(np.float32(0), shape))]
-        want = [expected.get(path) for path in paths]
-        if got != want:
-            problems.append(f"{key} has shape {tuple(shape)}, the config needs {want}")
-            continue
-        plan.append((key, paths, leaf))
-    if unknown:
-        raise ConversionError(f"{source}: unexpected keys: {', '.join(unknown)}")
-    if problems:
-        raise ConversionError(f"{source}: {'; '.join(problems)}")
-    if missing := sorted(expected.keys() - covered):
-        raise ConversionError(f"{source}: missing {', '.join(missing)}")
+    plan, _ = plan_tensors(checkpoint, RULES, [], param_shapes(config), config.depth, "the toy config")
     return Converted(config, read_planned(checkpoint, plan), LAYOUT, NAME, dropped=[])
 
 
 def to_torch(params: dict[str, Any], config: ToyConfig, layout: str) -> dict[str, np.ndarray]:
     if layout != LAYOUT:
         raise ValueError(f"unknown layout {layout!r}; the toy writes {LAYOUT!r}")
-    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
-    state = {
-        name: leaf.to_torch(*(flat[path] for path in paths))
-        for rule in RULES
-        for name, paths, leaf in rule.tensors(config.depth)
-    }
+    state = torch_state(params, RULES, config.depth, param_shapes(config))
     return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}
 
 

@@ -205,6 +205,25 @@ def plan_tensors(
     return plan, dropped
 
 
+def torch_state(
+    params: dict[str, Any], rules: Sequence[Rule], depth: int, expected: dict[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
+    """{torch name: array} of every tensor `rules` map whose flax leaves the config has (`expected`: its
+    param_shapes); the other variants' tensors (a bias-free layer's bias, SwiGLU vs MLP, an absent readout) are
+    left out. ValueError for a leaf the config has and `params` lacks. Used by every family's export."""
+    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
+    state: dict[str, np.ndarray] = {}
+    for rule in rules:
+        for name, paths, leaf in rule.tensors(depth):
+            if not any(path in expected for path in paths):
+                continue
+            missing = [path for path in paths if path not in flat]
+            if missing:
+                raise ValueError(f"params lack {', '.join(missing)} (for {name})")
+            state[name] = leaf.to_torch(*(flat[path] for path in paths))
+    return state
+
+
 def read_planned(checkpoint: Checkpoint, plan: Iterable[tuple[str, list[str], Leaf]]) -> dict[str, Any]:
     """Read each planned tensor once, (checkpoint key, flax paths, Leaf), into the flax tree: float32, contiguous,
     laid out by the key table. NaN / inf is a ConversionError naming the key. Used by every family's converter."""

@@ -53,6 +53,29 @@ class Processing(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class OneViewProcessing:
+    """The `Processing` of pipelines that feed one network input per image and resize the output back to the image
+    (MiDaS run.py, Depth Anything's infer_image), from the family's three functions:
+    `target_size(height, width, net, square=)`, `preprocess(image, net, square=)`, `postprocess(depth, size_hw)`."""
+
+    net: int
+    square: bool
+    target_size: Callable[..., tuple[int, int]]
+    preprocess: Callable[..., np.ndarray]
+    postprocess: Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+    views: int = 1
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.target_size(height, width, self.net, square=self.square)
+
+    def inputs(self, image: np.ndarray, index: int = 0) -> list[tuple[None, np.ndarray]]:
+        return [(None, self.preprocess(image, self.net, square=self.square))]
+
+    def finish(self, size_hw: tuple[int, int], parts: list[tuple[None, np.ndarray]]) -> np.ndarray:
+        return self.postprocess(parts[0][1], size_hw)
+
+
+@dataclasses.dataclass(frozen=True)
 class Release:
     """A released checkpoint that `--weights NAME` resolves: its release file `url`, the same model's hub `repo`,
     the file's `sha256` where the source publishes one, and its licence (stated in the summary line)."""

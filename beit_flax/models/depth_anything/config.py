@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from beit_flax.models.config_checks import is_int, size_problems
+
 PATCH_SIZE = 14  # the head resizes to 14 x the patch grid (the original's hard-coded `patch_h * 14`)
 FFNS = ("mlp", "swiglu")  # DINOv2's feed-forward: fc1 / GELU / fc2, or SwiGLU (ViT-G)
 
@@ -97,10 +99,6 @@ def swiglu_channels(width: int) -> int:
     return (int(4 * width * 2 / 3) + 7) // 8 * 8
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _problems(config: DepthAnythingConfig) -> list[str]:
     """Every way `config` breaks the types, bounds and relations of its fields (empty if none)."""
     problems = []
@@ -119,11 +117,7 @@ def _problems(config: DepthAnythingConfig) -> list[str]:
         "net_size": (config.net_size, MAX_NET_SIZE),
         **{f"out_channels[{i}]": (v, MAX_CHANNELS) for i, v in enumerate(four("out_channels"))},
     }
-    for name, (value, limit) in sizes.items():
-        if not _is_int(value) or value < 1:
-            problems.append(f"{name} must be a positive int, got {value!r}")
-        elif value > limit:
-            problems.append(f"{name} {value} is over the limit of {limit}")
+    problems += size_problems(sizes)
     if config.patch_size != PATCH_SIZE:
         problems.append(f"patch_size must be {PATCH_SIZE} (the head resizes to 14 x the patch grid)")
     if config.ffn not in FFNS:
@@ -139,9 +133,9 @@ def _problems(config: DepthAnythingConfig) -> list[str]:
     if not problems and config.width % config.num_heads:
         problems.append(f"width {config.width} is not divisible by num_heads {config.num_heads}")
     taps = four("taps")
-    if taps and not (all(_is_int(t) for t in taps) and list(taps) == sorted(set(taps))):
+    if taps and not (all(is_int(t) for t in taps) and list(taps) == sorted(set(taps))):
         problems.append(f"taps must be 4 increasing block indices, got {list(taps)}")
-    elif taps and _is_int(config.depth) and not 0 <= taps[0] <= taps[-1] < config.depth:
+    elif taps and is_int(config.depth) and not 0 <= taps[0] <= taps[-1] < config.depth:
         problems.append(f"taps {list(taps)} must be blocks of 0..{config.depth - 1}")
     return problems
 

@@ -14,13 +14,12 @@ resizes with PIL instead: not the original's pipeline.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
 from beit_flax.models.depth_anything.config import PATCH_SIZE
-from beit_flax.models.family import refuse_options
+from beit_flax.models.family import OneViewProcessing, refuse_options
 from beit_flax.transforms import check_net_size, resize_bicubic, resize_bilinear_align_corners, to_unit
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -52,27 +51,10 @@ def postprocess(depth_hw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return resize_bilinear_align_corners(np.asarray(depth_hw, np.float32), size_hw)
 
 
-@dataclasses.dataclass(frozen=True)
-class DepthAnythingProcessing:
-    """`infer_image` for one input size (`family.Processing`): one view per image."""
-
-    net: int
-    square: bool = False
-    views: int = 1
-
-    def network_size(self, height: int, width: int) -> tuple[int, int]:
-        return target_size(height, width, self.net, square=self.square)
-
-    def inputs(self, image: np.ndarray, index: int = 0) -> list[tuple[None, np.ndarray]]:
-        return [(None, preprocess(image, self.net, square=self.square))]
-
-    def finish(self, size_hw: tuple[int, int], parts: list[tuple[None, np.ndarray]]) -> np.ndarray:
-        return postprocess(parts[0][1], size_hw)
-
-
 def processing(
     config, size: int | None = None, square: bool = False, pad: bool | None = None, flip: bool | None = None
-) -> DepthAnythingProcessing:
+) -> OneViewProcessing:
     """The family's `processing`: `size` is `infer_image`'s input_size (default the config's, 518)."""
     refuse_options("Depth Anything", pad=pad, flip=flip)
-    return DepthAnythingProcessing(check_net_size(config.net_size if size is None else size), square)
+    net = check_net_size(config.net_size if size is None else size)
+    return OneViewProcessing(net, square, target_size, preprocess, postprocess)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from beit_flax.models.config_checks import is_int, size_problems
 from beit_flax.models.dpt.relative_position import table_rows
 
 
@@ -103,10 +104,6 @@ MAX_LAYER_NORM_EPS = 1e-3
 # against the largest one); larger inputs are refused before they are read.
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _problems(config: DPTConfig) -> list[str]:
     """Every way `config` breaks the types, bounds and relations of its fields (empty if none)."""
     problems = []
@@ -126,12 +123,8 @@ def _problems(config: DPTConfig) -> list[str]:
         **{f"train_grid[{i}]": (v, MAX_GRID) for i, v in enumerate(tuples("train_grid"))},
         **{f"reassemble_channels[{i}]": (v, MAX_CHANNELS) for i, v in enumerate(tuples("reassemble_channels"))},
     }
-    for name, (value, limit) in sizes.items():
-        if not _is_int(value) or value < 1:
-            problems.append(f"{name} must be a positive int, got {value!r}")
-        elif value > limit:
-            problems.append(f"{name} {value} is over the limit of {limit}")
-    if _is_int(config.patch_size) and 0 < config.patch_size < PATCH_SIZE:
+    problems += size_problems(sizes)
+    if is_int(config.patch_size) and 0 < config.patch_size < PATCH_SIZE:
         problems.append(
             f"patch_size must be {PATCH_SIZE} (the DPT decoder upsamples the patch grid 16x), got {config.patch_size}"
         )
@@ -139,9 +132,9 @@ def _problems(config: DPTConfig) -> list[str]:
         problems.append(f"width {config.width} is not divisible by num_heads {config.num_heads}")
     hooks = tuples("hooks")
     if len(hooks) == 4 and not (
-        all(_is_int(h) for h in hooks)
+        all(is_int(h) for h in hooks)
         and list(hooks) == sorted(set(hooks))
-        and _is_int(config.depth)
+        and is_int(config.depth)
         and all(0 <= h < config.depth for h in hooks)
     ):
         problems.append(f"hooks {hooks} must be increasing block indices in [0, depth={config.depth})")

@@ -5,16 +5,14 @@ preprocess:  RGB in [0, 1] -> resize "minimal" (keep aspect ratio, the scale clo
 postprocess: (H', W') depth -> bicubic back to the image's (H, W), values kept as they are (no clipping).
 
 Bicubic is torch's `F.interpolate(mode="bicubic", align_corners=False)` without antialias (`transforms.resize_bicubic`,
-also OpenCV's INTER_CUBIC). `MidasProcessing` is the family's `Processing`: one network input per image.
+also OpenCV's INTER_CUBIC). `processing` gives the family's `Processing`: one network input per image.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from beit_flax.models.family import refuse_options
+from beit_flax.models.family import OneViewProcessing, refuse_options
 from beit_flax.transforms import check_net_size, fit_size, resize_bicubic
 
 MULTIPLE = 32  # MiDaS `ensure_multiple_of` for these models
@@ -48,27 +46,10 @@ def postprocess(depth_hw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return resize_bicubic(np.asarray(depth_hw, dtype=np.float32), size_hw)
 
 
-@dataclasses.dataclass(frozen=True)
-class MidasProcessing:
-    """MiDaS run.py's pipeline for one net size (`family.Processing`): one view per image, no metadata."""
-
-    net: int
-    square: bool = False
-    views: int = 1
-
-    def network_size(self, height: int, width: int) -> tuple[int, int]:
-        return target_size(height, width, self.net, square=self.square)
-
-    def inputs(self, image: np.ndarray, index: int = 0) -> list[tuple[None, np.ndarray]]:
-        return [(None, preprocess(image, self.net, square=self.square))]
-
-    def finish(self, size_hw: tuple[int, int], parts: list[tuple[None, np.ndarray]]) -> np.ndarray:
-        return postprocess(parts[0][1], size_hw)
-
-
 def processing(
     config, size: int | None = None, square: bool = False, pad: bool | None = None, flip: bool | None = None
-) -> MidasProcessing:
+) -> OneViewProcessing:
     """The family's `processing`: `size` the side to resize towards (default the config's `net_size`)."""
     refuse_options("MiDaS", pad=pad, flip=flip)
-    return MidasProcessing(check_net_size(config.net_size if size is None else size), square)
+    net = check_net_size(config.net_size if size is None else size)
+    return OneViewProcessing(net, square, target_size, preprocess, postprocess)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
+from beit_flax.convert.rules import torch_state
 from beit_flax.models.depth_anything.config import DepthAnythingConfig
 from beit_flax.models.depth_anything.convert.keys import LAYOUTS
 from beit_flax.models.depth_anything.params import param_shapes
@@ -38,16 +38,6 @@ def to_torch(params: dict[str, Any], config: DepthAnythingConfig, layout: str) -
     """State dict (name -> contiguous numpy array) in `layout` ("release", "hf-v4" or "hf-v5")."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; one of {sorted(LAYOUTS)}")
-    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
-    expected = param_shapes(config)
-    state: dict[str, np.ndarray] = {}
-    for rule in LAYOUTS[layout]:
-        for name, paths, leaf in rule.tensors(config.depth):
-            if not any(path in expected for path in paths):
-                continue  # another variant's tensor (SwiGLU vs MLP, the readout, a bias-free conv's bias)
-            missing = [path for path in paths if path not in flat]
-            if missing:
-                raise ValueError(f"params lack {', '.join(missing)} (for {name})")
-            state[name] = leaf.to_torch(*(flat[path] for path in paths))
+    state = torch_state(params, LAYOUTS[layout], config.depth, param_shapes(config))
     state.update(_unused_tensors(layout, config))
     return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}

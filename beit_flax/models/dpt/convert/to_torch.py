@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
+from beit_flax.convert.rules import torch_state
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.convert.keys import LAYOUTS
+from beit_flax.models.dpt.params import param_shapes
 from beit_flax.models.dpt.relative_position import relative_position_index
 
 
@@ -42,16 +43,8 @@ def to_torch(params: dict[str, Any], config: DPTConfig, layout: str) -> dict[str
     """State dict (name -> contiguous numpy array) in `layout` ("midas", "hf-v4" or "hf-v5")."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; one of {sorted(LAYOUTS)}")
-    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
-    state: dict[str, np.ndarray] = {}
-    for rule in LAYOUTS[layout]:
-        for torch_name, paths, leaf in rule.tensors(config.depth):
-            if leaf.optional and not any(path in flat for path in paths):
-                continue  # a layer without this tensor (the key projection's bias, the layer*_rn convs' biases)
-            missing = [path for path in paths if path not in flat]
-            if missing:
-                raise ValueError(f"params lack {', '.join(missing)} (for {torch_name})")
-            state[torch_name] = leaf.to_torch(*(flat[path] for path in paths))
+    # the tensors of the config's layers (the key projection and the layer*_rn convs have no bias)
+    state = torch_state(params, LAYOUTS[layout], config.depth, param_shapes(config))
     state.update(_unused_tensors(layout, config))
     # torch wants writable, contiguous memory (arrays restored from msgpack are read-only views)
     return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}

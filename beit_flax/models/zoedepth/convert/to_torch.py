@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
+from beit_flax.convert.rules import torch_state
 from beit_flax.models.dpt.convert.to_torch import to_torch as dpt_to_torch
 from beit_flax.models.zoedepth.config import ZoeDepthConfig
 from beit_flax.models.zoedepth.convert.keys import CORE_LAYOUT, LAYOUTS, core_torch_name, head_rules
+from beit_flax.models.zoedepth.params import param_shapes
 
 
 def _log_binomial_buffers(config: ZoeDepthConfig) -> dict[str, np.ndarray]:
@@ -37,14 +38,8 @@ def to_torch(params: dict[str, Any], config: ZoeDepthConfig, layout: str) -> dic
         raise ValueError("params lack the core ('core/...')")
     core = dpt_to_torch(params["core"], config.core, CORE_LAYOUT[layout])
     state = {core_torch_name(layout, name): value for name, value in core.items()}
-    flat = {path: np.asarray(leaf, np.float32) for path, leaf in traverse_util.flatten_dict(params, sep="/").items()}
     depth = config.router.depth if config.router is not None else 1
-    for rule in head_rules(layout, config):
-        for torch_name, paths, leaf in rule.tensors(depth):
-            missing = [path for path in paths if path not in flat]
-            if missing:
-                raise ValueError(f"params lack {', '.join(missing)} (for {torch_name})")
-            state[torch_name] = leaf.to_torch(*(flat[path] for path in paths))
+    state.update(torch_state(params, head_rules(layout, config), depth, param_shapes(config)))
     if layout == "release":
         state.update(_log_binomial_buffers(config))
     return {name: np.require(value, requirements=["C", "W"]) for name, value in state.items()}
