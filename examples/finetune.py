@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         fits = [
             name
             for name, target in training.LOSS_TARGETS.items()
-            if target == training.LOSS_TARGETS[family.default_loss]
+            if target == training.LOSS_TARGETS[family.default_loss(config)]
         ]
         if args.loss not in fits:
             fail(f"--weights {args.weights} is a {family.title} model: --loss {' or '.join(fits)} trains it")
