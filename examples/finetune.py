@@ -14,7 +14,9 @@ generated scenes (exact depth) or on your own data.
 --loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`): the
 model is a ZoeDepth (--weights a ZoeDepth file; none: a small random ZoeDepth), the --data depth maps are meters
 (masks as for MiDaS), used as they are (no per-image scaling), and the metrics are AbsRel, RMSE (m) and delta1 of the
-prediction as it is, without alignment. --loss ssimae (the default), ssitrim and midas need a MiDaS (DPT) model: ssimae
+prediction as it is, without alignment; --loss silog-da is Depth Anything's form of it, for its metric models
+(--weights a Depth Anything metric file). --loss ssimae (the default), ssitrim and midas need a relative model (MiDaS,
+Depth Anything's relative ones): ssimae
 and ssitrim are MiDaS' losses on median / MAD normalised maps (ssitrim leaves out each image's largest 20% of
 residuals: for real data with outliers), which keep the sign of depth (a random-init model trained on midas, the
 least-squares loss of MiDaS' released code, learns inverted depth on these scenes; see `training.losses`); midas is
@@ -115,7 +117,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=400, help="total optimizer steps")
     parser.add_argument("--batch-size", type=int, default=8, help="global batch (split over the local devices)")
-    parser.add_argument("--size", type=int, default=64, help="training crops are SIZE x SIZE (multiple of 16)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="training crops are SIZE x SIZE (a multiple of the model's input multiple: MiDaS 16, ZoeDepth 32, "
+        "Depth Anything 14)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -137,7 +145,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="ssimae",
         help="ssimae / ssitrim: MiDaS' scale-and-shift-invariant losses on median / MAD normalised inverse depth "
         "(ssitrim drops each image's largest 20%% of residuals); midas: the least-squares one (all three for a MiDaS "
-        "model); silog: ZoeDepth's scale-invariant log loss on metric depth in meters (a ZoeDepth)",
+        "model); silog: ZoeDepth's scale-invariant log loss on metric depth in meters; silog-da: Depth Anything's "
+        "(for its metric models)",
     )
     parser.add_argument("--freeze-encoder", action="store_true", help="train the DPT decoder only")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (warmup, then cosine)")
@@ -155,12 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--seed", type=int, default=0, help="random init, generated scenes and batch order")
     args = parser.parse_args(argv)
-    if args.size < 16 or args.size % 16:
-        parser.error(f"--size must be a positive multiple of 16, got {args.size}")
+    if args.size < 14:
+        parser.error(f"--size must be at least 14 (and a multiple of the model's input multiple), got {args.size}")
     if args.steps < 0 or args.batch_size < 1 or args.lr <= 0 or args.save_every < 1 or args.scenes < 1:
         parser.error("--steps >= 0, --batch-size >= 1, --lr > 0, --save-every >= 1 and --scenes >= 1 are required")
-    if args.loss == "silog" and args.size % 32:
-        parser.error(f"--loss silog trains a ZoeDepth: --size must be a multiple of 32, got {args.size}")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         parser.error(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
     return args
@@ -244,11 +251,17 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if args.loss not in fits:
             fail(f"--weights {args.weights} is a {family.title} model: --loss {' or '.join(fits)} trains it")
-        multiple = family.input_multiple(config)
-        if args.size % multiple:
-            fail(f"--size {args.size} is not a multiple of the model's input multiple {multiple}")
     else:
-        config = small_zoedepth_config(args.size) if args.loss == "silog" else small_config(args.size)
+        metric = training.LOSS_TARGETS[args.loss] == "depth"  # a loss on meters: a small random ZoeDepth
+        try:
+            config = small_zoedepth_config(args.size) if metric else small_config(args.size)
+        except ValueError as err:
+            fail(f"--size {args.size}: {err}")
+        params = None
+    multiple = registry.of_config(config).input_multiple(config)
+    if args.size % multiple:
+        fail(f"--size {args.size} is not a multiple of the model's input multiple {multiple}")
+    if params is None:
         params = init_params(config, seed=args.seed)
     settings = run_settings(args, config)
     if saved_step is not None:

@@ -356,7 +356,7 @@ def test_video_export_and_a_training_step(tmp_path):
     session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
     assert rel_err(session.run(None, {session.get_inputs()[0].name: x})[0], reference_out) < 1e-5
 
-    for max_depth, loss in ((None, "ssimae"), (20.0, "silog")):
+    for max_depth, loss in ((None, "ssimae"), (20.0, "silog-da")):
         config = model.config.replace(max_depth=max_depth)
         net = beit_flax.FAMILIES["depth_anything"].build(config)
         state = training.create_train_state(net, params, optax.adam(1e-3))

@@ -97,9 +97,14 @@ def test_unreadable_inputs_are_one_line_errors(finetune, tmp_path, capsys):
     assert exit_status(finetune, [*TINY_RUN, *out, "--weights", str(tmp_path / "missing.msgpack")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("finetune.py: error: --weights: ") and "missing.msgpack" in err and err.count("\n") == 1
-    assert exit_status(finetune, [*TINY_RUN, *out, "--size", "40"]) == 2
+    assert exit_status(finetune, [*TINY_RUN, *out, "--size", "40"]) == 2  # the random-init MiDaS: patch 16
+    assert (
+        capsys.readouterr().err == "finetune.py: error: --size 40 is not a multiple of the model's input multiple 16\n"
+    )
+    assert exit_status(finetune, [*TINY_RUN, *out, "--size", "8"]) == 2
     assert capsys.readouterr().err == (
-        "finetune.py: error: --size must be a positive multiple of 16, got 40 (--help lists the options)\n"
+        "finetune.py: error: --size must be at least 14 (and a multiple of the model's input multiple), got 8 "
+        "(--help lists the options)\n"
     )
     assert exit_status(finetune, [*TINY_RUN, *out, "--step", "x"]) == 2
     assert capsys.readouterr().err == (

@@ -118,4 +118,27 @@ def test_finetune_example_trains_metric_depth(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:  # a ZoeDepth file with the MiDaS loss: refused in one line
         finetune.main(["--weights", str(out / "finetuned.msgpack"), "--size", "32", "--out", str(tmp_path / "b")])
     assert exit.value.code == 2
-    assert "--loss silog trains it" in capsys.readouterr().err
+    assert "--loss silog or silog-da trains it" in capsys.readouterr().err
+
+
+def torch_silog_da(pred, target, mask, lambd=0.5):
+    """Depth-Anything-V2 metric_depth/util/loss.py `SiLogLoss.forward`."""
+    diff_log = torch.log(target[mask]) - torch.log(pred[mask])
+    return torch.sqrt(torch.pow(diff_log, 2).mean() - lambd * torch.pow(diff_log.mean(), 2))
+
+
+def test_depth_anything_silog_matches_its_original():
+    for seed in range(3):
+        pred, target, mask = inputs(seed)
+        loss = lambda p, target=target, mask=mask: losses.silog_da_loss(p, target, mask)[0]
+        value, grad = jax.value_and_grad(loss)(jnp.asarray(pred))
+        pred_t = torch.tensor(pred, dtype=torch.float64, requires_grad=True)
+        expected = torch_silog_da(pred_t, torch.tensor(target, dtype=torch.float64), torch.tensor(mask))
+        expected.backward()
+        np.testing.assert_allclose(float(value), expected.item(), rtol=2e-6)
+        np.testing.assert_allclose(np.asarray(grad), pred_t.grad.numpy(), rtol=1e-4, atol=1e-9)
+        assert np.all(np.asarray(grad)[~mask] == 0)
+        assert abs(float(value) - float(losses.silog_loss(pred, target, mask)[0])) > 0.1  # not ZoeDepth's
+    empty = np.zeros_like(mask)
+    value, grad = jax.value_and_grad(lambda p: losses.silog_da_loss(p, target, empty)[0])(jnp.asarray(pred))
+    assert float(value) == 0.0 and np.all(np.isfinite(np.asarray(grad)))

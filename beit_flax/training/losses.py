@@ -196,7 +196,7 @@ def depth_metrics(
     }
 
 
-# --- metric depth (ZoeDepth) -----------------------------------------------------------------------------------------
+# --- metric depth (ZoeDepth, Depth Anything) -------------------------------------------------------------------------
 
 SILOG_EPS = 1e-7  # added inside both logs, as the original's `alpha`
 
@@ -231,6 +231,28 @@ def silog_loss(
     return loss, {"silog": loss}
 
 
+def silog_da_loss(
+    pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray, *, lambd: float = 0.5
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """Depth Anything's metric-depth loss: (scalar, {"silog": scalar}). As `SiLogLoss.forward`
+    (Depth-Anything-V2 `metric_depth/util/loss.py`), over the valid pixels of the batch pooled:
+
+        g = log(target) - log(pred)
+        loss = sqrt(mean(g^2) - lambd * mean(g)^2),   lambd = 0.5, plain means
+
+    Not ZoeDepth's `silog_loss` (x10, lambda 0.85, unbiased variance, 1e-7 inside the logs). pred is floored at
+    1e-30 m before its log (the original takes the log of what the sigmoid gives, > 0 but for underflow); fewer than
+    one valid pixel gives 0, and the square root's gradient is guarded at 0.
+    """
+    pred, target, mask = _inputs(pred, target, mask)
+    valid = mask > 0
+    g = jnp.where(valid, jnp.log(jnp.where(valid, target, 1.0)) - jnp.log(jnp.maximum(pred, 1e-30)), 0.0)
+    n = jnp.sum(mask)
+    dg = _safe_div(jnp.sum(g**2), n) - lambd * _safe_div(jnp.sum(g), n) ** 2
+    loss = jnp.where(dg > 0, jnp.sqrt(jnp.where(dg > 0, dg, 1.0)), 0.0)
+    return loss, {"silog": loss}
+
+
 def metric_depth_metrics(pred: jnp.ndarray, target: jnp.ndarray, mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """AbsRel, RMSE (meters) and delta1 per image of metric depth, without any alignment (ZoeDepth's
     `compute_errors`: a metric model is judged on its own scale).
@@ -259,4 +281,5 @@ LOSSES = {
     "ssimae": (ssimae_loss, "inverse_depth"),
     "ssitrim": (ssitrim_loss, "inverse_depth"),
     "silog": (silog_loss, "depth"),
+    "silog-da": (silog_da_loss, "depth"),
 }

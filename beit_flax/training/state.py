@@ -144,8 +144,9 @@ def create_train_state(
 
     loss: None for the family's `default_loss` ("midas" for MiDaS, "silog" for ZoeDepth's meters), or "midas"
     (scale-and-shift-invariant, least squares, on batches' "inverse_depth"), "ssimae" / "ssitrim" (MiDaS' median /
-    MAD variants, which keep the sign of depth from a random init: see `losses`) or "silog" (ZoeDepth's, on metric
-    "depth" in meters). `backbone(model)` gives the paths for `freeze=` to train the decoder only.
+    MAD variants, which keep the sign of depth from a random init: see `losses`), "silog" (ZoeDepth's) or "silog-da"
+    (Depth Anything's; both on metric "depth" in meters). `backbone(model)` gives the paths for `freeze=` to train
+    the decoder only.
     """
     family = registry.of_model(model)
     loss = family.default_loss(model.config) if loss is None else loss

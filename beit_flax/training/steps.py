@@ -33,8 +33,8 @@ def loss_fn(
     """The loss of the model's prediction on `batch`: (scalar, {its terms..., "pred" (B, H, W)}).
 
     loss: "midas" (`ssi_loss` on batch["inverse_depth"]: terms "data", "gradient"), "ssimae" / "ssitrim"
-    (`ssimae_loss` / `ssitrim_loss`, the same target, term "data") or "silog" (`silog_loss` on batch["depth"] in
-    meters, for a ZoeDepth: term "silog").
+    (`ssimae_loss` / `ssitrim_loss`, the same target, term "data") or "silog" / "silog-da" (`silog_loss`, ZoeDepth's,
+    / `silog_da_loss`, Depth Anything's, on batch["depth"] in meters: term "silog").
     """
     pred = apply_fn({"params": params}, batch["image"])
     terms, target = LOSSES[loss]
@@ -59,12 +59,13 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, j
 
 
 def eval_step(state: TrainState, batch: Batch) -> dict[str, jnp.ndarray]:
-    """Loss terms (batch values) and the depth metrics (means over the images with valid pixels): "midas", AbsRel /
-    delta1 after alignment; "silog", AbsRel / RMSE (meters) / delta1 of the metric depth as it is."""
+    """Loss terms (batch values) and the depth metrics (means over the images with valid pixels): losses on inverse
+    depth, AbsRel / delta1 after alignment; losses on depth in meters ("silog", "silog-da"), AbsRel / RMSE
+    (meters) / delta1 of the metric depth as it is."""
     target = LOSS_TARGETS[state.loss]
     check_batch(batch, state.input_multiple, target)
     loss, aux = loss_fn(state.params, state.apply_fn, batch, state.loss)
-    metrics = metric_depth_metrics if state.loss == "silog" else depth_metrics
+    metrics = metric_depth_metrics if target == "depth" else depth_metrics
     per_image = metrics(aux["pred"], batch[target], batch["mask"])
     has_pixels = per_image.pop("valid") > 0
     image_mean = lambda x: jnp.sum(jnp.where(has_pixels, x, 0.0)) / jnp.maximum(jnp.sum(has_pixels), 1)

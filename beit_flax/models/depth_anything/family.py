@@ -61,8 +61,8 @@ FAMILY = Family(
     input_multiple=lambda config: PATCH_SIZE,
     output=lambda config: MetricDepth(config.max_depth) if config.metric else RELATIVE,
     processing=processing,
-    # relative: the scale-and-shift-invariant loss Depth Anything trains with; metric: SILog, as its metric_depth
-    default_loss=lambda config: "silog" if config.metric else "ssimae",
+    # relative: the scale-and-shift-invariant loss Depth Anything trains with; metric: its metric_depth SiLogLoss
+    default_loss=lambda config: "silog-da" if config.metric else "ssimae",
     checkpoints=Checkpoints(
         detect=to_flax.detect_layout,
         to_flax=to_flax.to_flax,
