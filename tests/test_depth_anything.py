@@ -368,6 +368,36 @@ def test_video_export_and_a_training_step(tmp_path):
         assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
 
 
+def test_a_known_name_downloads_from_its_release_url_and_reads_metric_from_the_file_name(tmp_path, monkeypatch):
+    """`--weights depth_anything_v2_metric_indoor_small` from a release server on 127.0.0.1 standing in for the
+    hub's resolve URL (the file is a tiny model, not the released one): downloaded, converted as metric by its file
+    name, and the summary line states the weights' licence."""
+    from hub_helpers import release_server
+
+    from beit_flax.hub import KNOWN
+    from beit_flax.predictor import Predictor
+
+    name = "depth_anything_v2_metric_indoor_small"
+    ref = reference(SPEC | {"max_depth": 20.0})
+    pth = tmp_path / "model.pth"
+    torch.save(ref.state_dict(), pth)
+    path = KNOWN[name].url.removeprefix("https://huggingface.co")
+    assert path.endswith("/depth_anything_v2_metric_hypersim_vits.pth")
+    with release_server() as server:
+        server.files[path] = pth.read_bytes()
+        monkeypatch.setenv("BEIT_FLAX_WEIGHTS_DIR", str(tmp_path / "cache"))
+        monkeypatch.setenv("BEIT_FLAX_RELEASE_MIRROR", server.url)
+        monkeypatch.setenv("BEIT_FLAX_CACHE_DIR", "off")
+        for var in ("BEIT_FLAX_OFFLINE", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        predictor = Predictor(name, size=56)
+    assert predictor.output.units == "meters" and predictor.family.name == "depth_anything"
+    assert "weights licence Apache-2.0" in predictor.describe()
+    rgb = np.random.default_rng(10).integers(0, 256, (56, 70, 3), dtype=np.uint8)
+    expected = ref.infer_image(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 56)
+    assert rel_err(predictor.depth(rgb), expected) < PIPELINE_TOL
+
+
 # --- full size -----------------------------------------------------------------------------------------------------
 
 

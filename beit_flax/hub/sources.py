@@ -3,7 +3,8 @@ hub repo).
 
 A name resolves to its release file (the original MiDaS / ZoeDepth `.pt`); the hub repo is the same model converted
 by Intel for transformers, used when the repo id itself is given (`Intel/dpt-beit-large-512[@revision]`).
-$BEIT_FLAX_RELEASE_MIRROR (a base URL) replaces `https://github.com` in release URLs: a local mirror, or the tests.
+$BEIT_FLAX_RELEASE_MIRROR (a base URL) replaces the host of release URLs (`RELEASE_HOSTS`: GitHub's for MiDaS and
+ZoeDepth, Hugging Face's for Depth Anything), keeping the path: a local mirror, or the tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator, MutableMapping
 from beit_flax.models import registry
 
 MIRROR_ENV = "BEIT_FLAX_RELEASE_MIRROR"
-GITHUB = "https://github.com"
+RELEASE_HOSTS = ("https://github.com", "https://huggingface.co")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +75,10 @@ FILE_SUFFIXES = (".msgpack", ".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 def download_url(url: str) -> str:
-    """`url` with https://github.com replaced by $BEIT_FLAX_RELEASE_MIRROR when that is set."""
+    """`url` with its host (one of `RELEASE_HOSTS`) replaced by $BEIT_FLAX_RELEASE_MIRROR when that is set."""
     mirror = os.environ.get(MIRROR_ENV, "").strip().rstrip("/")
-    return mirror + url[len(GITHUB) :] if mirror and url.startswith(GITHUB + "/") else url
+    host = next((h for h in RELEASE_HOSTS if url.startswith(h + "/")), None)
+    return mirror + url[len(host) :] if mirror and host else url
 
 
 def parse_repo_id(text: str) -> tuple[str, str | None] | None:
