@@ -49,11 +49,12 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], pool: ThreadPoolExecut
 
 def as_image_list(images: Any) -> list[np.ndarray]:
     """`predict`'s input check: a list of (H, W, 3) arrays (uint8, uint16 or float in [0, 1]), or one (B, H, W, 3)
-    array -> a list of arrays. ValueError with the index and shape of the first bad one."""
+    array -> a list of arrays. ValueError with the index and shape of the first bad one; the same rules for both
+    forms (dtype: uint8, uint16 or a real float, whose values must lie in [0, 1])."""
     if not isinstance(images, (list, tuple)) and hasattr(images, "__array__"):  # numpy, jax, ... arrays
         array = np.asarray(images)
         if array.ndim == 4:
-            return list(array)
+            return as_image_list(list(array))
         raise ValueError(
             f"images must be a list of (H, W, 3) arrays or one (B, H, W, 3) array; got one array of shape "
             f"{array.shape} (wrap a single image in a list)"
@@ -69,6 +70,12 @@ def as_image_list(images: Any) -> list[np.ndarray]:
             raise ValueError(
                 f"images[{i}] must be uint8, uint16 or float in [0, 1]; got dtype {array.dtype} (shape {array.shape})"
             )
+        if np.issubdtype(array.dtype, np.floating) and array.size:
+            low, high = float(np.min(array)), float(np.max(array))  # NaN makes both NaN: refused too
+            if not (low >= 0.0 and high <= 1.0):
+                raise ValueError(
+                    f"images[{i}] is float with values in [{low:g}, {high:g}]; float images must be in [0, 1]"
+                )
         checked.append(array)
     return checked
 

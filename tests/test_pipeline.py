@@ -190,6 +190,13 @@ def test_predict_accepts_a_batch_array_and_empty_list(tiny):
         ([np.zeros((8, 8, 3), np.uint8), np.zeros((10, 12, 4), np.uint8)], r"images\[1\] .* shape \(10, 12, 4\)"),
         ([np.zeros((0, 12, 3), np.uint8)], r"shape \(0, 12, 3\)"),
         ([np.zeros((8, 8, 3), np.int64)], r"dtype int64 \(shape \(8, 8, 3\)\)"),
+        # the (B, H, W, 3) array form follows the list form's rules
+        (np.zeros((2, 8, 8, 3), np.int32), r"images\[0\] .* dtype int32"),
+        (np.zeros((1, 8, 8, 3), bool), r"images\[0\] .* dtype bool"),
+        (np.zeros((1, 8, 8, 3), np.complex64), r"images\[0\] .* dtype complex64"),
+        # floats are [0, 1]; anything else (0..255 floats, NaN) is refused rather than clipped
+        ([np.full((8, 8, 3), 0.5), np.full((8, 8, 3), 255.0)], r"images\[1\] is float with values in \[255, 255\]"),
+        (np.full((1, 8, 8, 3), np.nan, np.float32), r"values in \[nan, nan\]"),
         ("photo.jpg", "list of"),
     ],
 )
