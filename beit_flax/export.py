@@ -2,7 +2,8 @@
 
 Both hold one function, the model's `apply` with the weights baked in as constants:
 
-    images (B, H, W, 3) float32, normalised as (x - 0.5) / 0.5  ->  depth (B, H, W) float32
+    images (B, H, W, 3) float32, normalised as the family's preprocessing does  ->  depth (B, H, W) float32
+    ((x - 0.5) / 0.5 for MiDaS and ZoeDepth; ImageNet mean / std for Depth Anything)
 
 in the model family's units (relative inverse depth for MiDaS, meters for ZoeDepth: `DepthOutput.units`). H and W
 are fixed per export, multiples of the family's `input_multiple` (MiDaS 16, ZoeDepth 32); B is dynamic unless `batch`
@@ -37,9 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from beit_flax.arguments import positive_int
 from beit_flax.files import atomic_write_bytes, check_outputs
 from beit_flax.models import registry
 from beit_flax.models.precision import check_dtype
+from beit_flax.transforms import DEFAULT_MAX_PIXELS, check_net_input
 
 FORMATS = ("onnx", "stablehlo")
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -231,13 +234,21 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "export",
         help="weights -> an ONNX file or serialized StableHLO, weights baked in",
-        description="One function, weights baked in: images (B, H, W, 3) float32 normalised (x - 0.5) / 0.5 -> "
+        description="One function, weights baked in: images (B, H, W, 3) float32, normalised as the model's "
+        "preprocessing does ((x - 0.5) / 0.5; Depth Anything: ImageNet mean / std) -> "
         "(B, H, W) float32 depth. H and W are fixed; B is dynamic unless --batch is given.",
     )
     parser.add_argument("--weights", required=True, metavar="W.msgpack", help="beit-flax weights (convert_weights)")
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     parser.add_argument("--size", required=True, type=size_arg, metavar="HxW", help="network input (or N: N x N)")
-    parser.add_argument("--batch", type=int, metavar="B", help="a fixed batch size (default: dynamic)")
+    parser.add_argument("--batch", type=positive_int, metavar="B", help="a fixed batch size (default: dynamic)")
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="the largest network input H x W, as predict's (default: %(default)s)",
+    )
     parser.add_argument(
         "--dtype",
         default="float32",
@@ -263,6 +274,7 @@ def run_export(args: argparse.Namespace) -> int:
         # onnxruntime refuses (Mul of float16 and float); ONNX's Conv has no bfloat16
         if args.fmt == "onnx" and args.dtype != "float32":
             raise ValueError(f"ONNX exports are float32 only (got --dtype {args.dtype}); StableHLO takes 16-bit")
+        check_net_input(args.size, args.max_pixels)  # the bound predict has: no artifact for a gigapixel input
         summary = export_weights(
             args.weights, args.fmt, args.size, args.out, batch=args.batch, dtype=args.dtype, platforms=args.platforms
         )

@@ -152,6 +152,10 @@ def test_cli_export_both_formats(tiny_params, tmp_path, capsys):
     )
     assert main(["export", "--weights", str(weights), "--format", "onnx", "--size", "64", "--out", str(weights)]) == 2
     assert not bad.exists() and "error" in capsys.readouterr().err
+    # the network input is bounded as predict's is: no artifact for a 10-gigapixel input
+    huge = ["export", "--weights", str(weights), "--format", "stablehlo", "--size", "100000", "--out", str(bad)]
+    assert main(huge) == 2
+    assert "over the limit of 67.1 MP (raise it with --max-pixels)" in capsys.readouterr().err and not bad.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.msgpack", "tiny.onnx", "tiny.stablehlo"]
 
 
