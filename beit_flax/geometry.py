@@ -41,6 +41,9 @@ if TYPE_CHECKING:  # trimesh (~0.3 s to import) loads only when a 3D file is mad
     import trimesh
 
 DEFAULT_FOV_DEG = 60.0
+# An EXIF focal length is input like any other: one that gives a horizontal field of view outside these bounds (a
+# 5e-324 mm or 1e308 mm lens) is ignored for the default, and the description says so
+EXIF_FOV_RANGE_DEG = (1.0, 170.0)
 """Horizontal field of view (degrees) used when neither an explicit fov nor EXIF gives a focal length: a moderate
 wide angle, between a phone's main camera (about 65-70 degrees) and a normal lens (about 40 degrees)."""
 
@@ -116,9 +119,15 @@ def camera_focal(path: str | os.PathLike | None, width: int, fov_deg: float | No
     then `DEFAULT_FOV_DEG` ("fov 60 deg (default)")."""
     if fov_deg is not None:
         return focal_from_fov(fov_deg, width), f"fov {fov_deg:g} deg"
+    default = f"fov {DEFAULT_FOV_DEG:g} deg (default)"
     if path is not None and (found := _exif_focal(path)) is not None:
-        return found
-    return focal_from_fov(DEFAULT_FOV_DEG, width), f"fov {DEFAULT_FOV_DEG:g} deg (default)"
+        focal_px, where = found
+        fov = math.degrees(2 * math.atan(width / 2 / focal_px)) if math.isfinite(focal_px) and focal_px > 0 else 0.0
+        low, high = EXIF_FOV_RANGE_DEG
+        if low <= fov <= high:
+            return found
+        default = f"fov {DEFAULT_FOV_DEG:g} deg (default; ignored {where}: a {fov:.3g} deg field of view)"
+    return focal_from_fov(DEFAULT_FOV_DEG, width), default
 
 
 def _check(depth: np.ndarray, rgb: np.ndarray, focal_px: float) -> np.ndarray:

@@ -340,3 +340,23 @@ def test_nothing_to_write():
     assert len(mesh(np.ones((1, 5)), rgb, output=METRIC, focal_px=3.0).faces) == 0
     scene = trimesh.load(io.BytesIO(glb_bytes(np.ones((1, 5)), rgb, output=METRIC, focal_px=3.0)), file_type="glb")
     assert len(scene.geometry) == 0
+
+
+@pytest.mark.parametrize("focal_35mm", [5e-324, 0.001, 1e9, 1e308])
+def test_absurd_exif_focal_lengths_fall_back_to_the_default_field_of_view(tmp_path, focal_35mm):
+    """EXIF is input: a focal length giving a field of view outside EXIF_FOV_RANGE_DEG (a 180 deg or 0 deg lens,
+    non-finite pixels) is ignored, and the description says so; the 3D files stay finite."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0xA405] = focal_35mm  # FocalLengthIn35mmFilm
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(photo, exif=exif.tobytes())
+    focal, where = camera_focal(photo, 60, None)
+    assert focal == pytest.approx(focal_from_fov(DEFAULT_FOV_DEG, 60))
+    assert where.startswith(f"fov {DEFAULT_FOV_DEG:g} deg (default; ignored EXIF") and "field of view" in where
+    depth = np.linspace(1, 2, 40 * 60, dtype=np.float32).reshape(40, 60)
+    cloud = point_cloud(depth, np.zeros((40, 60, 3), np.uint8), output=MetricDepth(10.0), focal_px=focal)
+    assert np.isfinite(cloud.vertices).all()
+    sane = tmp_path / "sane.jpg"
+    exif.get_ifd(0x8769)[0xA405] = 28
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(sane, exif=exif.tobytes())
+    assert camera_focal(sane, 60, None)[1] == "EXIF 28 mm (35 mm equiv.)"
