@@ -161,6 +161,27 @@ def test_local_checkpoints_are_converted_once(env, hf_folder, tmp_path):
     assert leftovers(env) == before
 
 
+def test_a_replaced_checkpoint_with_the_same_size_and_mtime_is_converted_again(env, tmp_path):
+    """`cp -p` of another model over a converted file keeps its size and mtime: the cache must not reuse the old
+    conversion (issue 23, item 2)."""
+    torch = pytest.importorskip("torch")
+    original = torch.load(tiny_files()[0].parent / "midas.pt", weights_only=True)
+    other = {k: v + 1.0 if v.is_floating_point() else v for k, v in original.items()}  # same shapes: same size
+    pt, spare = tmp_path / "midas.pt", tmp_path / "other.pt"
+    torch.save(original, pt)
+    torch.save(other, spare)
+    assert pt.stat().st_size == spare.stat().st_size
+    first = resolve(pt, progress=False)
+    mtime = pt.stat().st_mtime_ns
+    os.replace(spare, pt)
+    os.utime(pt, ns=(mtime, mtime))
+    second = resolve(pt, progress=False)
+    assert second != first and not same_params(first, second)
+    (_, params), converted = beit_flax.load(second), beit_flax.convert.torch_to_flax
+    expected = converted(beit_flax.convert.open_checkpoint(pt)).params
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, expected)))
+
+
 def test_hub_repo_from_the_offline_cache(env, hf_folder, tmp_path, monkeypatch):
     hub = tmp_path / "hf" / "hub"
     snapshot = hub_cache(hub, REPO, hf_folder)

@@ -73,12 +73,14 @@ def _convert(checkpoint: Path, out: Path, progress: bool) -> None:
 
 
 def _local(path: Path, kind: str, folder: Path, progress: bool) -> Path:
-    """A checkpoint on disk: its cached conversion, by (path, size, mtime) without reading it, else by digest."""
+    """A checkpoint on disk: its cached conversion, by (path, size, mtime, ctime, device, inode) without reading it,
+    else by digest. ctime and the inode change whenever a file is written or replaced, even by `cp -p`, which keeps
+    size and mtime: a stamp that still matches is the same content."""
     from beit_flax.convert.checkpoint import checkpoint_files
 
     files = checkpoint_files(path)
     source = f"file:{path.resolve()}"
-    stamp = [[os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+    stamp = [[s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_dev, s.st_ino] for s in map(os.stat, files)]
     if (hit := cache.find(folder, source=source, stamp=stamp)) is not None:
         return hit.weights
     # no lock: two processes converting one local file at once only duplicate work (every write is atomic), and a
