@@ -182,6 +182,19 @@ def test_a_replaced_checkpoint_with_the_same_size_and_mtime_is_converted_again(e
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params, expected)))
 
 
+def test_cache_records_that_are_not_regular_files_are_skipped(env, server):
+    """A FIFO named *.json would hang every resolution and a *.json link to /dev/zero would read without end: records
+    are read as regular files under a size cap, anything else is skipped (issue 23, item 8)."""
+    weights = resolve(NAME, progress=False)
+    os.mkfifo(env / "fifo.json")
+    (env / "zero.json").symlink_to("/dev/zero")
+    (env / "big.json").write_bytes(b" " * (1 << 17))  # over MAX_RECORD_BYTES
+    start = time.monotonic()
+    assert resolve(NAME) == weights
+    assert any(line.startswith(NAME) for line in list_lines(env))
+    assert time.monotonic() - start < 30
+
+
 def test_hub_repo_from_the_offline_cache(env, hf_folder, tmp_path, monkeypatch):
     hub = tmp_path / "hf" / "hub"
     snapshot = hub_cache(hub, REPO, hf_folder)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from beit_flax.files import atomic_write_bytes
+from beit_flax.files import atomic_write_bytes, read_input
 
 WEIGHTS_ENV = "BEIT_FLAX_WEIGHTS_DIR"
 MAX_RECORD_BYTES = 1 << 16
@@ -60,8 +60,9 @@ def entries(folder: Path) -> list[Entry]:
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else ():
         weights = record.with_suffix(".msgpack")
         try:
-            info = json.loads(record.read_bytes()[:MAX_RECORD_BYTES])
-        except (OSError, ValueError):
+            # a regular file under the cap, read as such: a FIFO or a link to /dev/zero named *.json is skipped
+            info = json.loads(read_input(record, MAX_RECORD_BYTES, "cache record"))
+        except (OSError, ValueError):  # InputError is a ValueError
             continue  # not ours, or unreadable: never trusted
         if isinstance(info, dict) and weights.is_file() and not weights.is_symlink():
             found.append(Entry(weights, record, info))
