@@ -195,6 +195,19 @@ def test_cache_records_that_are_not_regular_files_are_skipped(env, server):
     assert time.monotonic() - start < 30
 
 
+def test_clear_removes_only_what_the_cache_wrote(env, server):
+    """BEIT_FLAX_WEIGHTS_DIR pointed at a folder that also holds the user's own model.msgpack + model.json: `cache
+    clear` removes the cache's entries and leaves the user's files byte for byte (issue 23, item 7)."""
+    resolve(NAME, progress=False)
+    own = {env / "model.msgpack": tiny_files()[0].read_bytes(), env / "model.json": b'{"name": "mine"}\n'}
+    for path, data in own.items():
+        path.write_bytes(data)
+    assert not any("model.msgpack" in line for line in list_lines(env))
+    assert "removed 1 converted model" in clear(env, [])
+    assert {p: p.read_bytes() for p in own} == own
+    assert sorted(p.name for p in env.iterdir() if p.is_file()) == ["model.json", "model.msgpack"]
+
+
 def test_hub_repo_from_the_offline_cache(env, hf_folder, tmp_path, monkeypatch):
     hub = tmp_path / "hf" / "hub"
     snapshot = hub_cache(hub, REPO, hf_folder)

@@ -26,6 +26,9 @@ from beit_flax.files import atomic_write_bytes, read_input
 
 WEIGHTS_ENV = "BEIT_FLAX_WEIGHTS_DIR"
 MAX_RECORD_BYTES = 1 << 16
+# Every record this cache writes says so; a folder may also hold a user's own model.msgpack + model.json, which
+# `list` and `clear` must never take for an entry
+WRITER = "beit-flax weights cache"
 
 
 def weights_dir(path: str | os.PathLike | None = None) -> Path:
@@ -54,6 +57,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^\w.-]+", "_", name).strip("._")[-60:] or "weights"
 
 
+def _ours(weights: Path, info: dict) -> bool:
+    """A record this cache wrote: it carries `WRITER`, or (written before the marker) its file is named by
+    `target`, ending in the first 16 hex digits of the sha256 it records."""
+    if info.get("writer") == WRITER:
+        return True
+    digest = info.get("sha256")
+    return isinstance(digest, str) and len(digest) == 64 and weights.stem.endswith("-" + digest[:16])
+
+
 def entries(folder: Path) -> list[Entry]:
     """Every complete entry (a readable record whose .msgpack exists), oldest first."""
     found = []
@@ -64,7 +76,7 @@ def entries(folder: Path) -> list[Entry]:
             info = json.loads(read_input(record, MAX_RECORD_BYTES, "cache record"))
         except (OSError, ValueError):  # InputError is a ValueError
             continue  # not ours, or unreadable: never trusted
-        if isinstance(info, dict) and weights.is_file() and not weights.is_symlink():
+        if isinstance(info, dict) and _ours(weights, info) and weights.is_file() and not weights.is_symlink():
             found.append(Entry(weights, record, info))
     return sorted(found, key=lambda e: str(e.info.get("created", "")))
 
@@ -89,7 +101,7 @@ def target(folder: Path, name: str, sha256: str) -> Path:
 
 def record(weights: Path, **info) -> Entry:
     """Write the JSON record of the complete file `weights` (atomically); returns the entry."""
-    info = {**info, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    info = {**info, "writer": WRITER, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = weights.with_suffix(".json")
     atomic_write_bytes(path, (json.dumps(info, indent=1) + "\n").encode())
     return Entry(weights, path, info)
