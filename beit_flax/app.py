@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from beit_flax.arguments import EXIT_USAGE, PROG, fov_arg, net_size_arg
+from beit_flax.arguments import EXIT_USAGE, PROG, fov_arg, net_size_arg, one_line
 
 INSTALL_HINT = 'the app needs gradio: pip install "beit-flax[app]"'
 WARM_UP_HW = (480, 640)  # the warm-up image: compiles the network input of 4:3 landscape photos, the commonest shape
@@ -251,7 +251,7 @@ def stop_on_sigterm():
 def run_app(args: argparse.Namespace) -> int:
     """Load, warm up, serve until Ctrl-C / SIGTERM: 128 + the signal then; 2 after reporting missing gradio, bad
     weights or a port that cannot be served."""
-    report = lambda message: print(f"{PROG}: {message}", file=sys.stderr)
+    report = lambda message: print(f"{PROG}: {one_line(message)}", file=sys.stderr)
     # before gradio is imported: its import and Blocks() read these (analytics, PyPI version check, hub telemetry)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 
 from beit_flax.transforms import MIN_NET_SIZE
@@ -54,11 +55,20 @@ def fov_arg(text: str) -> float:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped as Python writes them (a file named "broken\\nname.png" stays on one
+    line); other characters, accents included, as they are."""
+    return _CONTROL.sub(lambda m: repr(m[0])[1:-1], str(text))
+
+
 def report(message: str) -> None:
-    """One line on stderr that does not break the progress bar."""
+    """One line on stderr that does not break the progress bar (control characters escaped: `one_line`)."""
     from tqdm import tqdm
 
-    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+    tqdm.write(f"{PROG}: {one_line(message)}", file=sys.stderr)
 
 
 def progress(total: int | None, unit: str, quiet: bool):

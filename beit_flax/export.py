@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from beit_flax.arguments import positive_int
+from beit_flax.arguments import one_line, positive_int
 from beit_flax.files import atomic_write_bytes, check_outputs
 from beit_flax.models import registry
 from beit_flax.models.precision import check_dtype
@@ -279,7 +279,7 @@ def run_export(args: argparse.Namespace) -> int:
             args.weights, args.fmt, args.size, args.out, batch=args.batch, dtype=args.dtype, platforms=args.platforms
         )
     except (ImportError, OSError, ValueError) as err:  # OutputError, InputError, bad weights files, no jax2onnx
-        print(f"beit-depth: error: {err}", file=sys.stderr)
+        print(f"beit-depth: error: {one_line(err)}", file=sys.stderr)
         return 2
     print(f"beit-depth: wrote {summary.line(args.out)}")
     return 0

@@ -303,3 +303,17 @@ def test_predict_3d_files(weights, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:  # argparse: usage + one error line, exit 2
             main(["predict", "--weights", str(weights), str(photo), "--out", str(out), "--fov", bad])
         assert exit_info.value.code == 2 and "--fov" in capsys.readouterr().err
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(weights, tmp_path, capsys):
+    """One line means one line: control characters in names are escaped in every message (issue 23, item 13)."""
+    from beit_flax.convert.cli import main as convert_main
+
+    bad = tmp_path / "broken\nname.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", "--weights", str(weights), str(bad), "--out", str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken\\nname.png: not an image" in err
+    assert convert_main([str(bad), str(tmp_path / "o.msgpack")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "broken\\nname.png" in err

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from beit_flax.arguments import one_line
 from beit_flax.files import OutputError, check_input, check_outputs, interruptible
 
 EXIT_BAD_INPUT = 2
@@ -93,17 +94,17 @@ def run(prog: str, work: Callable[[], str], output: str, *, debug: bool) -> int:
         except OutputError as err:
             if debug:
                 raise
-            print(f"{prog}: cannot write {err}", file=sys.stderr)
+            print(f"{prog}: cannot write {one_line(err)}", file=sys.stderr)
             return EXIT_CANNOT_WRITE
         except OSError as err:
             if debug:
                 raise
-            print(f"{prog}: cannot write {output}: {err.strerror or err}", file=sys.stderr)
+            print(f"{prog}: cannot write {one_line(output)}: {one_line(err.strerror or err)}", file=sys.stderr)
             return EXIT_CANNOT_WRITE
         except ValueError as err:
             if debug:
                 raise
-            print(f"{prog}: {err}", file=sys.stderr)
+            print(f"{prog}: {one_line(err)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return 0
 
