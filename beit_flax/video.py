@@ -68,7 +68,16 @@ def _open(source: str | Path):
     import imageio.v2 as imageio
 
     try:
-        reader = imageio.get_reader(source, format="FFMPEG")
+        try:
+            reader = imageio.get_reader(source, format="FFMPEG")
+        except RuntimeError:
+            if not Path(source).is_file():
+                raise
+            # imageio judges files by their extension (an MPEG-TS `.ts` is refused): ffmpeg probes the content, so
+            # a local file is handed to it whatever its name
+            import imageio.v3 as iio
+
+            reader = iio.imopen(source, "r", plugin="FFMPEG", extension=".mp4", legacy_mode=True).legacy_get_reader()
         return reader, reader.get_meta_data()
     except Exception as err:  # imageio / ffmpeg raise a variety of types for unreadable input
         raise VideoError(f"cannot read video ({first_line(err)})") from err

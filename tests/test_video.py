@@ -146,3 +146,26 @@ def test_frames_over_the_pixel_limit_are_refused_before_the_weights_load(clip, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "over the limit" in err[0] and "weights" not in err[0]
     assert main(argv) == 2 and "cannot load weights" in capsys.readouterr().err  # the same run, frames in bounds
+
+
+def test_video_is_judged_by_its_content_not_its_extension(weights, clip, tmp_path, capsys):
+    """An MPEG-TS `.ts` (and a file with no extension) that ffmpeg reads is read (issue 23, item 14); a `.ts` that
+    is not a video is one error line, exit 1."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    ts = tmp_path / "clip.ts"
+    ffmpeg = [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(clip)]
+    subprocess.run([*ffmpeg, "-c", "copy", "-f", "mpegts", str(ts)], check=True)
+    bare = tmp_path / "clip"
+    bare.write_bytes(ts.read_bytes())
+    for source in (ts, bare):
+        out = tmp_path / f"{source.name}_depth.mp4"
+        assert run_video(weights, source, out) == 0, capsys.readouterr().err
+        with imageio.get_reader(out) as reader:
+            assert reader.count_frames() == 6
+    junk = tmp_path / "junk.ts"
+    junk.write_bytes(b"not a video")
+    assert run_video(weights, junk, tmp_path / "junk.mp4") == 1
+    assert "junk.ts: cannot read video" in capsys.readouterr().err
