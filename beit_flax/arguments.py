@@ -13,6 +13,7 @@ from beit_flax.transforms import MIN_NET_SIZE
 PROG = "beit-depth"
 EXIT_FAILED_INPUTS = 1  # some inputs could not be processed; the others were
 EXIT_USAGE = 2  # bad arguments, weights or output paths: nothing was processed
+EXIT_CANNOT_WRITE = 3  # an output (a file, the weights cache) that cannot be written or is refused
 
 
 def positive_int(text: str) -> int:

@@ -208,6 +208,24 @@ def test_clear_removes_only_what_the_cache_wrote(env, server):
     assert sorted(p.name for p in env.iterdir() if p.is_file()) == ["model.json", "model.msgpack"]
 
 
+def test_clearing_a_read_only_cache_is_one_line(env, server, monkeypatch, capsys):
+    """A read-only file system: `beit-depth cache clear` says so in one line, exit 3, no traceback (issue 23,
+    item 12)."""
+    import errno
+
+    from beit_flax.cli import main
+
+    resolve(NAME, progress=False)
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    assert main(["cache", "clear"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot clear the weights cache" in err and "Read-only file system" in err
+
+
 def test_hub_repo_from_the_offline_cache(env, hf_folder, tmp_path, monkeypatch):
     hub = tmp_path / "hf" / "hub"
     snapshot = hub_cache(hub, REPO, hf_folder)

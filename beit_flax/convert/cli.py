@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from beit_flax.arguments import one_line
+from beit_flax.arguments import EXIT_CANNOT_WRITE, one_line  # 3: also an output that is refused
 from beit_flax.files import OutputError, check_input, check_outputs, interruptible
 
 EXIT_BAD_INPUT = 2
-EXIT_CANNOT_WRITE = 3  # also: an output that is not a regular file, or is one of the inputs (files.check_outputs)
 
 
 def build_parser() -> argparse.ArgumentParser:

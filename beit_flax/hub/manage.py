@@ -7,8 +7,10 @@ entry, or only those whose name, source or file is given, with their release dow
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from beit_flax.arguments import EXIT_CANNOT_WRITE, one_line
 from beit_flax.hub import cache
 from beit_flax.hub.sources import KNOWN
 
@@ -68,10 +70,16 @@ def clear(folder: Path, names: list[str]) -> str:
 
 
 def main(action: str, names: list[str]) -> int:
-    """`beit-depth cache ACTION [NAME...]`; prints to stdout, returns the exit status."""
+    """`beit-depth cache ACTION [NAME...]`; prints to stdout, returns the exit status: 0, or 3 after one line on
+    stderr when the cache cannot be read or written (a read-only file system, permissions)."""
     folder = cache.weights_dir()
-    if action == "list":
-        print("\n".join(list_lines(folder)))
-        return 0
-    print(clear(folder, names))
+    try:
+        print("\n".join(list_lines(folder)) if action == "list" else clear(folder, names))
+    except OSError as err:
+        where = err.filename or folder
+        print(
+            f"beit-depth: error: cannot {action} the weights cache: {one_line(where)}: {err.strerror or err}",
+            file=sys.stderr,
+        )
+        return EXIT_CANNOT_WRITE
     return 0
