@@ -80,13 +80,15 @@ def fit_size(
 
 
 @functools.lru_cache(maxsize=128)
-def cubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+def cubic_taps(in_size: int, out_size: int, step: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Source indices (out, 4) int64 and weights (out, 4) float32 of torch's bicubic rule along one axis.
 
-    src = (dst + 0.5) * in / out - 0.5 (unclamped); taps floor(src) - 1 .. + 2 clamped to the border.
+    src = (dst + 0.5) * step - 0.5 (unclamped), step = in / out, or torch's 1 / scale_factor when one was given
+    (`models.dpt.position_embedding`); taps floor(src) - 1 .. + 2 clamped to the border.
     """
     a = -0.75
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    step = in_size / out_size if step is None else step
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * step - 0.5
     base = np.floor(src)
     t = src - base
     near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1

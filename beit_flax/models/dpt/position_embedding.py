@@ -9,7 +9,7 @@ instead (source (i + 0.5) * g / h - 0.5): a different embedding at every grid bu
 here; `offset=None` gives transformers' rule, for measuring the difference. At the training grid of a square
 image the table is used as it is (the original's early return).
 
-torch's CPU bicubic (A = -0.75, taps clamped at the border, float32 arithmetic) is applied as two small matrices.
+torch's bicubic (A = -0.75, taps clamped at the border) is applied as two small matrices.
 """
 
 from __future__ import annotations
@@ -20,22 +20,17 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from beit_flax.transforms import cubic_taps
+
 DINOV2_OFFSET = 0.1  # `interpolate_offset` of every Depth Anything / DINOv2 release
 
 
 @functools.lru_cache(maxsize=64)
 def bicubic_matrix(in_size: int, out_size: int, scale_factor: float | None) -> np.ndarray:
-    """(out_size, in_size) float32 W with out = W @ in: torch's bicubic (align_corners=False) along one axis, with
-    `scale_factor` as torch takes it (source step 1 / scale_factor) or None (step in_size / out_size)."""
-    step = np.float32(1.0 / scale_factor) if scale_factor is not None else np.float32(in_size) / np.float32(out_size)
-    src = step * (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5)
-    base = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    t = np.clip(src - base.astype(np.float32), 0, 1).astype(np.float32)
-    a = np.float32(-0.75)
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # |x| <= 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 < |x| < 2
-    weights = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1).astype(np.float32)
-    index = np.clip(base[:, None] + np.arange(-1, 3), 0, in_size - 1)
+    """(out_size, in_size) float32 W with out = W @ in: torch's bicubic (align_corners=False) along one axis
+    (`transforms.cubic_taps`), with `scale_factor` as torch takes it (source step 1 / scale_factor) or None (step
+    in_size / out_size)."""
+    index, weights = cubic_taps(in_size, out_size, None if scale_factor is None else 1.0 / scale_factor)
     matrix = np.zeros((out_size, in_size), np.float32)
     np.add.at(matrix, (np.arange(out_size)[:, None].repeat(4, 1), index), weights)
     matrix.flags.writeable = False

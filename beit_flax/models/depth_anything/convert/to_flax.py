@@ -119,10 +119,11 @@ def infer_config(checkpoint: Checkpoint, layout: str, max_depth: float | None) -
     )
     if swiglu and layout != "hf-v5":
         ffn_channels //= 2  # the fused [gate; up]
-    heads = _hf_backbone(checkpoint.hf_config, source).get("num_attention_heads", max(width // HEAD_SIZE, 1))
+    backbone = _hf_backbone(checkpoint.hf_config, source)
+    heads = backbone.get("num_attention_heads", max(width // HEAD_SIZE, 1))
     meters, depth_note = _max_depth(checkpoint, max_depth)
     taps, taps_note = _taps(checkpoint, len(blocks))
-    eps = _hf_backbone(checkpoint.hf_config, source).get("layer_norm_eps", 1e-6)
+    eps = backbone.get("layer_norm_eps", 1e-6)
     try:
         config = DepthAnythingConfig(
             width=width,
