@@ -373,19 +373,22 @@ def test_video_export_and_a_training_step(tmp_path):
 
 
 def test_a_known_name_downloads_from_its_release_url_and_reads_metric_from_the_file_name(tmp_path, monkeypatch):
-    """`--weights depth_anything_v2_metric_indoor_small` from a release server on 127.0.0.1 standing in for the
-    hub's resolve URL (the file is a tiny model, not the released one): downloaded, converted as metric by its file
+    """A name for `depth_anything_v2_metric_indoor_small`'s release URL and licence, from a release server on
+    127.0.0.1 standing in for the hub's resolve URL (the file is a tiny model, so the name is registered here with
+    the tiny architecture: the real name promises ViT-S and refuses it): downloaded, converted as metric by its file
     name, and the summary line states the weights' licence."""
     from hub_helpers import release_server
 
-    from beit_flax.hub import KNOWN
+    from beit_flax.hub import KNOWN, Known
     from beit_flax.predictor import Predictor
 
-    name = "depth_anything_v2_metric_indoor_small"
+    real = KNOWN["depth_anything_v2_metric_indoor_small"]
+    name = "tiny_depth_anything_metric_indoor"
+    monkeypatch.setitem(KNOWN, name, Known(name, real.url, real.repo, None, real.family, real.licence, TINY))
     ref = reference(SPEC | {"max_depth": 20.0})
     pth = tmp_path / "model.pth"
     torch.save(ref.state_dict(), pth)
-    path = KNOWN[name].url.removeprefix("https://huggingface.co")
+    path = real.url.removeprefix("https://huggingface.co")
     assert path.endswith("/depth_anything_v2_metric_hypersim_vits.pth")
     with release_server() as server:
         server.files[path] = pth.read_bytes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,9 +25,20 @@ import beit_flax
 from beit_flax.hub import KNOWN, DigestError, DownloadError, Known, NotCachedError, resolve
 from beit_flax.hub.manage import clear, list_lines
 
-NAME = "dpt_beit_large_512"
-URL_PATH = "/isl-org/MiDaS/releases/download/v3_1/dpt_beit_large_512.pt"
-REPO = "Intel/dpt-beit-large-512"
+# A name for the tiny model, registered by every test here (`registered`): a real name promises its architecture,
+# and the tiny files are not it (test_a_name_refuses_another_model)
+NAME = "tiny_beit"
+URL_PATH = "/isl-org/MiDaS/releases/download/v3_1/tiny_beit.pt"
+REPO = "test/tiny-beit"
+REGISTER = (
+    "from beit_flax.hub import KNOWN, Known; from beit_flax.models.dpt.config import TINY; "
+    f"KNOWN[{NAME!r}] = Known({NAME!r}, 'https://github.com{URL_PATH}', {REPO!r}, config=TINY)"
+)
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    monkeypatch.setitem(KNOWN, NAME, Known(NAME, "https://github.com" + URL_PATH, REPO, config=TINY))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +87,7 @@ def leftovers(cache: Path) -> list[str]:
 def test_known_name_downloads_converts_and_caches_once(env, server, midas_pt):
     weights = resolve(NAME, progress=False)
     assert weights.parent == env and same_params(weights, tiny_files()[0])
-    assert (env / "downloads" / "dpt_beit_large_512.pt").read_bytes() == midas_pt
+    assert (env / "downloads" / "tiny_beit.pt").read_bytes() == midas_pt
     record = json.loads(weights.with_suffix(".json").read_text())
     assert record["source"] == KNOWN[NAME].url and len(record["sha256"]) == 64  # the digest, recorded
     stamp = weights.stat().st_mtime_ns
@@ -89,11 +101,11 @@ def test_interrupted_download_leaves_nothing_under_the_final_name_and_resumes(en
     server.mode = "cut"
     with pytest.raises(DownloadError, match=r"interrupted after .* run again to resume"):
         resolve(NAME, progress=False)
-    assert leftovers(env) == ["downloads/.dpt_beit_large_512.part.pt"]  # not the final name, no .msgpack
+    assert leftovers(env) == ["downloads/.tiny_beit.part.pt"]  # not the final name, no .msgpack
     server.mode = "ok"
     weights = resolve(NAME, progress=False)
     assert server.log[-1] == (URL_PATH, f"bytes={len(midas_pt) // 2}-")  # resumed where it stopped
-    assert same_params(weights, tiny_files()[0]) and ".dpt_beit_large_512.part.pt" not in str(leftovers(env))
+    assert same_params(weights, tiny_files()[0]) and ".tiny_beit.part.pt" not in str(leftovers(env))
 
 
 def test_digest_mismatch_deletes_the_download(env, server, midas_pt, monkeypatch):
@@ -113,19 +125,19 @@ def test_404_and_a_file_that_is_no_checkpoint(env, server):
     with pytest.raises(DownloadError, match=f"{URL_PATH}: HTTP 404"):
         resolve(NAME, progress=False)
     server.files[URL_PATH] = b"<html>not a checkpoint</html>" * 100
-    with pytest.raises(ValueError, match=r"not a valid dpt_beit_large_512 checkpoint .*deleted it"):
+    with pytest.raises(ValueError, match=r"not a valid tiny_beit checkpoint .*deleted it"):
         resolve(NAME, progress=False)
     assert leftovers(env) == []
 
 
 def test_offline_says_what_to_download_and_where(env, server, midas_pt, monkeypatch):
-    place = env / "downloads" / "dpt_beit_large_512.pt"
+    place = env / "downloads" / "tiny_beit.pt"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(NotCachedError) as info:
         resolve(NAME, progress=False)
     message = str(info.value)
     assert "\n" not in message and KNOWN[NAME].url in message and str(place) in message
-    assert "convert_weights dpt_beit_large_512.pt dpt_beit_large_512.msgpack" in message and server.log == []
+    assert "convert_weights tiny_beit.pt tiny_beit.msgpack" in message and server.log == []
     monkeypatch.delenv("HF_HUB_OFFLINE")
     server.shutdown()  # no network: the same advice, with the reason
     monkeypatch.setenv("BEIT_FLAX_RELEASE_MIRROR", "http://127.0.0.1:9")
@@ -134,6 +146,26 @@ def test_offline_says_what_to_download_and_where(env, server, midas_pt, monkeypa
     monkeypatch.setenv("BEIT_FLAX_OFFLINE", "1")
     place.write_bytes(midas_pt)  # done by hand, as the message says
     assert same_params(resolve(NAME, progress=False), tiny_files()[0])
+
+
+def test_a_name_refuses_another_model(env, server, midas_pt, hf_folder, tmp_path):
+    """A mirror serving the 4-block tiny checkpoint as `dpt_beit_large_512` (and a hub cache holding it as
+    `Intel/dpt-beit-large-512`): refused, naming both models; nothing cached, the download deleted."""
+    real = "dpt_beit_large_512"
+    server.files[KNOWN[real].url.removeprefix("https://github.com")] = midas_pt
+    with pytest.raises(ValueError) as info:
+        resolve(real, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and f"not a valid {real} checkpoint (not the model {real} names" in message
+    assert re.search(r"that is a dpt model of 34\d\.\dM parameters, this file is a dpt model of 0\.\dM", message)
+    assert "first difference" in message and "deleted it" in message and leftovers(env) == []
+    hub = tmp_path / "hub"
+    hub_cache(hub, "Intel/dpt-beit-large-512", hf_folder)
+    with pytest.raises(
+        ValueError, match=r"Intel/dpt-beit-large-512: cannot convert .*not the model dpt_beit_large_512"
+    ):
+        resolve("Intel/dpt-beit-large-512", hub_cache=hub, progress=False)
+    assert not list(env.glob("*.msgpack"))
 
 
 def test_unknown_names_and_zoedepth(env):
@@ -252,7 +284,7 @@ def test_two_processes_resolving_one_name(env, server):
     """Both start together while the download is slow: one downloads and converts, the other waits on the lock
     and finds the entry; one GET, the same file, both load it."""
     server.mode = "slow"
-    code = "import sys, beit_flax; p = beit_flax.hub.resolve(sys.argv[1]); beit_flax.load(p); print(p)"
+    code = f"import sys, beit_flax; {REGISTER}; p = beit_flax.hub.resolve(sys.argv[1]); beit_flax.load(p); print(p)"
     run = lambda: subprocess.Popen(
         [sys.executable, "-c", code, NAME],
         stdout=subprocess.PIPE,
@@ -264,11 +296,11 @@ def test_two_processes_resolving_one_name(env, server):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert outs[0][0] == outs[1][0] and server.gets(URL_PATH) == 1
-    assert len(list(env.glob("*.msgpack"))) == 1 and "downloads/dpt_beit_large_512.pt" in leftovers(env)
+    assert len(list(env.glob("*.msgpack"))) == 1 and "downloads/tiny_beit.pt" in leftovers(env)
 
 
 def test_cli_end_to_end_cold_vs_warm(env, hf_folder, tmp_path, capsys):
-    """`beit-depth predict --weights Intel/dpt-beit-large-512` from a cold cache (offline hub cache), then warm:
+    """`beit-depth predict --weights test/tiny-beit` (a hub repo id) from a cold cache (offline hub cache), then warm:
     the second run neither converts nor downloads. Prints the seconds to the first depth map."""
     from beit_flax.cli import main
 

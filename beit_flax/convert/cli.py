@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from beit_flax.arguments import EXIT_CANNOT_WRITE, one_line  # 3: also an output that is refused
 from beit_flax.files import OutputError, check_input, check_outputs, interruptible
@@ -45,8 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def convert(checkpoint: str, output: str, max_depth: float | None = None) -> str:
-    """Convert and write atomically; returns the summary line. Raises ConversionError (bad input) or OSError."""
+def convert(
+    checkpoint: str,
+    output: str,
+    max_depth: float | None = None,
+    check: Callable[[Any, Any], None] | None = None,
+) -> str:
+    """Convert and write atomically; returns the summary line. `check(config, params)`, run before anything is
+    written, may refuse the result (ValueError: a known name's promise, `hub.sources.Known.check`). Raises
+    ConversionError (bad input), ValueError (refused by `check`) or OSError."""
     import jax
 
     from beit_flax.convert import ConversionError, open_checkpoint, torch_to_flax
@@ -60,6 +68,8 @@ def convert(checkpoint: str, output: str, max_depth: float | None = None) -> str
     except Exception as err:  # unreadable, truncated or hostile files surface as many exception types
         first_line = (str(err).strip().splitlines() or [""])[0]
         raise ConversionError(f"{checkpoint}: cannot read checkpoint ({type(err).__name__}: {first_line})") from err
+    if check is not None:
+        check(converted.config, converted.params)
     save(output, converted.config, converted.params)
     count = sum(leaf.size for leaf in jax.tree.leaves(converted.params))
     return (

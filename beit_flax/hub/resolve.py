@@ -13,7 +13,7 @@ from pathlib import Path
 from beit_flax.files import first_line
 from beit_flax.hub import cache
 from beit_flax.hub.download import DigestError, DownloadError, NoNetworkError, download, sha256_file
-from beit_flax.hub.sources import KNOWN, Known, download_url, parse_repo_id
+from beit_flax.hub.sources import KNOWN, Known, download_url, known_repo, parse_repo_id
 
 OFFLINE_ENVS = ("BEIT_FLAX_OFFLINE", "HF_HUB_OFFLINE")  # either one set: no network at all
 _TRUE = {"1", "on", "yes", "true"}
@@ -65,11 +65,13 @@ def _digest(files: list[Path]) -> str:
     return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def _convert(checkpoint: Path, out: Path, progress: bool) -> None:
-    """beit_flax.convert.cli.convert (it dispatches on the checkpoint's kind), written atomically to `out`."""
+def _convert(checkpoint: Path, out: Path, progress: bool, promise: Known | None = None) -> None:
+    """beit_flax.convert.cli.convert (it dispatches on the checkpoint's kind), written atomically to `out`; when a
+    known name is resolved, only if the result is the model the name promises (`Known.check`)."""
     from beit_flax.convert.cli import convert
 
-    _say(f"{convert(str(checkpoint), str(out))} (once: cached)", progress)
+    check = None if promise is None else promise.check
+    _say(f"{convert(str(checkpoint), str(out), check=check)} (once: cached)", progress)
 
 
 def _local(path: Path, kind: str, folder: Path, progress: bool) -> Path:
@@ -138,7 +140,7 @@ def _release(known: Known, folder: Path, progress: bool) -> Path:
                 raise _not_cached(known, folder, f"the download failed ({err})") from None
         out = cache.target(folder, known.name, digest)
         try:
-            _convert(checkpoint, out, progress)  # the tensor accounting: every tensor used, none missing
+            _convert(checkpoint, out, progress, known)  # the tensor accounting, then the name's architecture
         except ValueError as err:
             checkpoint.unlink(missing_ok=True)
             what = final if checkpoint == final else f"the download of {known.url}"
@@ -198,7 +200,7 @@ def _hub(repo: str, revision: str | None, folder: Path, hub_cache: str | os.Path
             )
         out = cache.target(folder, repo, key)
         try:
-            _convert(weights.parent, out, progress)
+            _convert(weights.parent, out, progress, known_repo(repo))
         except ValueError as err:
             raise ValueError(f"{repo}: cannot convert its checkpoint ({first_line(err)})") from None
         return cache.record(

@@ -10,9 +10,11 @@ ZoeDepth, Hugging Face's for Depth Anything), keeping the path: a local mirror, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
 
 from beit_flax.models import registry
 
@@ -23,7 +25,8 @@ RELEASE_HOSTS = ("https://github.com", "https://huggingface.co")
 @dataclasses.dataclass(frozen=True)
 class Known:
     """A released model: `url` its release file, `repo` its hub repo, `sha256` where the source publishes one,
-    `family` the model family that reads it (`models.registry`), `licence` its weights' licence."""
+    `family` the model family that reads it (`models.registry`), `licence` its weights' licence, `config` the
+    architecture the name promises (the family preset `Release.preset_name`; None: a name added without one)."""
 
     name: str
     url: str
@@ -31,10 +34,31 @@ class Known:
     sha256: str | None = None  # MiDaS and ZoeDepth publish none: the converter's tensor accounting verifies them
     family: str = registry.DEFAULT
     licence: str = "MIT"  # the model card's; stated in beit-depth's summary line
+    config: Any = None
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    def check(self, config: Any, params: Mapping[str, Any]) -> None:
+        """Refuse a conversion (`config`, nested `params`) that is not the model this name promises: another family,
+        or any parameter of another shape (a 4-block tiny model served as `dpt_beit_large_512`). ValueError naming
+        both. Shapes are the architecture: the released key lists match the presets' (tests/test_torch_reference.py).
+        """
+        if self.config is None:
+            return
+        family = registry.FAMILIES[self.family]
+        want = family.param_shapes(self.config)
+        got = {"/".join(path): tuple(leaf.shape) for path, leaf in _flat(params)}
+        if registry.of_config(config) is family and got == want:
+            return
+        differs = next((p for p in sorted(want.keys() | got.keys()) if want.get(p) != got.get(p)), "")
+        size = [sum(math.prod(s) for s in shapes.values()) / 1e6 for shapes in (want, got)]
+        raise ValueError(
+            f"not the model {self.name} names: that is a {family.name} model of {size[0]:.1f}M parameters, this "
+            f"file is a {registry.of_config(config).name} model of {size[1]:.1f}M (first difference: {differs} "
+            f"{want.get(differs, 'absent')} vs {got.get(differs, 'absent')})"
+        )
 
 
 class KnownNames(MutableMapping[str, Known]):
@@ -46,7 +70,7 @@ class KnownNames(MutableMapping[str, Known]):
 
     def _all(self) -> dict[str, Known]:
         from_families = {
-            name: Known(name, r.url, r.repo, r.sha256, family.name, r.licence)
+            name: Known(name, r.url, r.repo, r.sha256, family.name, r.licence, family.presets[r.preset_name])
             for name, (family, r) in registry.releases().items()
         }
         return from_families | self.added
@@ -68,6 +92,20 @@ class KnownNames(MutableMapping[str, Known]):
 
 
 KNOWN = KnownNames()
+
+
+def _flat(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _flat(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def known_repo(repo: str) -> Known | None:
+    """The known name whose hub repo is `repo` (its promise applies to the repo too), else None."""
+    return next((known for known in KNOWN.values() if known.repo == repo), None)
+
 
 # owner/name[@revision], as the hub spells them; a weights-file suffix means a path (`models/w.msgpack`), not a repo
 REPO_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]*[\w-])(?:@(?P<revision>[\w./-]+))?")

@@ -78,13 +78,20 @@ class OneViewProcessing:
 @dataclasses.dataclass(frozen=True)
 class Release:
     """A released checkpoint that `--weights NAME` resolves: its release file `url`, the same model's hub `repo`,
-    the file's `sha256` where the source publishes one, and its licence (stated in the summary line)."""
+    the file's `sha256` where the source publishes one, its licence (stated in the summary line), and `preset`: the
+    family preset whose architecture the file must convert to (default: the release's own name), so that a download
+    under this name that is another model is refused."""
 
     name: str
     url: str
     repo: str
     sha256: str | None = None
     licence: str = "MIT"
+    preset: str | None = None
+
+    @property
+    def preset_name(self) -> str:
+        return self.preset or self.name
 
     @property
     def filename(self) -> str:

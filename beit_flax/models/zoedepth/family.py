@@ -39,9 +39,9 @@ FAMILY = Family(
         release_key="model",  # ZoeD_M12_*.pt hold {"model": state_dict} (`zoedepth/models/model_io.py`)
     ),
     releases=(
-        Release("zoedepth_nyu", _ZOE + "ZoeD_M12_N.pt", "Intel/zoedepth-nyu"),
-        Release("zoedepth_kitti", _ZOE + "ZoeD_M12_K.pt", "Intel/zoedepth-kitti"),
-        Release("zoedepth_nyu_kitti", _ZOE + "ZoeD_M12_NK.pt", "Intel/zoedepth-nyu-kitti"),
+        Release("zoedepth_nyu", _ZOE + "ZoeD_M12_N.pt", "Intel/zoedepth-nyu", preset="zoedepth_n"),
+        Release("zoedepth_kitti", _ZOE + "ZoeD_M12_K.pt", "Intel/zoedepth-kitti", preset="zoedepth_k"),
+        Release("zoedepth_nyu_kitti", _ZOE + "ZoeD_M12_NK.pt", "Intel/zoedepth-nyu-kitti", preset="zoedepth_nk"),
     ),
     extends="dpt",
 )
