@@ -49,7 +49,7 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _size_text(size: int) -> str:
+def size_text(size: int) -> str:
     return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
@@ -71,7 +71,7 @@ def _check_input_stat(path: Path, info: os.stat_result, max_bytes: int | None, w
         raise InputError(f"{path}: {_kind(info.st_mode)}, not a regular file")
     if max_bytes is not None and info.st_size > max_bytes:
         raise InputError(
-            f"{path}: {_size_text(info.st_size)}, larger than any {what} can be ({_size_text(max_bytes)} at most)"
+            f"{path}: {size_text(info.st_size)}, larger than any {what} can be ({size_text(max_bytes)} at most)"
         )
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 class ReleaseServer(http.server.ThreadingHTTPServer):
     """Serves `files` {url path: bytes}; `mode`: "ok", "cut" (stops half way, the full length announced), "slow"
-    (the file in 10 pieces over ~`slow_s`). Honours `Range: bytes=N-` with 206. `log`: (path, Range header)."""
+    (the file in 10 pieces over ~`slow_s`), "huge" (announces 100 GiB), "endless" (no length, the file over and
+    over until the client hangs up). Honours `Range: bytes=N-` with 206. `log`: (path, Range header)."""
 
     daemon_threads = True
 
@@ -50,11 +51,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
         body = data[start:]
         self.send_response(206 if rng else 200)
-        self.send_header("Content-Length", str(len(body)))
+        if server.mode == "endless":
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client hangs up: that is the end
+                while True:
+                    self.wfile.write(body or b"x")
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(100 * 2**30 if server.mode == "huge" else len(body)))
         if rng:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
-        if server.mode == "cut":
+        if server.mode in ("cut", "huge"):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True

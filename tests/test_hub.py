@@ -22,7 +22,7 @@ from predict_helpers import scene, tiny_files
 from tiny_config import TINY
 
 import beit_flax
-from beit_flax.hub import KNOWN, DigestError, DownloadError, Known, NotCachedError, resolve
+from beit_flax.hub import KNOWN, DigestError, DownloadError, Known, NotCachedError, TooLargeError, resolve
 from beit_flax.hub.manage import clear, list_lines
 
 # A name for the tiny model, registered by every test here (`registered`): a real name promises its architecture,
@@ -128,6 +128,49 @@ def test_404_and_a_file_that_is_no_checkpoint(env, server):
     with pytest.raises(ValueError, match=r"not a valid tiny_beit checkpoint .*deleted it"):
         resolve(NAME, progress=False)
     assert leftovers(env) == []
+
+
+def test_downloads_are_bounded_by_what_the_name_can_be(env, server, midas_pt, monkeypatch):
+    """A 100 GiB Content-Length is refused before a byte is written; a body with no length that never ends is cut at
+    the name's bound (twice its float32 parameters plus the slack, made small here). Nothing is left either way."""
+    from beit_flax.hub import sources
+
+    server.mode = "huge"
+    with pytest.raises(TooLargeError, match=r"tiny_beit\.pt: 100\.0 GiB, over this file's bound \(1\.\d GiB\)"):
+        resolve(NAME, progress=False)
+    assert leftovers(env) == [] and len(server.log) == 1
+    monkeypatch.setattr(sources, "RELEASE_SLACK_BYTES", 2**20)
+    server.mode = "endless"
+    with pytest.raises(TooLargeError, match=r"sent more than this file's bound \(\d\.\d MiB\)"):
+        resolve(NAME, progress=False)
+    assert leftovers(env) == []
+    server.mode = "ok"  # the bound holds the real file
+    assert same_params(resolve(NAME, progress=False), tiny_files()[0])
+
+
+FULL_DISK = """
+import resource, signal, sys
+from beit_flax.hub import NoSpaceError, resolve
+{register}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    resolve({name!r}, progress=False)
+except NoSpaceError as err:
+    print(err)
+"""
+
+
+def test_a_full_disk_says_so_names_the_folder_and_removes_the_partial(env, server, midas_pt):
+    """The disk fills up during the download (a file size limit in a child process: the same failed write): one
+    line naming the folder, and the partial that cannot be completed is removed."""
+    assert len(midas_pt) > 100_000
+    code = FULL_DISK.format(register=REGISTER, name=NAME)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    message = done.stdout.strip()
+    assert "\n" not in message and f"no space left in {env / 'downloads'}" in message
+    assert "removed the partial download" in message and leftovers(env) == []
 
 
 def test_offline_says_what_to_download_and_where(env, server, midas_pt, monkeypatch):

@@ -5,7 +5,7 @@ Imports neither torch nor huggingface_hub until a checkpoint is converted or a h
 """
 
 from beit_flax.hub.cache import WEIGHTS_ENV, weights_dir
-from beit_flax.hub.download import DigestError, DownloadError
+from beit_flax.hub.download import DigestError, DownloadError, NoSpaceError, TooLargeError
 from beit_flax.hub.resolve import NotCachedError, load, resolve
 from beit_flax.hub.sources import KNOWN, MIRROR_ENV, Known
 
@@ -16,7 +16,9 @@ __all__ = [
     "DigestError",
     "DownloadError",
     "Known",
+    "NoSpaceError",
     "NotCachedError",
+    "TooLargeError",
     "load",
     "resolve",
     "weights_dir",

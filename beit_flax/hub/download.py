@@ -1,20 +1,27 @@
 """A plain HTTPS download with resume, a progress bar and a sha256, for release files (GitHub releases).
 
-`download(url, part)` appends to the partial file `part` (a Range request resumes an interrupted download), hashes
-the whole file and returns its sha256. It never writes the final name: the caller verifies the file (published
-sha256, then the converter's tensor accounting) and renames it. A digest mismatch deletes `part`.
+`download(url, part, max_bytes=...)` appends to the partial file `part` (a Range request resumes an interrupted
+download), hashes the whole file and returns its sha256. It never writes the final name: the caller verifies the
+file (published sha256, then the converter's tensor accounting) and renames it. Deleted rather than kept for a
+resume: a partial whose digest is wrong, one past `max_bytes` (announced or sent), one the disk has no room for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import os
+import shutil
 import stat
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+from beit_flax.files import size_text
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0  # per socket operation, not for the whole file
@@ -30,6 +37,41 @@ class NoNetworkError(DownloadError):
 
 class DigestError(DownloadError):
     """The file's sha256 is not the published one; the file was deleted."""
+
+
+class TooLargeError(DownloadError):
+    """The server announced or sent more than the download's bound; the partial file was deleted."""
+
+
+class NoSpaceError(DownloadError):
+    """The disk cannot hold the file (announced size over the free space, or a write failed for space); the partial
+    file was deleted."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # full disk, quota, file size limit (RLIMIT_FSIZE)
+
+
+def _refuse(part: Path, error: DownloadError) -> DownloadError:
+    part.unlink(missing_ok=True)
+    return error
+
+
+@contextlib.contextmanager
+def _space_checked(url: str, part: Path) -> Iterator[None]:
+    """A write to `part` that fails for space becomes a NoSpaceError naming the folder, the partial file deleted:
+    it cannot be completed there, and a resume would only fail again."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        raise _refuse(
+            part,
+            NoSpaceError(
+                f"{url}: no space left in {part.parent} ({os.strerror(err.errno)}); removed the partial download, "
+                f"free some space and run again"
+            ),
+        ) from None
 
 
 def sha256_file(path: Path, digest=None) -> str:
@@ -64,16 +106,18 @@ def _request(url: str, offset: int):
         raise NoNetworkError(f"{url}: cannot connect ({reason})") from None
 
 
-def download(url: str, part: Path, *, sha256: str | None = None, progress: bool = True) -> str:
+def download(url: str, part: Path, *, max_bytes: int, sha256: str | None = None, progress: bool = True) -> str:
     """Download `url` into `part` (resuming what is there) and return the file's sha256.
 
-    Raises DownloadError (the partial file is kept for the next run to resume), NoNetworkError, or DigestError
-    (`part` deleted) when `sha256` is given and does not match.
+    max_bytes: the most the file may hold (a known release's bound, else the checkpoint bound): a larger announced
+    length is refused before anything is written, and a body that goes past it (no length announced) is cut there.
+    Raises DownloadError (cut short: the partial file is kept for the next run to resume), NoNetworkError, and with
+    `part` deleted: DigestError (`sha256` given and not matched), TooLargeError, NoSpaceError (the folder is named).
     """
     from tqdm import tqdm
 
     fd = _open_part(part)
-    with os.fdopen(fd, "r+b") as file:
+    with os.fdopen(fd, "r+b", buffering=0) as file:  # unbuffered: a failed write leaves nothing to flush at close
         offset = os.fstat(fd).st_size
         response = _request(url, offset)
         digest = hashlib.sha256()
@@ -87,6 +131,20 @@ def download(url: str, part: Path, *, sha256: str | None = None, progress: bool 
             with response:
                 length = response.headers.get("Content-Length")
                 total = offset + int(length) if length and length.isdigit() else None
+                if total is not None and total > max_bytes:
+                    raise _refuse(
+                        part,
+                        TooLargeError(f"{url}: {size_text(total)}, over this file's bound ({size_text(max_bytes)})"),
+                    )
+                free = shutil.disk_usage(part.parent).free
+                if total is not None and total - offset > free:
+                    raise _refuse(
+                        part,
+                        NoSpaceError(
+                            f"{url}: {size_text(total - offset)} to download, {size_text(free)} free in "
+                            f"{part.parent}; free some space and run again"
+                        ),
+                    )
                 bar = tqdm(
                     total=total,
                     initial=offset,
@@ -98,22 +156,32 @@ def download(url: str, part: Path, *, sha256: str | None = None, progress: bool 
                     disable=None if progress else True,
                 )
                 with bar:
-                    try:
-                        while chunk := response.read(CHUNK):
-                            file.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-                    except (http.client.HTTPException, OSError) as err:
-                        raise DownloadError(
-                            f"{url}: download interrupted after {file.tell()} bytes "
-                            f"({type(err).__name__}); run again to resume"
-                        ) from None
+                    while True:
+                        try:
+                            chunk = response.read(CHUNK)
+                        except (http.client.HTTPException, OSError) as err:
+                            raise DownloadError(
+                                f"{url}: download interrupted after {file.tell()} bytes "
+                                f"({type(err).__name__}); run again to resume"
+                            ) from None
+                        if not chunk:
+                            break
+                        if file.tell() + len(chunk) > max_bytes:
+                            raise _refuse(
+                                part, TooLargeError(f"{url}: sent more than this file's bound ({size_text(max_bytes)})")
+                            )
+                        with _space_checked(url, part):
+                            view = memoryview(chunk)
+                            while view:  # a raw write may take part of the chunk
+                                view = view[file.write(view) :]
+                        digest.update(chunk)
+                        bar.update(len(chunk))
                 if total is not None and file.tell() != total:
                     raise DownloadError(
                         f"{url}: download interrupted after {file.tell()} of {total} bytes; run again to resume"
                     )
-        file.flush()
-        os.fsync(file.fileno())
+        with _space_checked(url, part):
+            os.fsync(file.fileno())
     got = digest.hexdigest()
     if sha256 is not None and got != sha256.lower():
         part.unlink(missing_ok=True)

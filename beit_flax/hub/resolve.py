@@ -135,7 +135,7 @@ def _release(known: Known, folder: Path, progress: bool) -> Path:
             url = download_url(known.url)
             _say(f"downloading {url}", progress)
             try:
-                digest = download(url, checkpoint, sha256=known.sha256, progress=progress)
+                digest = download(url, checkpoint, max_bytes=known.max_bytes, sha256=known.sha256, progress=progress)
             except NoNetworkError as err:
                 raise _not_cached(known, folder, f"the download failed ({err})") from None
         out = cache.target(folder, known.name, digest)

@@ -19,6 +19,10 @@ from typing import Any
 from beit_flax.models import registry
 
 MIRROR_ENV = "BEIT_FLAX_RELEASE_MIRROR"
+# A release file holds its float32 parameters, what releases carry beside them (classifier heads, fc_norm) and
+# buffers (BEiT's relative_position_index: 0.2 GB in dpt_beit_large_512) in a container: a known name's download is
+# bounded by twice its parameters' bytes plus this slack; a name without an architecture by any checkpoint's bound
+RELEASE_SLACK_BYTES = 2**30
 RELEASE_HOSTS = ("https://github.com", "https://huggingface.co")
 
 
@@ -39,6 +43,16 @@ class Known:
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def max_bytes(self) -> int:
+        """The most its release file may hold (a download past it is refused)."""
+        if self.config is None:
+            from beit_flax.convert.checkpoint import MAX_CHECKPOINT_BYTES
+
+            return MAX_CHECKPOINT_BYTES
+        shapes = registry.FAMILIES[self.family].param_shapes(self.config)
+        return 2 * 4 * sum(math.prod(s) for s in shapes.values()) + RELEASE_SLACK_BYTES
 
     def check(self, config: Any, params: Mapping[str, Any]) -> None:
         """Refuse a conversion (`config`, nested `params`) that is not the model this name promises: another family,
