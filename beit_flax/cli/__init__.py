@@ -4,6 +4,7 @@
     beit-depth video IN.mp4 --weights W --out OUT.mp4 [--side-by-side] [--no-stabilize] [--npy DIR]
     beit-depth app --weights W [--host 127.0.0.1] [--port 7860]
     beit-depth cache list|clear [NAME...]
+    beit-depth evaluate --weights W --dataset NAME ROOT [--out R.json]   (or --predictions DIR: saved maps)
 
 W: a known name (dpt_beit_large_512...), a hub repo id, a checkpoint or a .msgpack (`beit_flax.hub.resolve`).
 
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 
 from beit_flax.app import add_app_parser, run_app
 from beit_flax.arguments import EXIT_FAILED_INPUTS, EXIT_USAGE, PROG
-from beit_flax.cli import predict, video
+from beit_flax.cli import evaluate, predict, video
 from beit_flax.cli.common import model_options
 from beit_flax.export import add_export_parser, run_export
 from beit_flax.files import interruptible
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or output paths (nothing was processed), 130 / 143 interrupted (Ctrl-C / SIGTERM). Compiled programs are "
         "cached in ~/.cache/beit-flax/jax ($BEIT_FLAX_CACHE_DIR, 'off' disables).",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video,app,cache,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,video,app,cache,export,evaluate}")
     common = model_options()
     predict.add_parser(sub, common)
     video.add_parser(sub, common)
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_app_parser(sub)
     add_export_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 
@@ -82,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_app(args)  # its own Ctrl-C / SIGTERM handling: the server stops, then one line
     if args.command == "export":
         return interruptible(PROG, lambda: run_export(args))
+    if args.command == "evaluate":
+        return interruptible(PROG, lambda: evaluate.run_evaluate(args))
     set_pixel_limit(args.max_pixels)  # Pillow's own guard follows the flag: it is the one limit
     run = predict.run_predict if args.command == "predict" else video.run_video
     return interruptible(PROG, lambda: run(args))
