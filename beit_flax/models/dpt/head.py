@@ -38,13 +38,15 @@ class DepthHead(nn.Module):
     def __call__(
         self, features_bhwc: jnp.ndarray, size_hw: tuple[int, int] | None = None, *, with_activation: bool = False
     ) -> jnp.ndarray | tuple[jnp.ndarray, jnp.ndarray]:
-        conv = lambda features, kernel, name, dtype=self.dtype: nn.Conv(
-            features, (kernel, kernel), padding=((kernel // 2,) * 2,) * 2, dtype=dtype, name=name
+        conv = lambda features, kernel, name, dtype=self.dtype, precision=None: nn.Conv(
+            features, (kernel, kernel), padding=((kernel // 2,) * 2,) * 2, dtype=dtype, precision=precision, name=name
         )
         x = conv(self.features // 2, 3, "conv1")(features_bhwc)
         _, h, w, _ = x.shape
         x = resize_bilinear(x, size_hw or (2 * h, 2 * w), align_corners=True)
         x = nn.relu(conv(self.head_channels, 3, "conv2")(x))
         last = OUTPUT_ACTIVATIONS[self.output]
-        depth = last(conv(1, 1, "conv3", jnp.float32)(x.astype(jnp.float32)))[..., 0]
+        # float32 at HIGHEST: under 16-bit compute no precision context is set, and a TPU's DEFAULT would round
+        # the operands to bfloat16 (a GPU's to TF32); tests/test_lowering.py checks the lowered programs
+        depth = last(conv(1, 1, "conv3", jnp.float32, "highest")(x.astype(jnp.float32)))[..., 0]
         return (depth, x) if with_activation else depth

@@ -70,9 +70,11 @@ def resize_bilinear(x_bhwc: jnp.ndarray, size_hw: tuple[int, int], *, align_corn
 
 
 def resize_bilinear_dense(x_bhwc: jnp.ndarray, size_hw: tuple[int, int], *, align_corners: bool) -> jnp.ndarray:
-    """`resize_bilinear` as two matmuls with the interpolation matrices (for small inputs; see the module doc)."""
+    """`resize_bilinear` as two matmuls with the interpolation matrices (for small inputs; see the module doc). At
+    HIGHEST precision whatever the model's compute dtype: the relative-position tables stay float32 on a TPU (whose
+    DEFAULT rounds float32 operands to bfloat16) and a GPU (TF32)."""
     _, h, w, _ = x_bhwc.shape
     rows = jnp.asarray(interpolation_matrix(h, size_hw[0], align_corners), x_bhwc.dtype)
     cols = jnp.asarray(interpolation_matrix(w, size_hw[1], align_corners), x_bhwc.dtype)
-    x_bhwc = jnp.einsum("oh,bhwc->bowc", rows, x_bhwc)
-    return jnp.einsum("pw,bowc->bopc", cols, x_bhwc)
+    x_bhwc = jnp.einsum("oh,bhwc->bowc", rows, x_bhwc, precision="highest")
+    return jnp.einsum("pw,bowc->bopc", cols, x_bhwc, precision="highest")
