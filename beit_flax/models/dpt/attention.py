@@ -156,14 +156,33 @@ def cudnn_inputs(
     return pad(query), pad(key), pad(value), bias
 
 
+def cudnn_unbiased_inputs(
+    query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, jnp.ndarray | None]:
+    """(query, key, value, key lengths (B,) int32 or None) for cuDNN's fused attention without a bias: an even
+    token count. jax (0.10.2) refuses cuDNN's gradient for an odd one even without a bias (its check takes the
+    placeholder of the absent bias for a bias), and DINOv2's h*w + 1 is odd for every even h*w (392 x 518: 1037
+    tokens). An odd N gets one zero token that the key lengths hide from every query (cuDNN's padding mask); its
+    own output row is dropped by the caller."""
+    b, n = query.shape[:2]
+    if n % 2 == 0:
+        return query, key, value, None
+    pad = lambda t: jnp.pad(t, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    return pad(query), pad(key), pad(value), jnp.full((b,), n, jnp.int32)
+
+
 def cudnn_attention(
     query: jnp.ndarray, key: jnp.ndarray, value: jnp.ndarray, bias_hnn: jnp.ndarray | None
 ) -> jnp.ndarray:
     """`attend` through cuDNN: (B, N, heads, d) -> (B, N, heads, d)."""
     scale = query.shape[-1] ** -0.5
-    if bias_hnn is None:  # no bias: any token count
-        return jax.nn.dot_product_attention(query, key, value, scale=scale, implementation="cudnn")
     n = query.shape[1]
+    if bias_hnn is None:
+        query, key, value, lengths = cudnn_unbiased_inputs(query, key, value)
+        out = jax.nn.dot_product_attention(
+            query, key, value, scale=scale, key_value_seq_lengths=lengths, implementation="cudnn"
+        )
+        return out[:, :n]
     query, key, value, bias = cudnn_inputs(query, key, value, bias_hnn)
     out = jax.nn.dot_product_attention(query, key, value, bias=bias[None], scale=scale, implementation="cudnn")
     return out[:, :n]
