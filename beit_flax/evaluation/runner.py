@@ -81,7 +81,9 @@ def choose_protocol(dataset: Dataset, wanted: str, units: str, depth_cap: float 
     metric range, else relative. ValueError for a metric protocol the dataset or the maps cannot have."""
     if wanted not in PROTOCOLS:
         raise ValueError(f"unknown protocol {wanted!r}; one of {', '.join(PROTOCOLS)}")
-    relative = dataset.relative if depth_cap is None else dataclasses.replace(dataset.relative, depth_cap=depth_cap)
+    relative = dataset.relative
+    if depth_cap is not None:
+        relative = dataclasses.replace(relative, depth_cap=depth_cap, source="--depth-cap")
     if wanted == "metric" or (wanted == "auto" and units == DEPTH and dataset.metric is not None):
         if dataset.metric is None:
             raise ValueError(f"{dataset.name} has no metric protocol (no published depth range): use relative")
