@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from beit_flax import interrupts
 from beit_flax.models import registry
 from beit_flax.sharding import (
     batch_sharded,
@@ -217,6 +218,7 @@ class Batcher:
         pending: dict[tuple[int, ...], list[tuple[M, np.ndarray]]] = {}
         in_flight: collections.deque[tuple[list[M], jax.Array | Exception]] = collections.deque()
         for meta, image in items:
+            interrupts.check()  # a Ctrl-C swallowed where it landed (a GC callback) stops the run at the next item
             bucket = pending.setdefault(image.shape, [])
             bucket.append((meta, image))
             if len(bucket) == self.batch_size:

@@ -9,9 +9,8 @@ that replace only a regular file that is not one of the inputs, and an interrupt
   folder we may write. Commands call it before any work.
 - `temp_beside` / `replace`: a temp file in the output's folder with a unique name, created exclusively (never
   through someone else's file or symlink) and removed on every exit path; `replace` renames it over the output
-  after checking again that the output is still a regular file (or absent). `atomic_write` is the two together.
-- `interruptible`: runs a command's main with SIGTERM raised like Ctrl-C, so that every `finally` (temp files) runs;
-  either one is one line on stderr and the exit status 128 + the signal (130, 143).
+  after checking again that the output is still a regular file (or absent), and that no Ctrl-C / SIGTERM has
+  arrived (`interrupts`). `atomic_write` is the two together.
 """
 
 from __future__ import annotations
@@ -19,12 +18,17 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import stat
-import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from beit_flax import interrupts
+
+# The largest weights file (float32 parameters plus msgpack framing) of any config within the families' bounds; a
+# larger file is refused before it is read. BEiT's bounds (`models/dpt/config.py`) give the largest; test_config
+# checks it. A checkpoint holds the parameters plus what releases carry beside them (classifier heads, buffers).
+MAX_WEIGHTS_BYTES = 32 * 2**30
+MAX_CHECKPOINT_BYTES = 2 * MAX_WEIGHTS_BYTES
 
 
 class InputError(ValueError):
@@ -173,6 +177,7 @@ def temp_beside(path: str | os.PathLike) -> Iterator[Path]:
 def replace(temp: Path, path: str | os.PathLike) -> None:
     """Rename the complete file `temp` over `path`, which must still be absent or a regular file."""
     _check_replaceable(Path(path))
+    interrupts.check()  # a Ctrl-C / SIGTERM swallowed where it landed (a GC callback) still stops the write
     os.replace(temp, path)
 
 
@@ -201,31 +206,3 @@ def join_problems(problems: list[str], shown: int = 10) -> str:
     """The first `shown` problems joined with "; ", and how many more there are: one readable error line."""
     more = f"; ... {len(problems) - shown} more" if len(problems) > shown else ""
     return "; ".join(problems[:shown]) + more
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
-
-    signum = signal.SIGTERM
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
-    raise Terminated
-
-
-def interruptible(prog: str, main: Callable[[], int]) -> int:
-    """`main()`; Ctrl-C or SIGTERM stop it with an exception (every `finally` runs: temp files are removed), print
-    one line and return 128 + the signal number (130, 143)."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        return main()
-    except KeyboardInterrupt as err:
-        signum = getattr(err, "signum", signal.SIGINT)
-        print(f"{prog}: interrupted ({signal.Signals(signum).name}); no partial output was left", file=sys.stderr)
-        return 128 + signum
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -26,9 +26,8 @@ import msgpack
 import numpy as np
 from flax import serialization
 
-from beit_flax.files import atomic_write, read_input
+from beit_flax.files import MAX_WEIGHTS_BYTES, atomic_write, read_input
 from beit_flax.models import registry
-from beit_flax.models.family import MAX_WEIGHTS_BYTES
 from beit_flax.models.precision import check_dtype
 from beit_flax.params import check_params
 

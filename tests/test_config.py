@@ -12,9 +12,9 @@ import math
 import pytest
 from tiny_config import TINY
 
+from beit_flax.files import MAX_WEIGHTS_BYTES
 from beit_flax.models.dpt import config as bounds
 from beit_flax.models.dpt.config import PRESETS, DPTConfig, default_hooks
-from beit_flax.models.family import MAX_WEIGHTS_BYTES
 from beit_flax.params import param_shapes
 from beit_flax.transforms import DEFAULT_MAX_PIXELS
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import stat
 import threading
@@ -165,24 +164,3 @@ def test_temp_files_are_exclusive_unique_and_removed(tmp_path, monkeypatch):
         files.replace(temp, tmp_path / "o.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.mp4", "victim"]
     assert victim.read_bytes() == b"untouched" and (tmp_path / "o.mp4").read_bytes() == b"complete"
-
-
-def test_sigterm_and_ctrl_c_end_a_command_with_one_line(tmp_path, capsys):
-    """SIGTERM is raised in the main thread like Ctrl-C: every `finally` runs (the temp file goes), one line on
-    stderr, 143 / 130, and the previous SIGTERM handler is back afterwards."""
-    before = signal.getsignal(signal.SIGTERM)
-
-    def main(signum: int) -> int:
-        with files.temp_beside(tmp_path / "out.bin") as temp:
-            temp.write_bytes(b"partial")
-            os.kill(os.getpid(), signum)
-            threading.Event().wait(10)  # the handler interrupts this
-        return 0
-
-    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
-        assert files.interruptible("prog", lambda s=signum: main(s)) == code
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert lines == [f"prog: interrupted ({signal.Signals(signum).name}); no partial output was left"]
-        assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is before
-    assert files.interruptible("prog", lambda: 7) == 7

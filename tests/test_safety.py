@@ -33,10 +33,9 @@ from predict_helpers import scene, tiny_files
 from test_files import KINDS, fifo_watchdog, make_node, snapshot
 
 from beit_flax.cli import main as depth_main
-from beit_flax.convert.checkpoint import MAX_CHECKPOINT_BYTES
 from beit_flax.convert.cli import export_main
 from beit_flax.convert.cli import main as convert_main
-from beit_flax.models.family import MAX_WEIGHTS_BYTES
+from beit_flax.files import MAX_CHECKPOINT_BYTES, MAX_WEIGHTS_BYTES
 from beit_flax.models.family import _traced as traced_shapes  # the cache of every traced parameter tree
 
 # imageio-ffmpeg starts ffmpeg with fork + exec (no Python in the child): JAX's fork warning is moot

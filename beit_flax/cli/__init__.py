@@ -38,8 +38,8 @@ from beit_flax.arguments import EXIT_FAILED_INPUTS, EXIT_USAGE, PROG
 from beit_flax.cli import evaluate, predict, video
 from beit_flax.cli.common import model_options
 from beit_flax.export import add_export_parser, run_export
-from beit_flax.files import interruptible
 from beit_flax.images import set_pixel_limit
+from beit_flax.interrupts import interruptible
 
 __all__ = ["EXIT_FAILED_INPUTS", "EXIT_USAGE", "PROG", "build_parser", "main"]
 

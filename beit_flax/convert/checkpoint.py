@@ -22,11 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from beit_flax.files import InputError, check_input, read_input
-from beit_flax.models.family import MAX_WEIGHTS_BYTES
+from beit_flax.files import MAX_CHECKPOINT_BYTES, InputError, check_input, read_input
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # the dtypes a checkpoint's parameters may have (README)
-MAX_CHECKPOINT_BYTES = 2 * MAX_WEIGHTS_BYTES  # the parameters, plus what releases carry beside them (classifier...)
 MAX_CONFIG_BYTES = 2**20  # transformers' config.json: a few KB
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
 # Deflated tensors shrink by a few percent; an archive that claims to expand by more than this is refused (a zip bomb

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from beit_flax.arguments import EXIT_CANNOT_WRITE, one_line  # 3: also an output that is refused
-from beit_flax.files import OutputError, check_input, check_outputs, interruptible
+from beit_flax.files import OutputError, check_input, check_outputs
+from beit_flax.interrupts import interruptible
 
 EXIT_BAD_INPUT = 2
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(prog: str, work: Callable[[], str], output: str, *, debug: bool) -> int:
     """Print `work()`'s summary line and return 0, or print one error line and return the exit status: OSError
     (OutputError included) -> EXIT_CANNOT_WRITE, ValueError (ConversionError, a bad weights file, params that do not
-    fit) -> EXIT_BAD_INPUT, Ctrl-C / SIGTERM -> 130 / 143 (`files.interruptible`). With `debug`, errors propagate
+    fit) -> EXIT_BAD_INPUT, Ctrl-C / SIGTERM -> 130 / 143 (`interrupts.interruptible`). With `debug`, errors propagate
     with their traceback."""
 
     def attempt() -> int:

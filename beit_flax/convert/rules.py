@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from beit_flax import interrupts
 from beit_flax.convert.checkpoint import FLOAT_DTYPES, Checkpoint, ConversionError
 from beit_flax.files import join_problems
 
@@ -229,6 +230,7 @@ def read_planned(checkpoint: Checkpoint, plan: Iterable[tuple[str, list[str], Le
     laid out by the key table. NaN / inf is a ConversionError naming the key. Used by every family's converter."""
     flat: dict[str, np.ndarray] = {}
     for key, paths, leaf in plan:
+        interrupts.check()  # a Ctrl-C swallowed where it landed (a GC callback) stops the read here
         tensor = checkpoint.take(key)
         if not np.isfinite(tensor).all():
             raise ConversionError(f"{checkpoint.path}: {key} has non-finite values (NaN or inf)")

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
+from beit_flax.files import MAX_CHECKPOINT_BYTES
 from beit_flax.models import registry
 
 MIRROR_ENV = "BEIT_FLAX_RELEASE_MIRROR"
@@ -48,8 +49,6 @@ class Known:
     def max_bytes(self) -> int:
         """The most its release file may hold (a download past it is refused)."""
         if self.config is None:
-            from beit_flax.convert.checkpoint import MAX_CHECKPOINT_BYTES
-
             return MAX_CHECKPOINT_BYTES
         shapes = registry.FAMILIES[self.family].param_shapes(self.config)
         return 2 * 4 * sum(math.prod(s) for s in shapes.values()) + RELEASE_SLACK_BYTES

@@ -23,10 +23,6 @@ from flax import traverse_util
 
 from beit_flax.models.depth_output import DepthOutput
 
-# The largest weights file (float32 parameters plus msgpack framing) of any config within the families' bounds; a
-# larger file is refused before it is read. BEiT's bounds (`dpt/config.py`) give the largest; test_config checks it.
-MAX_WEIGHTS_BYTES = 32 * 2**30
-
 
 class Processing(Protocol):
     """A family's host pre- and post-processing for one set of options (net size, aspect, test-time augmentation).

@@ -100,7 +100,7 @@ MAX_NET_SIZE = 8192  # released: 384, 512; 8192^2 is the default pixel limit (tr
 # LayerNorm epsilon only keeps the division by the standard deviation finite; released: 1e-6 (MiDaS, timm) and
 # transformers' 1e-12. NaN, 0 or a negative value gives NaN depth; above 1e-3 it changes the normalisation itself.
 MAX_LAYER_NORM_EPS = 1e-3
-# The largest weights file of any config within these bounds is `family.MAX_WEIGHTS_BYTES` (test_config.py checks it
+# The largest weights file of any config within these bounds is `files.MAX_WEIGHTS_BYTES` (test_config.py checks it
 # against the largest one); larger inputs are refused before they are read.
 
 
