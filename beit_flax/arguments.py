@@ -56,6 +56,18 @@ def fov_arg(text: str) -> float:
     return value
 
 
+def weights_help() -> str:
+    """The help of every `--weights W` (predict, video, export): every known name of every family, from the one list
+    `models.registry.releases` (a family added there shows up here), and the other things W may be."""
+    from beit_flax.models import registry
+
+    return (
+        f"a known name ({', '.join(registry.releases())}: downloaded, converted and cached once), a hub repo id "
+        "(Intel/dpt-beit-large-512[@revision]), a PyTorch checkpoint or transformers folder (converted once, "
+        "cached), or a beit-flax .msgpack"
+    )
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from beit_flax.arguments import one_line, positive_int
+from beit_flax.arguments import one_line, positive_int, weights_help
 from beit_flax.files import atomic_write_bytes, check_outputs
 from beit_flax.models import registry
 from beit_flax.models.precision import check_dtype
@@ -180,12 +180,13 @@ def export(
     """Export to `out` (written atomically, after `files.check_outputs`); the compute dtype is `model.dtype`."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-    check_outputs([out])
+    check_outputs([out], make_folders=True)  # a missing folder is made, as predict's --out
     start = time.perf_counter()
     if fmt == "onnx":
         data = export_onnx(model, params, size_hw, batch=batch)
     else:
         data = export_stablehlo(model, params, size_hw, batch=batch, platforms=platforms)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, data)
     return ExportSummary(
         fmt, tuple(size_hw), batch, str(check_dtype(model.dtype)), len(data), time.perf_counter() - start
@@ -202,11 +203,15 @@ def export_weights(
     dtype: str = "float32",
     platforms: Sequence[str] = PLATFORMS,
 ) -> ExportSummary:
-    """`export` of a beit-flax weights file (`beit_flax.load`)."""
+    """`export` of the model `weights` names: anything `beit_flax.load` takes (a .msgpack, a checkpoint, a known name,
+    a hub repo id: `hub.resolve`)."""
+    from beit_flax.hub.resolve import resolve
     from beit_flax.weights import load
 
-    check_outputs([out], [weights])
-    model, params = load(Path(weights), dtype=dtype)
+    check_outputs([out], [weights], make_folders=True)  # before a download or a conversion
+    path = resolve(weights)
+    check_outputs([out], [weights, path], make_folders=True)  # nor the converted file in the cache
+    model, params = load(path, dtype=dtype)
     return export(model, params, fmt, size_hw, out, batch=batch, platforms=platforms)
 
 
@@ -238,7 +243,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "preprocessing does ((x - 0.5) / 0.5; Depth Anything: ImageNet mean / std) -> "
         "(B, H, W) float32 depth. H and W are fixed; B is dynamic unless --batch is given.",
     )
-    parser.add_argument("--weights", required=True, metavar="W.msgpack", help="beit-flax weights (convert_weights)")
+    parser.add_argument("--weights", required=True, metavar="W", help=weights_help())
     parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     parser.add_argument("--size", required=True, type=size_arg, metavar="HxW", help="network input (or N: N x N)")
     parser.add_argument("--batch", type=positive_int, metavar="B", help="a fixed batch size (default: dynamic)")
@@ -262,7 +267,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         metavar="P,...",
         help=f"StableHLO: the platforms to lower for (default: {','.join(PLATFORMS)})",
     )
-    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="the file to write")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="the file to write (folders created)")
 
 
 def run_export(args: argparse.Namespace) -> int:

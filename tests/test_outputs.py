@@ -53,8 +53,8 @@ def test_metric_files_use_the_fixed_range_and_say_so(depth_and_image):
 @pytest.mark.parametrize("output", [RelativeInverseDepth(), MetricDepth(80.0)])
 def test_3d_files_are_the_geometry_module_s(depth_and_image, output):
     depth, rgb = depth_and_image
-    files = image_files(depth, rgb, output=output, ply=True, glb=True, focal_px=17.0)
-    assert list(files) == list(SUFFIXES) == suffixes(ply=True, glb=True)
+    files = image_files(depth, rgb, output=output, pfm=True, ply=True, glb=True, focal_px=17.0)
+    assert list(files) == list(SUFFIXES) == suffixes(pfm=True, ply=True, glb=True)
     assert files[".ply"] == ply_bytes(depth, rgb, output=output, focal_px=17.0)
     assert files[".glb"] == glb_bytes(depth, rgb, output=output, focal_px=17.0)
     cloud = trimesh.load(io.BytesIO(files[".ply"]), file_type="ply")

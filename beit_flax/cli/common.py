@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from beit_flax.arguments import net_size_arg, positive_int, report
+from beit_flax.arguments import net_size_arg, positive_int, report, weights_help
 from beit_flax.images import COLORMAPS, DEFAULT_MAX_PIXELS
-from beit_flax.models import registry
 from beit_flax.models.precision import COMPUTE_DTYPES
 from beit_flax.predictor import Predictor
 from beit_flax.transforms import check_net_size
@@ -21,9 +20,7 @@ def model_options() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         metavar="W",
-        help=f"a known name ({', '.join(registry.releases())}: downloaded, converted and cached once), a hub "
-        "repo id (Intel/dpt-beit-large-512[@revision]), a PyTorch checkpoint or transformers folder (converted "
-        "once, cached), or a beit-flax .msgpack",
+        help=weights_help(),
     )
     model.add_argument(
         "--size",

@@ -1,4 +1,4 @@
-"""`beit-depth predict`: image files -> DIR/<stem>.npy + .png (+ .ply, .glb), in the model's units (see `cli`)."""
+"""`beit-depth predict`: image files -> DIR/<stem>.npy + .png (+ .pfm, .ply, .glb), in the model's units (see `cli`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     images = sub.add_parser(
         "predict",
         parents=[common],
-        help="image files -> DIR/<stem>.npy + DIR/<stem>.png (+ .ply, .glb)",
+        help="image files -> DIR/<stem>.npy + DIR/<stem>.png (+ .pfm, .ply, .glb)",
         description="For each image: DIR/<stem>.npy, float32 (H, W) depth at the image's own size in the model's "
         "units (relative inverse depth, larger = nearer; or meters), and DIR/<stem>.png, the same map colormapped "
         "over the model's colour range (min-max per image; or a fixed range in meters), or 16-bit grayscale. "
@@ -39,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     images.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
     images.add_argument("--grayscale16", action="store_true", help="16-bit grayscale PNG, as MiDaS run.py writes")
     images.add_argument("--no-png", action="store_true", help="no .png files")
+    images.add_argument(
+        "--pfm",
+        action="store_true",
+        help="also DIR/<stem>.pfm: the .npy's values as MiDaS run.py writes them (grayscale PFM, little-endian, "
+        "rows bottom to top)",
+    )
     images.add_argument(
         "--ply",
         action="store_true",
@@ -185,7 +191,7 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # stems from the whole list, so that processes never write the same name
     every_job = [Job(path, stem) for path, stem in zip(paths, output_stems(paths))]
-    wanted = suffixes(png=not args.no_png, ply=args.ply, glb=args.glb)
+    wanted = suffixes(pfm=args.pfm, png=not args.no_png, ply=args.ply, glb=args.glb)
     try:  # before any work: e.g. --out the input folder would replace photo.png with its depth map
         outputs = (args.out / f"{job.stem}{suffix}" for job in every_job for suffix in wanted)
         check_outputs(outputs, paths, make_folders=True)
@@ -234,6 +240,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 output=predictor.output,
                 colormap=args.colormap,
                 grayscale16=args.grayscale16,
+                pfm=args.pfm,
                 png=not args.no_png,
                 ply=args.ply,
                 glb=args.glb,

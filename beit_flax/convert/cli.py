@@ -188,10 +188,10 @@ def export(weights: str, output: str, layout: int) -> str:
     hf_config = formats.hf_config(model.config) if len(outputs) == 2 else None
     arrays = formats.to_torch(params, model.config, name)
     state = {name: torch.from_numpy(array) for name, array in arrays.items()}
-    if hf_config is not None:  # a transformers folder; its config.json needs no transformers
-        outputs[0].parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(outputs[0], (json.dumps(hf_config, indent=2) + "\n").encode())
     out = outputs[-1]
+    out.parent.mkdir(parents=True, exist_ok=True)  # as predict's --out: check_outputs allowed a folder to make
+    if hf_config is not None:  # a transformers folder; its config.json needs no transformers
+        atomic_write_bytes(outputs[0], (json.dumps(hf_config, indent=2) + "\n").encode())
     if out.suffix == ".safetensors":
         atomic_write_bytes(out, safetensors_bytes(state, metadata={"format": "pt"}))
     else:
