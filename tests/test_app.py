@@ -5,9 +5,10 @@ downloads are byte for byte what predict writes; upload a short video in the Vid
 Offline: the page may only reach the app (every other request is aborted and counted) and the server process runs
 behind `app_helpers.guard_network` (every lookup or connection off this machine refused and logged); both stay empty.
 
-Chromium is Debian's (/usr/bin/chromium, or $BEIT_FLAX_CHROMIUM): Playwright cannot download its own browsers here.
-WebGL (the 3D view) runs on SwiftShader, Chromium's CPU renderer. Missing Playwright or Chromium fails the test: CI
-installs both (.ci/run). $BEIT_FLAX_SCREENSHOTS=DIR also saves DIR/app.png and DIR/app_3d.png;
+The browser is found or installed by `browser_helpers.launch` ($BEIT_FLAX_CHROMIUM, Playwright's own, one on PATH,
+else Playwright's download or the Chromium shipped in npm's @sparticuz/chromium); none at all fails the test, and so
+does a missing Playwright. WebGL (the 3D view) runs on SwiftShader, Chromium's CPU renderer.
+$BEIT_FLAX_SCREENSHOTS=DIR also saves DIR/app.png and DIR/app_3d.png;
 $BEIT_FLAX_APP_WEIGHTS=FILE serves that model instead of the tiny random one (README screenshots).
 """
 
@@ -21,13 +22,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import app_helpers
+import browser_helpers
 import numpy as np
 import pytest
 from app_helpers import App, colourful_fraction, drawn_fraction, pixels, save_small_png
 from PIL import Image
 from tiny_config import TINY
 
-CHROMIUM = os.environ.get("BEIT_FLAX_CHROMIUM", "/usr/bin/chromium")
 # WebGL on the CPU: headless Chromium has no GPU, and blocks SwiftShader's WebGL unless told it is wanted
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 SCREENSHOTS = os.environ.get("BEIT_FLAX_SCREENSHOTS")
@@ -130,10 +131,8 @@ def browser():
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail('Playwright is missing: pip install -e ".[test]" (the test needs a real browser)')
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: apt-get install chromium (or set $BEIT_FLAX_CHROMIUM)")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = browser_helpers.launch(playwright, CHROMIUM_ARGS)
         yield browser
         browser.close()
 
