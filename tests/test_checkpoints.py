@@ -62,3 +62,35 @@ def test_saving_a_saved_step_again_changes_nothing(tmp_path):
     assert training.save_checkpoint(tmp_path, state0.replace(step=state0.step + 3)) == 3
     assert training.save_checkpoint(tmp_path, state0.replace(step=state0.step + 2)) == 2
     assert training.latest_step(tmp_path) == 3 and training.checkpoint_metadata(tmp_path, 2) == {}
+
+
+FULL_DISK = """
+import resource, signal, sys
+sys.path.insert(0, {tests!r})
+from finetune_helpers import tiny_state
+from beit_flax import training
+state = tiny_state()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    training.save_checkpoint(sys.argv[1], state, {{"run": 1}})
+except training.CheckpointWriteError as err:
+    print(err)
+"""
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_error_and_leaves_no_partial(tmp_path):
+    """The disk fills up under orbax (a file size limit in a child process: the same failed writes): one
+    CheckpointWriteError naming the folder and the reason, nothing else on stderr (orbax's threads each report it,
+    with tracebacks), and no partial checkpoint left to be mistaken for a complete one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = FULL_DISK.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", code, tmp_path / "ckpt"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    assert done.stdout.strip() == (
+        f"{tmp_path / 'ckpt'}: cannot write the checkpoint of step 0 (File too large); removed the partial checkpoint"
+    )
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == []

@@ -9,7 +9,13 @@ steps), `checkpoints` (orbax), `losses` (MiDaS loss and metrics; SILog and unali
     state, metrics = training.jit_train_step(state, batch)
 """
 
-from beit_flax.training.checkpoints import checkpoint_metadata, latest_step, restore_checkpoint, save_checkpoint
+from beit_flax.training.checkpoints import (
+    CheckpointWriteError,
+    checkpoint_metadata,
+    latest_step,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from beit_flax.training.data import Batch, check_batch
 from beit_flax.training.losses import metric_depth_metrics, silog_loss
 from beit_flax.training.state import (
@@ -28,6 +34,7 @@ __all__ = [
     "BACKBONE",
     "LOSS_TARGETS",
     "Batch",
+    "CheckpointWriteError",
     "TrainState",
     "backbone",
     "build_optimizer",

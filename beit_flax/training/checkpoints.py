@@ -8,8 +8,17 @@ structure and, for a sharded state, into its layout.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Mapping
+import re
+import shutil
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +37,75 @@ def _manager(directory: str | os.PathLike, keep: int | None = None, *, create: b
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a quota, a file size limit...); the partial checkpoint
+    was removed, so it cannot be mistaken for a complete one. The message is one line naming the folder."""
+
+
+def _loop_closed(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+class _OrbaxFailureRecords(logging.Filter):
+    """While a save runs, drops every ERROR record (orbax's threads each report the failure the save raises); after
+    it, only those about its partial checkpoint (`<step>.orbax-checkpoint-tmp` under `directory`), which asyncio
+    logs when orbax's futures are collected, later."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.partial, self.saving = f"{directory}{os.sep}", True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.saving:
+            return record.levelno < logging.ERROR
+        text = f"{record.getMessage()} {record.exc_info[1] if record.exc_info else ''}"
+        return not (self.partial in text and "orbax-checkpoint-tmp" in text)
+
+
+@contextlib.contextmanager
+def _orbax_quiet(directory: Path) -> Iterator[None]:
+    """Orbax reports one failed write from each of its threads and tasks besides raising it (absl and asyncio ERROR
+    records with tracebacks, and tensorstore callbacks into event loops it has closed: "Event loop is closed",
+    through the unraisable hook); `save_checkpoint` raises the failure as one line, so these are held back."""
+    records = _OrbaxFailureRecords(directory)
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(records)
+    unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = lambda info: None if _loop_closed(info.exc_value) else unraisable(info)
+    threading.excepthook = lambda args: None if _loop_closed(args.exc_value) else thread_hook(args)
+    try:
+        yield
+    except Exception:
+        records.saving = False  # kept for the late records about this partial checkpoint
+        # and the writes orbax had scheduled and never ran, reported when the interpreter exits
+        warnings.filterwarnings("ignore", "coroutine 'async_serialize_from_host", RuntimeWarning)
+        raise
+    else:
+        for name in ("absl", "asyncio"):
+            logging.getLogger(name).removeFilter(records)
+    finally:
+        sys.unraisablehook, threading.excepthook = unraisable, thread_hook
+
+
+def _write_error(directory: Path, step: int, err: Exception) -> CheckpointWriteError:
+    """Remove what orbax left of `step` (`<step>.orbax-checkpoint-tmp*`; its threads may still be writing there for
+    a moment, so until none has reappeared for 0.5 s, 10 s at most) and say why in one line."""
+    quiet_since, deadline = time.monotonic(), time.monotonic() + 10
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.5:
+        for partial in directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+            quiet_since = time.monotonic()
+        time.sleep(0.05)
+    code = re.search(r"os_error_code='(\d+)'", str(err))
+    errno = int(code[1]) if code else getattr(err, "errno", None)
+    reason = os.strerror(errno) if errno else (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    error = CheckpointWriteError(
+        f"{directory}: cannot write the checkpoint of step {step} ({reason}); removed the partial checkpoint"
+    )
+    error.errno = errno  # kept out of the message: str(error) is the one line
+    return error
+
+
 def save_checkpoint(
     directory: str | os.PathLike, state: TrainState, metadata: Mapping[str, Any] | None = None, *, keep: int = 3
 ) -> int:
@@ -36,20 +114,26 @@ def save_checkpoint(
 
     A step that is saved already is left as it is (nothing is ever overwritten) and the call does nothing: the
     steps are deterministic, so a run that reaches a saved step again (resumed there) holds the same state.
+    Raises CheckpointWriteError (the partial checkpoint removed) when it cannot be written.
     """
     step = int(state.step)
     payload = serialization.to_state_dict({"step": state.step, "params": state.params, "opt_state": state.opt_state})
-    with _manager(directory, keep, create=True) as manager:
-        if step in manager.all_steps():
-            return step
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(payload), metadata=ocp.args.JsonSave(dict(metadata or {}))
-            ),
-            force=True,
-        )
-        manager.wait_until_finished()
+    folder = Path(directory).absolute()
+    with _orbax_quiet(folder):
+        try:
+            with _manager(directory, keep, create=True) as manager:  # closing it waits for orbax's threads
+                if step in manager.all_steps():
+                    return step
+                manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(payload), metadata=ocp.args.JsonSave(dict(metadata or {}))
+                    ),
+                    force=True,
+                )
+                manager.wait_until_finished()
+        except Exception as err:  # orbax and tensorstore raise ValueError, OSError, RuntimeError... for one failure
+            raise _write_error(folder, step, err) from err
     return step
 
 
