@@ -8,7 +8,7 @@ subprocess); the cuDNN attention path with jax's cuDNN checks stubbed (tracing i
 host callbacks or transfers, no custom calls but the expected ones, float32 products at HIGHEST precision (on a TPU
 DEFAULT is one bf16 pass, on a GPU TF32), donation, shardings.
 
-And XLA's FLOP count of the compiled CPU program against an analytic count of the architecture (tests/
+And XLA's FLOP count of the compiled CPU program against an analytic count of the architecture (benchmarks/
 flop_count.py) at native size: BEiT-B 384 at 384 x 384, Depth Anything V2 ViT-S at 518 x 518 (1370 tokens: the
 chunked attention, whose chunk body is a `jax.checkpoint`: at inference it must not recompute).
 
@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flop_count import Attention, beit_dpt, depth_anything, gflop, relative
 from lowering_helpers import (
     PLATFORMS,
     abstract_params,
@@ -45,6 +44,9 @@ from beit_flax import batcher, sharding, training
 from beit_flax.models import registry
 from beit_flax.models.dpt.attention import cudnn_unbiased_inputs, query_chunk
 from beit_flax.params import init_params
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from flop_count import Attention, beit_dpt, depth_anything, gflop, relative  # benchmarks/flop_count.py
 
 FAMILIES = sorted(registry.FAMILIES)
 SHARDING_ANNOTATIONS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
