@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from beit_flax.arguments import one_line, positive_int, weights_help
-from beit_flax.files import atomic_write_bytes, check_outputs
+from beit_flax.arguments import EXIT_CANNOT_WRITE, one_line, positive_int, weights_help
+from beit_flax.files import NoSpaceError, atomic_write_bytes, check_outputs
 from beit_flax.models import registry
 from beit_flax.models.precision import check_dtype
 from beit_flax.transforms import DEFAULT_MAX_PIXELS, check_net_input
@@ -271,7 +271,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """0 after printing the summary line; 2 after reporting bad arguments, weights or output path."""
+    """0 after printing the summary line; 2 after reporting bad arguments, weights or output path; 3 when the
+    output does not fit on its disk."""
     import sys
 
     try:
@@ -283,6 +284,9 @@ def run_export(args: argparse.Namespace) -> int:
         summary = export_weights(
             args.weights, args.fmt, args.size, args.out, batch=args.batch, dtype=args.dtype, platforms=args.platforms
         )
+    except NoSpaceError as err:  # the output named, nothing of it left
+        print(f"beit-depth: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
     except (ImportError, OSError, ValueError) as err:  # OutputError, InputError, bad weights files, no jax2onnx
         print(f"beit-depth: error: {one_line(err)}", file=sys.stderr)
         return 2

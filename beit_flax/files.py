@@ -16,6 +16,7 @@ that replace only a regular file that is not one of the inputs, and an interrupt
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import stat
@@ -37,6 +38,14 @@ class InputError(ValueError):
 
 class OutputError(OSError):
     """A path we will not write (see `check_outputs`); the message names it and the reason."""
+
+
+class NoSpaceError(OSError):
+    """An output its disk cannot hold (full, over a quota or a file size limit); the message names it, and nothing
+    of it was left (`atomic_write`)."""
+
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # full disk, quota, RLIMIT_FSIZE
 
 
 def _kind(mode: int) -> str:
@@ -185,11 +194,17 @@ def atomic_write(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
     """Write `chunks` to a temp file beside `path`, fsync it and rename it over `path`: readers never see a partial
     file, an existing file is only replaced once the new one is complete, and a failure leaves no temp file."""
     with temp_beside(path) as temp:
-        with open(temp, "wb") as file:
-            for chunk in chunks:
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with open(temp, "wb") as file:
+                for chunk in chunks:
+                    file.write(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as err:
+            if err.errno not in NO_SPACE_ERRNOS:
+                raise
+            reason = os.strerror(err.errno)
+            raise NoSpaceError(f"{path}: cannot be written ({reason}); nothing of it was left") from None
         replace(temp, path)
 
 

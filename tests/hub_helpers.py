@@ -16,7 +16,8 @@ from pathlib import Path
 class ReleaseServer(http.server.ThreadingHTTPServer):
     """Serves `files` {url path: bytes}; `mode`: "ok", "cut" (stops half way, the full length announced), "slow"
     (the file in 10 pieces over ~`slow_s`), "huge" (announces 100 GiB), "endless" (no length, the file over and
-    over until the client hangs up). Honours `Range: bytes=N-` with 206. `log`: (path, Range header)."""
+    over until the client hangs up), "loop" (redirects to itself). Honours `Range: bytes=N-` with 206. `log`:
+    (path, Range header)."""
 
     daemon_threads = True
 
@@ -47,6 +48,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = server.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
+            return
+        if server.mode == "loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         start = int(rng.removeprefix("bytes=").split("-")[0]) if rng else 0
         body = data[start:]

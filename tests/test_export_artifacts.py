@@ -183,3 +183,39 @@ def test_base_384_full_size_both_formats(size_hw, release_compiled):
     onnx_data = ex.export_onnx(model, params, size_hw)
     check_onnx_model(onnx_data, ex.BATCH_DIM)
     assert relative(run_onnx(onnx_data, x), ref) <= TOLERANCE
+
+
+def _file_size_limit(limit: int):
+    """For subprocess's preexec_fn: writes past `limit` bytes fail with EFBIG, as on a full disk (SIGXFSZ ignored,
+    which exec keeps)."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_export_on_a_full_disk_names_the_output(tiny_params, tmp_path):
+    """`beit-depth export` whose artifact does not fit (a file size limit in the child: the same failed write): one
+    line naming the output and the reason, exit 3, no output and no temp file."""
+    import os
+    import subprocess
+    import sys
+
+    weights = tmp_path / "tiny.msgpack"
+    beit_flax.save(weights, TINY, tiny_params)
+    out = tmp_path / "out" / "tiny.stablehlo"
+    argv = [sys.executable, "-m", "beit_flax.cli", "export", "--weights", str(weights), "--format", "stablehlo"]
+    argv += ["--size", "64", "--platforms", "cpu", "--out", str(out)]
+    environ = {**os.environ, "BEIT_FLAX_CACHE_DIR": "off"}
+    done = subprocess.run(
+        argv, capture_output=True, text=True, env=environ, timeout=300, preexec_fn=_file_size_limit(100_000)
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"beit-depth: error: {out}: cannot be written (File too large); nothing of it was left"
+    ]
+    assert list(out.parent.iterdir()) == []

@@ -120,6 +120,21 @@ def test_digest_mismatch_deletes_the_download(env, server, midas_pt, monkeypatch
     assert same_params(resolve("published", progress=False), tiny_files()[0])
 
 
+def test_a_redirect_loop_is_one_line(env, server, capsys, tmp_path):
+    """A server that redirects to itself: urllib gives up with a three-line reason; one line here, through the CLI
+    too (exit 2, nothing cached)."""
+    from beit_flax.cli import main
+
+    server.mode = "loop"
+    with pytest.raises(DownloadError) as info:
+        resolve(NAME, progress=False)
+    assert "\n" not in str(info.value) and "HTTP 302" in str(info.value) and "infinite loop" in str(info.value)
+    Image.fromarray(scene(48, 64)).save(tmp_path / "x.png")
+    assert main(["predict", "--weights", NAME, "--quiet", str(tmp_path / "x.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "infinite loop" in err[0] and leftovers(env) == []
+
+
 def test_404_and_a_file_that_is_no_checkpoint(env, server):
     del server.files[URL_PATH]
     with pytest.raises(DownloadError, match=f"{URL_PATH}: HTTP 404"):

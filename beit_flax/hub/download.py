@@ -9,7 +9,6 @@ resume: a partial whose digest is wrong, one past `max_bytes` (announced or sent
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import http.client
 import os
@@ -21,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from beit_flax.files import size_text
+from beit_flax.files import NO_SPACE_ERRNOS, size_text
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60.0  # per socket operation, not for the whole file
@@ -48,9 +47,6 @@ class NoSpaceError(DownloadError):
     file was deleted."""
 
 
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # full disk, quota, file size limit (RLIMIT_FSIZE)
-
-
 def _refuse(part: Path, error: DownloadError) -> DownloadError:
     part.unlink(missing_ok=True)
     return error
@@ -63,7 +59,7 @@ def _space_checked(url: str, part: Path) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.errno not in _NO_SPACE:
+        if err.errno not in NO_SPACE_ERRNOS:
             raise
         raise _refuse(
             part,
@@ -100,7 +96,8 @@ def _request(url: str, offset: int):
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # the partial file is already complete
             return None
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+        reason = " ".join(str(err.reason).split())  # urllib's redirect-loop reason spans three lines
+        raise DownloadError(f"{url}: HTTP {err.code} {reason}") from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise NoNetworkError(f"{url}: cannot connect ({reason})") from None
@@ -119,7 +116,12 @@ def download(url: str, part: Path, *, max_bytes: int, sha256: str | None = None,
     fd = _open_part(part)
     with os.fdopen(fd, "r+b", buffering=0) as file:  # unbuffered: a failed write leaves nothing to flush at close
         offset = os.fstat(fd).st_size
-        response = _request(url, offset)
+        try:
+            response = _request(url, offset)
+        except DownloadError:
+            if offset == 0:  # nothing to resume: no empty partial left behind
+                part.unlink(missing_ok=True)
+            raise
         digest = hashlib.sha256()
         if response is not None and response.status != 206:  # the server ignored Range: start over
             file.truncate(0)
