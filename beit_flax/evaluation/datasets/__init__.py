@@ -6,6 +6,10 @@ max_depth_eval, eigen_crop / garg_crop, do_kb_crop); relative depth caps are tho
 it states them (NYU 10 m, with ground truth below 10 m; KITTI 80 m), and this project's choice elsewhere (said in
 `RelativeSpec.source`; MiDaS never published its code for the other datasets). Datasets without a ZoeDepth range
 (ETH3D, Sintel) have no metric protocol: a metric model is scored on them with the relative one.
+
+NYU and KITTI also have the training split the reference fine-tuning reads (`Dataset.train`, `open_dataset(...,
+part="train")`; `examples/finetune.py --dataset`), each with the fixed crop BTS / ZoeDepth apply to it before any
+augmentation (`Dataset.train_crop`, see `beit_flax.training.datasets`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ OURS = "this project's choice (MiDaS published no code for it)"
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """A dataset: `read(root, split)` -> its items; its metric protocol (None: none published) and relative one;
-    `description` and `source` (where to get it) for the help and the README."""
+    """A dataset: `read(root, split)` -> its test items; its metric protocol (None: none published) and relative one;
+    `description` and `source` (where to get it) for the help and the README. `train(root, split)` -> its training
+    items (None: no training split is read), and `train_crop` the fixed crop the reference training applies first:
+    "nyu_border" (BTS / ZoeDepth's 43:608 x 45:472 of NYU's 640 x 480, which drops the white registration border)
+    or "kb" (KITTI's bottom-centred 352 x 1216, as `MetricSpec.kb_crop`)."""
 
     name: str
     description: str
@@ -37,6 +44,8 @@ class Dataset:
     metric: MetricSpec | None
     relative: RelativeSpec
     takes_split: bool = False
+    train: Callable[[Path, Path | None], list[Item]] | None = None
+    train_crop: str | None = None
 
 
 def _no_split(read: Callable[[Path], list[Item]]) -> Callable[[Path, Path | None], list[Item]]:
@@ -59,6 +68,8 @@ DATASETS: dict[str, Dataset] = {
             MetricSpec(1e-3, 10.0, "eigen"),
             RelativeSpec(10.0, 10.0, BAD_PIXEL, GIST),
             takes_split=True,
+            train=lambda root, split: nyu.official_splits(root, split, part="train"),
+            train_crop="nyu_border",
         ),
         Dataset(
             "nyu_labeled",
@@ -68,6 +79,8 @@ DATASETS: dict[str, Dataset] = {
             MetricSpec(1e-3, 10.0, "eigen"),
             RelativeSpec(10.0, 10.0, BAD_PIXEL, GIST),
             takes_split=True,
+            train=lambda root, split: nyu.labeled(root, split, part="train"),
+            train_crop="nyu_border",
         ),
         Dataset(
             "kitti",
@@ -77,6 +90,8 @@ DATASETS: dict[str, Dataset] = {
             MetricSpec(1e-3, 80.0, "garg", kb_crop=True),
             RelativeSpec(80.0, None, BAD_PIXEL, GIST),
             takes_split=True,
+            train=lambda root, split: kitti.eigen(root, split, part="train"),
+            train_crop="kb",
         ),
         Dataset(
             "diode_indoor",
@@ -122,16 +137,26 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def open_dataset(name: str, root: Path, split: Path | None = None) -> list[Item]:
-    """The items of dataset `name` under `root`; DatasetError (one line) for a missing root, an unknown name, or a
-    folder without the dataset's files."""
+def open_dataset(name: str, root: Path, split: Path | None = None, *, part: str = "test") -> list[Item]:
+    """The items of dataset `name` under `root`, of its test split (`part="test"`) or its training split
+    (`part="train"`, where it has one; `split` is then the training list); DatasetError (one line) for a missing
+    root, an unknown name, a dataset without that split, or a folder without the dataset's files."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; one of {', '.join(DATASETS)}")
+    if part not in ("test", "train"):
+        raise ValueError(f"part must be 'test' or 'train', got {part!r}")
+    dataset = DATASETS[name]
+    read = dataset.read if part == "test" else dataset.train
+    if read is None:
+        with_train = ", ".join(n for n, d in DATASETS.items() if d.train is not None)
+        raise DatasetError(f"{name} has no training split here (these have one: {with_train})")
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder")
+    option = "--split" if part == "test" else "--train-split"
     if split is not None and not split.is_file():
-        raise DatasetError(f"--split {split}: no such file")
-    items = DATASETS[name].read(root, split)
+        raise DatasetError(f"{option} {split}: no such file")
+    items = read(root, split)
     if not items:
-        raise DatasetError(f"{root}: no {name} samples found ({DATASETS[name].description})")
+        found = f"no {name} samples found ({dataset.description})" if part == "test" else f"no {name} training samples"
+        raise DatasetError(f"{root}: {found}")
     return items

@@ -136,10 +136,11 @@ def relative_key(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
-def split_lines(split: Path) -> list[list[str]]:
-    """A BTS / ZoeDepth file list (`image depth [focal]` per line) -> its lines' fields; blank lines dropped."""
+def split_lines(split: Path, option: str = "--split") -> list[list[str]]:
+    """A BTS / ZoeDepth file list (`image depth [focal]` per line) -> its lines' fields; blank lines dropped.
+    `option`: the command-line option that named the file, for messages."""
     try:
         text = read_input(split, 64 << 20, "split file").decode("utf-8")
     except (InputError, UnicodeDecodeError) as err:
-        raise DatasetError(f"--split {split}: {err}") from None
+        raise DatasetError(f"{option} {split}: {err}") from None
     return [line.split() for line in text.splitlines() if line.strip()]

@@ -7,6 +7,8 @@ and the annotations (`gts/<drive>_sync/proj_depth/groundtruth/image_02/NNNNNNNNN
 the download's `data_depth_annotated/{train,val}/...`). `--split FILE` is required: BTS / ZoeDepth's
 `kitti_eigen_test_files_with_gt.txt` (`image depth focal` per line, 697 lines; a depth of `None` marks the 45 frames
 without annotation, skipped as ZoeDepth skips them: 652 remain). Keys are the image paths under the raw root.
+The training split (`part="train"`) is read the same way from its list, `kitti_eigen_train_files_with_gt.txt`
+(`--train-split`; its annotations are in `data_depth_annotated/train`).
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ GT_FOLDERS = ("gts", "data_depth_annotated/train", "data_depth_annotated/val", "
 RAW_FOLDERS = ("raw", "raw_data", ".")
 
 
-def eigen(root: Path, split: Path | None = None) -> list[Item]:
-    """The listed frames that have an annotation (module doc), in the list's order."""
+def eigen(root: Path, split: Path | None = None, part: str = "test") -> list[Item]:
+    """The listed frames that have an annotation (module doc), in the list's order; `part` names the list in
+    messages ("test": --split, "train": --train-split)."""
+    option = "--split" if part == "test" else "--train-split"
     if split is None:
         raise DatasetError(
-            "kitti needs --split FILE: the Eigen test list (kitti_eigen_test_files_with_gt.txt of BTS / ZoeDepth)"
+            f"kitti needs {option} FILE: the Eigen {part} list (kitti_eigen_{part}_files_with_gt.txt of BTS / ZoeDepth)"
         )
     items = []
-    for fields in split_lines(split):
+    for fields in split_lines(split, option):
         if len(fields) < 2:
-            raise DatasetError(f"--split {split}: a line without an image and a depth path: {' '.join(fields)!r}")
+            raise DatasetError(f"{option} {split}: a line without an image and a depth path: {' '.join(fields)!r}")
         image_rel, depth_rel = fields[0].lstrip("/"), fields[1].lstrip("/")
         if depth_rel == "None":
             continue

@@ -9,6 +9,12 @@
   as (N, 3, W, H), `depths` float32 meters as (N, W, H), MATLAB's column-major order) with the official split file
   `splits.mat` (MATLAB v5: `testNdxs`, 1-based) beside it or given with `--split`. Read with h5py and scipy.io
   (`pip install "beit-flax[eval]"`). Keys are `labeled/NNNN`, the 1-based index in the file.
+
+The training split (`part="train"`), in the same file formats: BTS / ZoeDepth's training set `sync/<scene>/rgb_X.jpg
++ sync_depth_X.png` (the raw video frames with projected depth; ZoeDepth's `data_path` and `gt_path`), listed by
+`nyudepthv2_train_files_with_gt.txt` (`/scene/rgb_X.jpg /scene/sync_depth_X.png focal`) or all of it without a list;
+else `official_splits/train/` (the 795 labelled training images); ROOT holds either (or is `sync` / `train` itself).
+The labelled file's training images are `trainNdxs` of `splits.mat`.
 """
 
 from __future__ import annotations
@@ -32,13 +38,18 @@ from beit_flax.evaluation.datasets.files import (
 _RGB = re.compile(r"rgb_(\d+)\.jpg$")
 
 
-def _split_folder(root: Path) -> Path:
-    for candidate in (root / "official_splits" / "test", root / "test", root):
+def _split_folder(root: Path, part: str = "test") -> Path:
+    if part == "train":  # the root itself only by name: a test folder must never be read as training data
+        candidates = (root / "sync", root / "official_splits" / "train", root / "train")
+        candidates += (root,) if root.name in ("sync", "train") else ()
+        expected = "sync/<scene>/rgb_XXXXX.jpg + sync_depth_XXXXX.png, or official_splits/train/<scene>/..."
+    else:
+        candidates = (root / "official_splits" / "test", root / "test", root)
+        expected = "official_splits/test/<scene>/rgb_XXXXX.jpg + sync_depth_XXXXX.png"
+    for candidate in candidates:
         if candidate.is_dir() and any(candidate.glob("*/rgb_*.jpg")):
             return candidate
-    raise DatasetError(
-        f"{root}: no NYU test images (expected official_splits/test/<scene>/rgb_XXXXX.jpg + sync_depth_XXXXX.png)"
-    )
+    raise DatasetError(f"{root}: no NYU {part} images (expected {expected})")
 
 
 def _pair(rgb: Path, depth: Path, folder: Path) -> Item:
@@ -50,14 +61,16 @@ def _pair(rgb: Path, depth: Path, folder: Path) -> Item:
     return Item(relative_key(rgb, folder), load)
 
 
-def official_splits(root: Path, split: Path | None = None) -> list[Item]:
-    """The Eigen test split as `official_splits/test` lays it out (module doc), sorted by path."""
-    folder = _split_folder(root)
+def official_splits(root: Path, split: Path | None = None, part: str = "test") -> list[Item]:
+    """The Eigen test split as `official_splits/test` lays it out (module doc), sorted by path; `part="train"`: the
+    training split (`sync/` or `official_splits/train`), `split` its list."""
+    folder = _split_folder(root, part)
     if split is not None:
-        lines = split_lines(split)
+        option = "--split" if part == "test" else "--train-split"
+        lines = split_lines(split, option)
         bad = [fields for fields in lines if len(fields) < 2]
         if bad:
-            raise DatasetError(f"--split {split}: a line without an image and a depth path: {' '.join(bad[0])!r}")
+            raise DatasetError(f"{option} {split}: a line without an image and a depth path: {' '.join(bad[0])!r}")
         return [_pair(folder / f[0].lstrip("/"), folder / f[1].lstrip("/"), folder) for f in lines]
     items = []
     for rgb in sorted(folder.glob("*/rgb_*.jpg")):
@@ -76,8 +89,9 @@ def _h5py():
     return h5py
 
 
-def labeled(root: Path, split: Path | None = None) -> list[Item]:
-    """The test images of `nyu_depth_v2_labeled.mat` (module doc), in `testNdxs` order."""
+def labeled(root: Path, split: Path | None = None, part: str = "test") -> list[Item]:
+    """The test images of `nyu_depth_v2_labeled.mat` (module doc), in `testNdxs` order (`part="train"`: the
+    training images, `trainNdxs`)."""
     from scipy.io import loadmat
 
     mat = root if root.is_file() else existing(root / "nyu_depth_v2_labeled.mat")
@@ -85,9 +99,9 @@ def labeled(root: Path, split: Path | None = None) -> list[Item]:
         raise DatasetError(f"{root}: no nyu_depth_v2_labeled.mat")
     splits = split or mat.parent / "splits.mat"
     try:
-        indices = np.asarray(loadmat(splits)["testNdxs"], np.int64).ravel() - 1
+        indices = np.asarray(loadmat(splits)[f"{part}Ndxs"], np.int64).ravel() - 1
     except (OSError, ValueError, KeyError) as err:
-        raise DatasetError(f"{splits}: not NYU's splits.mat with testNdxs ({type(err).__name__}: {err})") from None
+        raise DatasetError(f"{splits}: not NYU's splits.mat with {part}Ndxs ({type(err).__name__}: {err})") from None
     h5py = _h5py()
     try:
         with h5py.File(mat, "r") as file:
@@ -98,7 +112,7 @@ def labeled(root: Path, split: Path | None = None) -> list[Item]:
     except (OSError, KeyError) as err:
         raise DatasetError(f"{mat}: not the NYU labelled file ({type(err).__name__}: {err})") from None
     if indices.size and (indices.min() < 0 or indices.max() >= count):
-        raise DatasetError(f"{splits}: testNdxs outside 1..{count}")
+        raise DatasetError(f"{splits}: {part}Ndxs outside 1..{count}")
 
     def item(index: int) -> Item:
         def load():
