@@ -130,6 +130,19 @@ def _nearest(array: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return array[rows[:, None], cols[None, :]]
 
 
+def resize_to_cover(
+    image: np.ndarray, depth: np.ndarray, valid: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8, (H, W) depth, (H, W) bool -> the three resized so that the shorter side is `size` (both sides
+    at least `size`): bicubic for the image, nearest for depth and mask, so that no depth is blended across edges or
+    with invalid pixels."""
+    height, width = depth.shape
+    scale = size / min(height, width)
+    resized = (max(size, round(height * scale)), max(size, round(width * scale)))
+    image = np.clip(np.round(resize_bicubic(image, resized)), 0, 255).astype(np.uint8)
+    return image, _nearest(depth, resized), _nearest(valid, resized)
+
+
 def _read_map(path: Path) -> np.ndarray:
     """A depth or mask file -> (H, W) float32: .npy as stored, an image's first channel (16 bits kept)."""
     if path.suffix.lower() == ".npy":
@@ -181,13 +194,9 @@ class DepthFolder:
             valid &= mask > 0
         with np.errstate(divide="ignore"):
             depth = np.where(valid, 1.0 / np.where(valid, depth, 1.0) if self.inverse else depth, np.inf)
-        height, width = depth.shape
-        scale = self.size / min(height, width)
-        resized = (max(self.size, round(height * scale)), max(self.size, round(width * scale)))
-        top, left = (resized[0] - self.size) // 2, (resized[1] - self.size) // 2
+        image, depth, valid = resize_to_cover(image, depth, valid, self.size)
+        top, left = (depth.shape[0] - self.size) // 2, (depth.shape[1] - self.size) // 2
         crop = lambda a: a[top : top + self.size, left : left + self.size]
-        image = np.clip(np.round(resize_bicubic(image, resized)), 0, 255).astype(np.uint8)
-        depth, valid = _nearest(depth, resized), _nearest(valid, resized)
         return crop(image), crop(depth).astype(np.float32), crop(valid)
 
     def batch(self, indices: Sequence[int], *, target: str = "inverse_depth") -> Batch:
