@@ -10,6 +10,8 @@ generated scenes (exact depth) or on your own data.
         --batch-size 16 --bf16 --remat --fsdp                       # 8 GPUs, params and Adam state split
     python examples/finetune.py --loss silog --weights zoedepth_nyu.msgpack --data my_metric_data --size 384 \
         --batch-size 4 --lr 1e-5 --bf16 --remat                     # metric: a ZoeDepth, depth maps in meters
+    python examples/finetune.py --weights dpt_beit_base_384.msgpack --dataset nyu ~/data/nyu_depth_v2 \
+        --size 384 --batch-size 8 --lr 1e-5 --bf16 --eval-every 1000   # NYU's training split, scored on its test split
 
 --loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`): the
 model is a ZoeDepth (--weights a ZoeDepth file; none: a small random ZoeDepth), the --data depth maps are meters
@@ -31,13 +33,21 @@ data, steps, learning rate and optimizer; the learning-rate schedule depends on 
 run, e.g. --weights OUT/finetuned.msgpack --out OTHER). --data DIR: see `beit_flax.training.data` for the folder
 layout; the last 10% of the files (sorted by name) are held out for evaluation.
 
+--dataset NAME ROOT (nyu, nyu_labeled, kitti) trains on the dataset's training split (NYU: ROOT/sync/, listed by
+--train-split nyudepthv2_train_files_with_gt.txt or all of it, else ROOT/official_splits/train; KITTI: --train-split
+kitti_eigen_train_files_with_gt.txt) read by Grain (`beit_flax.training.datasets`: seeded shuffle per epoch, the
+dataset's fixed crop, a random SIZE x SIZE crop and flip; its position saved in each checkpoint), and scores the model
+on the test split (--split) as `beit-depth evaluate` does (`beit_flax.training.benchmark`): before training, every
+--eval-every steps and after, each a line in OUT/eval.jsonl.
+
 Every local device trains (data parallel: the batch is split over them, the gradients reduced by the sharding), so
 --batch-size must be a multiple of the device count; --fsdp also splits the large parameters and their optimizer
 state over the devices instead of replicating them (`beit_flax.sharding.state_shardings`), for when memory is tight.
 
-Exit status: 0 done; 1 --weights or --data cannot be read; 2 bad arguments, or an --out that does not fit (it holds a
-run and --resume is not given, or the run there has other settings); 130 interrupted (--resume continues from the
-newest checkpoint). Errors are one line on stderr.
+Exit status: 0 done; 1 --weights, --data or --dataset cannot be read (or Grain is not installed); 2 bad arguments, or
+an --out that does not fit (it holds a run and --resume is not given, or the run there has other settings); 3 a
+checkpoint or OUT/eval.jsonl cannot be written; 130 interrupted (--resume continues from the newest checkpoint).
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import jax
 import numpy as np
@@ -54,16 +64,19 @@ import optax
 
 import beit_flax
 from beit_flax import DPTConfig, training
+from beit_flax.evaluation.datasets import DATASETS, DatasetError
 from beit_flax.models import registry
 from beit_flax.models.zoedepth import BinConfig, ZoeDepthConfig
 from beit_flax.params import init_params
 from beit_flax.sharding import place, shard_batch, state_shardings, train_mesh
-from beit_flax.training.data import DepthFolder, batch_indices, synthetic_scenes
+from beit_flax.training.benchmark import Benchmark
+from beit_flax.training.runs import HeldOut, changed_settings, lr_schedule
 
 PROG = Path(__file__).name
 WEIGHT_DECAY = 0.05  # AdamW's, on matrices and kernels only
 CLIP_NORM = 1.0  # of the global gradient norm
 HELD_OUT_SCENES = 64  # generated evaluation scenes, after the training ones
+TRAINABLE = tuple(name for name, d in DATASETS.items() if d.train is not None)  # --dataset's choices
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -124,20 +137,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="training crops are SIZE x SIZE (a multiple of the model's input multiple: MiDaS 16, ZoeDepth 32, "
         "Depth Anything 14)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("finetune_out"),
-        help="run folder: OUT/checkpoints (orbax), OUT/finetuned.msgpack (the final weights)",
-    )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out from its newest checkpoint (needed to reuse an --out)",
-    )
-    parser.add_argument(
-        "--data", type=Path, help="a folder of your own images/ + depth/ (+ masks/); none: generated scenes"
-    )
+    out_help = "run folder: OUT/checkpoints (orbax), OUT/finetuned.msgpack (the final weights), OUT/eval.jsonl"
+    parser.add_argument("--out", type=Path, default=Path("finetune_out"), help=out_help)
+    resume_help = "continue the run in --out from its newest checkpoint (needed to reuse an --out)"
+    parser.add_argument("--resume", action="store_true", help=resume_help)
+    parser.add_argument("--data", type=Path, help="your own images/ + depth/ (+ masks/); none: generated scenes")
+    dataset_help = f"train on a benchmark's training split, scored on its test split: {', '.join(TRAINABLE)}"
+    parser.add_argument("--dataset", nargs=2, metavar=("NAME", "ROOT"), help=dataset_help)
+    parser.add_argument("--train-split", type=Path, metavar="FILE", help="--dataset's training list (kitti: needed)")
+    parser.add_argument("--split", type=Path, metavar="FILE", help="--dataset's test list (kitti: needed)")
+    parser.add_argument("--eval-every", type=int, default=0, help="--dataset: score every N steps (0: before, after)")
+    parser.add_argument("--eval-limit", type=int, help="--dataset: score the first N test images only")
+    parser.add_argument("--workers", type=int, default=4, help="--dataset: reading threads (each reads a batch ahead)")
     parser.add_argument("--weights", type=Path, help="start from a beit-flax weights file; none: random init")
     parser.add_argument(
         "--loss",
@@ -154,12 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
     parser.add_argument("--remat", action="store_true", help="recompute encoder blocks in the backward pass")
     parser.add_argument("--scan", action="store_true", help="the encoder as nn.scan loops (compiles faster)")
-    parser.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="split the large params and optimizer state over the "
-        "devices (otherwise replicated, only the batch is split)",
-    )
+    fsdp_help = "split the large params and optimizer state over the devices (otherwise replicated, only the batch is)"
+    parser.add_argument("--fsdp", action="store_true", help=fsdp_help)
     parser.add_argument("--scenes", type=int, default=512, help="generated training scenes (without --data)")
     parser.add_argument("--save-every", type=int, default=100, help="checkpoint interval in steps")
     parser.add_argument("--seed", type=int, default=0, help="random init, generated scenes and batch order")
@@ -170,10 +177,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--steps >= 0, --batch-size >= 1, --lr > 0, --save-every >= 1 and --scenes >= 1 are required")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         parser.error(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
+    if args.dataset and (args.data or args.dataset[0] not in TRAINABLE):
+        parser.error(f"--dataset NAME ROOT: NAME one of {', '.join(TRAINABLE)}, and no --data")
+    if not args.dataset and (args.train_split or args.split or args.eval_every or args.eval_limit):
+        parser.error("--train-split, --split, --eval-every and --eval-limit go with --dataset")
+    if args.eval_every < 0 or (args.eval_limit or 1) < 1 or args.workers < 0 or not 0 <= args.seed < 2**32:
+        parser.error("--eval-every >= 0, --eval-limit >= 1, --workers >= 0 and 0 <= --seed < 2**32 are required")
     return args
 
 
-def run_settings(args: argparse.Namespace, config: DPTConfig | ZoeDepthConfig) -> dict[str, Any]:
+def run_settings(args: argparse.Namespace, config: DPTConfig | ZoeDepthConfig, bench: Benchmark | None) -> dict:
     """What a resumed run must share with the run it continues (saved as the checkpoints' metadata, JSON values):
     the model, the data and batch order, and everything the learning-rate schedule and the optimizer depend on."""
     return {
@@ -181,7 +194,8 @@ def run_settings(args: argparse.Namespace, config: DPTConfig | ZoeDepthConfig) -
         "seed": args.seed,
         "size": args.size,
         "batch_size": args.batch_size,
-        "scenes": None if args.data else args.scenes,
+        "scenes": None if args.data or args.dataset else args.scenes,
+        **({"dataset": bench.settings()} if bench else {}),
         "steps": args.steps,
         "lr": args.lr,
         "layer_decay": args.layer_decay,
@@ -190,36 +204,6 @@ def run_settings(args: argparse.Namespace, config: DPTConfig | ZoeDepthConfig) -
         "clip_norm": CLIP_NORM,
         **({"loss": args.loss} if args.loss != "midas" else {}),  # runs from before --loss are "midas" runs
     }
-
-
-def changed_settings(saved: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-    """The settings that differ, as "name saved -> now" ("config" alone: it is long)."""
-    names = [*settings, *(k for k in saved if k not in settings)]
-    show = lambda d, k: repr(d[k]) if k in d else "(not recorded)"
-    return [
-        k if k == "config" else f"{k} {show(saved, k)} -> {show(settings, k)}"
-        for k in names
-        if saved.get(k, ...) != settings.get(k, ...)
-    ]
-
-
-def lr_schedule(steps: int, lr: float) -> optax.Schedule:
-    """Linear warmup over 10% of the steps (at most 50), then cosine decay to 5% of `lr` at `steps`."""
-    return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=max(1, min(50, steps // 10)), decay_steps=max(steps, 1), end_value=0.05 * lr
-    )
-
-
-def evaluate(
-    eval_step, state: training.TrainState, dataset, indices: np.ndarray, batch_size: int, mesh
-) -> dict[str, float]:
-    """Mean of the eval-step metrics over `indices` in full batches only (another shape would compile again, and
-    might not split over the devices): the last partial batch is dropped, or repeated to a full one if it is all."""
-    target = training.LOSS_TARGETS[state.loss]
-    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    chunks = [c for c in chunks if len(c) == batch_size] or [np.resize(indices, batch_size)]
-    results = [jax.device_get(eval_step(state, shard_batch(dataset.batch(c, target=target), mesh))) for c in chunks]
-    return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,11 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         config = model.config
         family = registry.of_model(model)
         # a loss trains the kind of map the model outputs: metric depth or relative inverse depth
-        fits = [
-            name
-            for name, target in training.LOSS_TARGETS.items()
-            if target == training.LOSS_TARGETS[family.default_loss(config)]
-        ]
+        kind = training.LOSS_TARGETS[family.default_loss(config)]
+        fits = [name for name, target in training.LOSS_TARGETS.items() if target == kind]
         if args.loss not in fits:
             fail(f"--weights {args.weights} is a {family.title} model: --loss {' or '.join(fits)} trains it")
     else:
@@ -263,7 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--size {args.size} is not a multiple of the model's input multiple {multiple}")
     if params is None:
         params = init_params(config, seed=args.seed)
-    settings = run_settings(args, config)
+    target = training.LOSS_TARGETS[args.loss]
+    kwargs = {"batch_size": args.batch_size, "seed": args.seed, "target": target}
+    bench = None
+    if args.dataset:
+        opened = {"record": args.out / "eval.jsonl", "size": args.size, "workers": args.workers, **kwargs}
+        try:
+            bench = Benchmark(*args.dataset, args.train_split, args.split, args.eval_limit, **opened)
+        except DatasetError as err:
+            fail(f"--dataset: {err}", 1)
+    settings = run_settings(args, config, bench)
     if saved_step is not None:
         changed = changed_settings(training.checkpoint_metadata(checkpoints), settings)
         if changed:
@@ -274,22 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     model = registry.of_config(config).build(
         config, dtype="bfloat16" if args.bf16 else "float32", remat=args.remat, scan=args.scan
     )
-    target = training.LOSS_TARGETS[args.loss]
-    metric = target == "depth"
-
-    if args.data:
-        try:
-            dataset = DepthFolder(args.data, args.size)
-        except (OSError, ValueError) as err:
-            fail(f"--data: {err}", 1)
-        held_out = max(1, len(dataset) // 10) if len(dataset) > 1 else 0
-        train_idx = np.arange(len(dataset) - held_out)
-        eval_idx = np.arange(len(dataset) - held_out, len(dataset)) if held_out else train_idx
-        log(f"{args.data}: {len(train_idx)} training / {len(eval_idx)} held-out samples at {args.size}px")
-    else:
-        dataset = synthetic_scenes(args.scenes + HELD_OUT_SCENES, args.size, seed=args.seed)
-        train_idx, eval_idx = np.arange(args.scenes), np.arange(args.scenes, args.scenes + HELD_OUT_SCENES)
-        log(f"rendered {args.scenes} + {HELD_OUT_SCENES} held-out scenes at {args.size}px")
+    try:
+        source = bench or HeldOut.open(args.data, args.scenes, HELD_OUT_SCENES, args.size, **kwargs)
+    except (OSError, ValueError) as err:
+        fail(f"--data: {err}", 1)
+    log(source.description)
 
     schedule = lr_schedule(args.steps, args.lr)
     # no weight decay on biases, norms, layer scales and position tables (the usual BEiT / ViT recipe)
@@ -317,25 +296,24 @@ def main(argv: list[str] | None = None) -> int:
         f"{mesh.size} {jax.default_backend()} device{'s' * (mesh.size > 1)}, batch {args.batch_size // mesh.size} "
         f"each, {'FSDP' if args.fsdp else 'data parallel'}"
     )
+    saved = {}
     if saved_step is not None:
-        state, _ = training.restore_checkpoint(checkpoints, state)
+        state, saved = training.restore_checkpoint(checkpoints, state)
         log(f"resumed from step {int(state.step)}")
     elif args.resume:
         log(f"no checkpoint in {checkpoints}; starting from step 0")
-
-    rmse = lambda m: f"  RMSE {m['rmse']:.4f} m" if metric else ""
-    before = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
-    log(
-        f"before: loss {before['loss']:.4f}  AbsRel {before['abs_rel']:.4f}{rmse(before)}  "
-        f"delta1 {before['delta1']:.4f}"
-    )
+    try:
+        source.start(model, shardings, mesh, eval_step, int(state.step), saved)
+        before = source.evaluate(state)
+    except (ImportError, DatasetError) as err:
+        fail(f"--dataset: {err}", 1)
+    except OSError as err:  # OUT/eval.jsonl
+        fail(str(err), 3)
+    log(f"before: {source.line(before)}")
     first = int(state.step)
     try:
         for step in range(first, args.steps):
-            batch = dataset.batch(
-                train_idx[batch_indices(len(train_idx), args.batch_size, step, args.seed)], target=target
-            )
-            state, metrics = train_step(state, shard_batch(batch, mesh))
+            state, metrics = train_step(state, shard_batch(source.batch(step), mesh))
             done = step + 1
             if done % 25 == 0 or done == args.steps:
                 m = jax.device_get(metrics)
@@ -345,23 +323,28 @@ def main(argv: list[str] | None = None) -> int:
                     f"|g| {m['grad_norm']:.3f}  lr {float(schedule(step)):.2e}"
                 )
             if done % args.save_every == 0:
-                training.save_checkpoint(checkpoints, state, settings)
+                training.save_checkpoint(checkpoints, state, {**settings, **source.metadata()})
+            if args.eval_every and done % args.eval_every == 0 and done != args.steps:
+                log(f"step {done:5d}  {source.line(source.evaluate(state))}")
+        training.save_checkpoint(checkpoints, state, {**settings, **source.metadata()})  # a no-op if saved already
+        after = source.evaluate(state)
     except KeyboardInterrupt:
         fail(
             f"interrupted; --resume continues from the newest checkpoint in {checkpoints} "
             f"(step {training.latest_step(checkpoints)})",
             130,
         )
-    training.save_checkpoint(checkpoints, state, settings)  # the final step; a no-op if it is saved already
-    after = evaluate(eval_step, state, dataset, eval_idx, args.batch_size, mesh)
-    log(f"after:  loss {after['loss']:.4f}  AbsRel {after['abs_rel']:.4f}{rmse(after)}  delta1 {after['delta1']:.4f}")
+    except DatasetError as err:  # a training or test file that cannot be read
+        fail(f"--dataset: {err}; --resume continues from step {training.latest_step(checkpoints)}", 1)
+    except OSError as err:  # a checkpoint (training.CheckpointWriteError) or OUT/eval.jsonl that cannot be written
+        fail(f"{err}; --resume continues from step {training.latest_step(checkpoints)}", 3)
+    finally:
+        source.close()
+    log(f"after:  {source.line(after)}")
 
     beit_flax.save(weights, config, state.params)
     log(f"{args.steps - first} steps; wrote {weights} and checkpoints up to step {int(state.step)} in {checkpoints}")
-    print(
-        f"summary: loss {before['loss']:.4f} -> {after['loss']:.4f}, AbsRel {before['abs_rel']:.4f} -> "
-        f"{after['abs_rel']:.4f}, delta1 {before['delta1']:.4f} -> {after['delta1']:.4f}"
-    )
+    print(f"summary: {source.summary(before, after)}")
     return 0
 
 

@@ -46,7 +46,7 @@ def test_help_shows_every_default_and_the_run_folder(finetune, capsys):
         "(default: 0)",
     ):
         assert default in text, default
-    assert "Exit status: 0 done; 1 --weights or --data cannot be read; 2 bad arguments" in text
+    assert "Exit status: 0 done; 1 --weights, --data or --dataset cannot be read (or Grain is not installed); 2" in text
     assert "--out (default finetune_out)" in " ".join(finetune.__doc__.split())
 
 
