@@ -2,7 +2,10 @@
 
 One module per concern: `state` (optimizer, freezing, layer decay), `steps` (jitted / sharded train and eval
 steps), `checkpoints` (orbax), `losses` (MiDaS loss and metrics; SILog and unaligned metrics for metric depth), `data`
-(batches, folders of images and depth, generated scenes from `scenes`). The names users need are re-exported here:
+(batches, folders of images and depth, generated scenes from `scenes`); for examples/finetune.py's runs, `runs`
+(schedule, resume settings, held-out evaluation), `datasets` (a benchmark's training split through Grain) and
+`benchmark` (its test split scored as `beit-depth evaluate` does), imported on their own: this package does not
+import them. The names users need are re-exported here:
 
     from beit_flax import training
     state = training.create_train_state(model, params, optax.adamw(1e-5))
