@@ -103,6 +103,15 @@ def read_header(source: str | Path, max_pixels: int) -> dict:
     return meta
 
 
+def announced_frames(meta: dict) -> int | None:
+    """The frame count a video's header announces (duration x fps; 30 fps when it gives none), None when it gives
+    no duration: a bound checked before any frame is decoded (the app's --max-video-frames)."""
+    duration = meta.get("duration")
+    if not (isinstance(duration, (int, float)) and np.isfinite(duration)):
+        return None
+    return round(duration * float(meta.get("fps") or 30.0))
+
+
 def even(frame: np.ndarray) -> np.ndarray:
     """Pad (H, W, 3) to even H and W by repeating the last row / column (H.264 in yuv420p needs even sides)."""
     pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
@@ -181,9 +190,7 @@ def depth_video(
                 raise VideoError(str(err)) from None
         input_fps = float(meta.get("fps") or 30.0)
         fps = fps or input_fps
-        duration = meta.get("duration")
-        known = isinstance(duration, (int, float)) and np.isfinite(duration)
-        total = round(duration * input_fps) if known else None
+        total = announced_frames(meta)
         if max_frames:
             total = min(total, max_frames) if total else max_frames
         if on_start:
