@@ -6,6 +6,7 @@ logs every connection and name lookup that would leave this machine: the test th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import ipaddress
@@ -13,10 +14,12 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
@@ -77,9 +80,10 @@ def guard_network(log: str | os.PathLike | None = None) -> None:
 
 
 class App:
-    """`beit-depth app ARGS... --port 0` as a child process; `url` once it serves (its one line on stdout)."""
+    """`beit-depth app ARGS... --port 0` as a child process; `url` once it serves (its one line on stdout), which the
+    constructor waits for unless `wait=False` (then `wait()` does: two apps load side by side)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], timeout: float = 180.0) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], timeout: float = 180.0, wait: bool = True) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-c", CLI_PRELUDE, "app", *args, "--port", "0"],
             env=env,
@@ -89,27 +93,34 @@ class App:
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        lines: queue.Queue[str | None] = queue.Queue()
+        self.lines: queue.Queue[str | None] = queue.Queue()
         self.readers = [
-            threading.Thread(target=self._drain, args=(self.process.stdout, self.stdout, lines), daemon=True),
+            threading.Thread(target=self._drain, args=(self.process.stdout, self.stdout, self.lines), daemon=True),
             threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr, None), daemon=True),
         ]
         for reader in self.readers:
             reader.start()
         self.url = None
+        self.timeout = timeout
+        if wait:
+            self.wait()
+
+    def wait(self) -> App:
+        """Wait until it serves (`url`); stop it and raise if it exits or takes longer than `timeout` s."""
         try:
             while self.url is None:
-                line = lines.get(timeout=timeout)
+                line = self.lines.get(timeout=self.timeout)
                 if line is None:
                     raise RuntimeError(f"the app exited ({self.process.wait()}) before serving:\n{self.log()}")
                 if found := re.search(r"(http://\S+)", line):
                     self.url = found[1]
         except queue.Empty:
             self.stop()
-            raise RuntimeError(f"the app did not serve within {timeout:.0f} s:\n{self.log()}") from None
+            raise RuntimeError(f"the app did not serve within {self.timeout:.0f} s:\n{self.log()}") from None
         except BaseException:
             self.stop()
             raise
+        return self
 
     @staticmethod
     def _drain(stream, lines: list[str], notify: queue.Queue | None) -> None:
@@ -135,6 +146,54 @@ class App:
         for reader in self.readers:  # the last lines are in
             reader.join(5)
         return self.process.returncode
+
+
+def peak_memory(pid: int) -> int:
+    """A process's peak resident memory so far, in bytes (Linux: VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1]) * 1024
+
+
+def files_under(folder: Path) -> dict[str, int]:
+    """{path under `folder`: bytes} of every file there."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def pattern_clip(path: Path, frames: int, size: str, fps: int) -> Path:
+    """An H.264 clip of ffmpeg's test pattern (a real video, made in a second whatever its length)."""
+    import imageio_ffmpeg
+
+    source = f"testsrc=size={size}:rate={fps}"
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", source]
+    subprocess.run([*command, "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", "yuv420p", path], check=True)
+    return path
+
+
+class SlowUpload:
+    """An upload to the app that streams in slowly (as over a slow link): `total` bytes announced, 1 MiB sent every
+    `pause` s from a thread, until `close()` or the server goes away."""
+
+    def __init__(self, url: str, total: int, pause: float = 0.05) -> None:
+        address = urlparse(url)
+        self.socket = socket.create_connection((address.hostname, address.port))
+        part = b'--B\r\nContent-Disposition: form-data; name="files"; filename="slow.mp4"\r\n\r\n'
+        head = f"POST /gradio_api/upload HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Length: {total}\r\n"
+        self.socket.sendall(head.encode() + b"Content-Type: multipart/form-data; boundary=B\r\n\r\n" + part)
+        self.left, self.pause, self.closed = total - len(part), pause, threading.Event()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def _send(self) -> None:
+        chunk = bytes(2**20)
+        with contextlib.suppress(OSError):
+            while self.left > len(chunk) and not self.closed.wait(self.pause):
+                self.socket.sendall(chunk)
+                self.left -= len(chunk)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.thread.join(5)
+        self.socket.close()
 
 
 def pixels(png: bytes) -> np.ndarray:

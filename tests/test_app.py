@@ -1,9 +1,17 @@
 """`beit-depth app` as a person uses it: the real CLI in a child process, driven in headless Chromium (Playwright).
 
-One server and one page for the module: upload a photo -> the depth image and the 3D view are drawn, and the four
-downloads are byte for byte what predict writes; upload a short video in the Video tab -> a depth video comes back.
-Offline: the page may only reach the app (every other request is aborted and counted) and the server process runs
-behind `app_helpers.guard_network` (every lookup or connection off this machine refused and logged); both stay empty.
+One server and one page for most of the module: upload a photo -> the depth image and the 3D view are drawn, and the
+four downloads are byte for byte what predict writes; upload a short video in the Video tab -> a depth video comes
+back. Offline: the page may only reach the app (every other request is aborted and counted) and the server process
+runs behind `app_helpers.guard_network` (every lookup or connection off this machine refused and logged); both stay
+empty.
+
+Under load (`beit_flax.app.limits`, the defaults): the page states the limits; a new image runs the model once and
+the files of the result it replaces go; an image over the pixel limit, an upload over the size limit and a video over
+the frame limit are each refused with one message on the page, before the work (the server's peak memory does not
+move for a 4000x4000 PNG); a closed page's files go. A second server (its own temp folders, loaded beside the first)
+takes an image request while a long video runs, then SIGTERM during that video and an upload streaming in: exit 143,
+one line, and nothing left in its temp folders.
 
 The browser is found or installed by `browser_helpers.launch` ($BEIT_FLAX_CHROMIUM, Playwright's own, one on PATH,
 else Playwright's download or the Chromium shipped in npm's @sparticuz/chromium); none at all fails the test, and so
@@ -15,6 +23,7 @@ $BEIT_FLAX_APP_WEIGHTS=FILE serves that model instead of the tiny random one (RE
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,15 +34,29 @@ import app_helpers
 import browser_helpers
 import numpy as np
 import pytest
-from app_helpers import App, colourful_fraction, drawn_fraction, pixels, save_small_png
+from app_helpers import (
+    App,
+    SlowUpload,
+    colourful_fraction,
+    drawn_fraction,
+    files_under,
+    pattern_clip,
+    peak_memory,
+    pixels,
+    save_small_png,
+)
 from PIL import Image
 from tiny_config import TINY
+
+from beit_flax.app.limits import MAX_PIXELS, MAX_UPLOAD_MB, MAX_VIDEO_FRAMES, MIB
+from beit_flax.transforms import megapixels
 
 # WebGL on the CPU: headless Chromium has no GPU, and blocks SwiftShader's WebGL unless told it is wanted
 CHROMIUM_ARGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
 SCREENSHOTS = os.environ.get("BEIT_FLAX_SCREENSHOTS")
 TRAINED_WEIGHTS = os.environ.get("BEIT_FLAX_APP_WEIGHTS")
-ASSET = Path(__file__).resolve().parents[1] / "assets" / "scene.jpg"
+ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "assets" / "scene.jpg"
 FRAMES = 8
 WAIT_MS = 60_000  # a step of the page (upload -> result); generous for a loaded 2-core machine
 SUFFIXES = (".npy", ".png", ".ply", ".glb")
@@ -96,7 +119,25 @@ def env(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="module")
+def long_clip(folder: Path) -> Path:
+    """Within the frame limit, and long enough to outlast an image request and a SIGTERM (~35 s here)."""
+    return pattern_clip(folder / "long.mp4", MAX_VIDEO_FRAMES - 50, "480x360", 30)
+
+
 # --- processes ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def second(folder: Path, weights: str, env: dict[str, str]):
+    """A second server with every temp folder its own (TMPDIR, GRADIO_TEMP_DIR), spawned here so that it loads
+    beside the first; `.wait()` before use."""
+    temp = folder / "second"
+    temp.mkdir()
+    server = App(["--weights", weights], {**env, "TMPDIR": str(temp), "GRADIO_TEMP_DIR": str(temp)}, wait=False)
+    server.temp = temp
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +160,7 @@ def predicted(folder: Path, photo: Path, weights: str, env: dict[str, str]):
 
 
 @pytest.fixture(scope="module")
-def app(predicted, weights: str, env: dict[str, str]):
+def app(predicted, second, weights: str, env: dict[str, str]):
     server = App(["--weights", weights], env)
     yield server
     server.stop()
@@ -168,6 +209,24 @@ def page(browser, app: App):
     page = Page(browser, app.url)
     yield page
     page.context.close()
+
+
+def server_folder(env: dict[str, str]) -> Path:
+    """The one folder the app writes in (beit_flax.app.server: under $GRADIO_TEMP_DIR)."""
+    (folder,) = Path(env["GRADIO_TEMP_DIR"]).glob("beit-depth-app-*")
+    return folder
+
+
+def joins(page: Page) -> int:
+    """Requests the page has queued so far (one per model run asked for)."""
+    return sum(urlparse(url).path.endswith("/queue/join") for url in page.requests)
+
+
+def error_shown(ui, text: str) -> str:
+    """The error message on the page (Gradio's toast) that contains `text`, once it shows."""
+    toast = ui.locator("[data-testid=toast-text]").filter(has_text=text)
+    toast.first.wait_for(timeout=WAIT_MS)
+    return toast.first.inner_text()
 
 
 def assert_offline(page: Page, app: App, env: dict[str, str]) -> None:
@@ -222,6 +281,16 @@ def test_missing_gradio(monkeypatch, capsys) -> None:
     assert capsys.readouterr().err == 'beit-depth: error: the app needs gradio: pip install "beit-flax[app]"\n'
 
 
+def test_limits_are_stated(page: Page) -> None:
+    """The page and the README's web demo section state the limits the server applies."""
+    limits = [f"uploads up to {MAX_UPLOAD_MB} MB", f"up to {megapixels(MAX_PIXELS)}", f"{MAX_VIDEO_FRAMES} frames"]
+    about = page.page.locator("#about").inner_text()
+    readme = (ROOT / "README.md").read_text().split("### The web demo")[1].split("\n## ")[0]
+    for limit in limits:
+        assert limit in about, about
+        assert limit in readme, limit
+
+
 def test_image(page: Page, app: App, photo: Path, predicted, env: dict[str, str]) -> None:
     ui = page.page
     ui.locator("#image-in input[type=file]").set_input_files(photo)
@@ -258,6 +327,62 @@ def test_image(page: Page, app: App, photo: Path, predicted, env: dict[str, str]
     if SCREENSHOTS:
         save_small_png(ui.screenshot(full_page=True), Path(SCREENSHOTS) / "app.png", width=1200)
         save_small_png(view.screenshot(), Path(SCREENSHOTS) / "app_3d.png")
+    assert joins(page) == 1, "the upload ran the model more than once"
+    assert_offline(page, app, env)
+
+
+def test_a_new_image_runs_once_and_replaces_the_old_files(
+    page: Page, app: App, photo: Path, folder: Path, env: dict[str, str]
+) -> None:
+    """Gradio fires `change` twice when an image replaces another (the model ran twice, the first result thrown
+    away): one run now; and the replaced upload and its four files are gone from the server's folder."""
+    ui = page.page
+    mirror = folder / "mirror.png"
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirror)
+    before = joins(page)
+    ui.locator("#image-in input[type=file]").set_input_files(mirror)
+    ui.locator("#image-status").filter(has_text="mirror.png").wait_for(timeout=WAIT_MS)
+    time.sleep(1)  # a second run would have been asked for by now
+    assert joins(page) - before == 1
+    left = files_under(server_folder(env))
+    assert sorted(Path(name).name for name in left if Path(name).stem == "mirror") == sorted(
+        ["mirror.png", *(f"mirror{suffix}" for suffix in SUFFIXES)]
+    ), left
+    assert not [name for name in left if Path(name).stem == "scene"], left  # the upload and its four results
+    assert_offline(page, app, env)
+
+
+def test_an_image_over_the_pixel_limit(page: Page, app: App, folder: Path, env: dict[str, str]) -> None:
+    """A 56 KB one-colour 4000x4000 PNG (16 MP) is refused from its header, before anything is decoded: one message,
+    no result files, and the server's peak memory unchanged (it rose by 1.6 GB, with 730 MB of files, before)."""
+    big = folder / "big.png"
+    Image.new("RGB", (4000, 4000), (90, 120, 200)).save(big, optimize=True)
+    peak = peak_memory(app.process.pid)
+    page.page.locator("#image-in input[type=file]").set_input_files(big)
+    message = error_shown(page.page, "big.png")
+    limit = megapixels(MAX_PIXELS)
+    assert message == f"big.png: 4000x4000 = 16 MP is over the limit of {limit} (raise it with --max-pixels)"
+    growth = peak_memory(app.process.pid) - peak
+    assert growth < 64 * MIB, f"peak memory rose by {growth / MIB:.0f} MB"
+    assert [Path(name).name for name in files_under(server_folder(env)) if Path(name).stem == "big"] == ["big.png"]
+    assert_offline(page, app, env)
+
+
+def test_an_upload_over_the_size_limit(page: Page, app: App, folder: Path, env: dict[str, str]) -> None:
+    """One byte over the limit: the page refuses it before sending (one message), and the server refuses it while it
+    streams in (413), keeping nothing."""
+    import httpx
+
+    huge = folder / "huge.png"
+    with open(huge, "wb") as file:
+        file.truncate(MAX_UPLOAD_MB * MIB + 1)  # sparse: no disk used
+    page.page.locator("#image-in input[type=file]").set_input_files(huge)
+    message = error_shown(page.page, "huge.png")
+    assert message == f'File(s) exceed the maximum allowed size of {MAX_UPLOAD_MB:.1f} Mb: "huge.png"'
+    with open(huge, "rb") as file:
+        answer = httpx.post(f"{app.url}gradio_api/upload", files={"files": ("huge.png", file)}, timeout=WAIT_MS / 1000)
+    assert answer.status_code == 413, answer.text
+    assert not [name for name in files_under(server_folder(env)) if "huge" in name]
     assert_offline(page, app, env)
 
 
@@ -283,10 +408,97 @@ def test_video(page: Page, app: App, clip: Path, env: dict[str, str]) -> None:
     assert_offline(page, app, env)
 
 
+def test_a_video_over_the_frame_limit(browser, app: App, folder: Path, env: dict[str, str]) -> None:
+    """A header announcing more frames than the limit is refused before the first frame (the model's worker was held
+    for the whole video before)."""
+    page = Page(browser, app.url)  # the Video tab empty
+    ui = page.page
+    over = pattern_clip(folder / "over.mp4", MAX_VIDEO_FRAMES + 50, "32x32", 100)
+    ui.get_by_role("tab", name="Video").click()
+    ui.locator("#video-in input[type=file]").set_input_files(over)
+    ui.locator("#video-in video").wait_for(timeout=WAIT_MS)
+    ui.locator("#video-run").click()
+    message = error_shown(ui, "over.mp4")
+    frames, limit = MAX_VIDEO_FRAMES + 50, MAX_VIDEO_FRAMES
+    assert message.startswith(f"over.mp4: {frames} frames is over the limit of {limit} frames"), message
+    assert not [name for name in files_under(server_folder(env)) if "over_depth" in name]
+    assert_offline(page, app, env)
+    page.context.close()
+
+
+def test_a_closed_page_leaves_nothing(browser, app: App, photo: Path, folder: Path, env: dict[str, str]) -> None:
+    """The files of a page (its upload and its four results) go when it closes."""
+    closing = folder / "closing.jpg"
+    closing.write_bytes(photo.read_bytes())
+    other = Page(browser, app.url)
+    other.page.locator("#image-in input[type=file]").set_input_files(closing)
+    other.page.locator("#image-status").filter(has_text="closing.jpg").wait_for(timeout=WAIT_MS)
+
+    def mine() -> list[str]:
+        return [name for name in files_under(server_folder(env)) if Path(name).stem == "closing"]
+
+    assert len(mine()) == 1 + len(SUFFIXES)
+    other.context.close()
+    deadline = time.monotonic() + 30
+    while mine() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert mine() == []
+
+
+@pytest.fixture(scope="module")
+def busy(browser, second: App, long_clip: Path):
+    """Two pages of the second server, (one running a long video, one open for an image)."""
+    second.wait()
+    video_page, image_page = Page(browser, second.url), Page(browser, second.url)
+    ui = video_page.page
+    ui.get_by_role("tab", name="Video").click()
+    ui.locator("#video-in input[type=file]").set_input_files(long_clip)
+    ui.locator("#video-in video").wait_for(timeout=WAIT_MS)
+    ui.locator("#video-run").click()
+    running = "() => (document.querySelector('#video-status')?.textContent || '').includes('frames')"
+    ui.wait_for_function(running, timeout=WAIT_MS)  # the progress bar (hidden under it): the video runs
+    yield video_page, image_page
+    for page in (video_page, image_page):
+        page.context.close()
+
+
+def video_running(video_page: Page) -> bool:
+    return " fps in " not in video_page.page.locator("#video-status").inner_text()  # the summary line when done
+
+
+def test_an_image_goes_through_while_a_video_runs(busy: tuple[Page, Page], photo: Path) -> None:
+    """Image and video requests queue apart: an image waited for the whole video before."""
+    video_page, image_page = busy
+    image_page.page.locator("#image-in input[type=file]").set_input_files(photo)
+    image_page.page.locator("#image-status").filter(has_text="scene.jpg").wait_for(timeout=WAIT_MS)
+    assert video_running(video_page), video_page.page.locator("#video-status").inner_text()
+
+
+def test_sigterm_during_a_video_leaves_nothing(second: App, busy: tuple[Page, Page]) -> None:
+    """SIGTERM while a video runs and an upload streams in: exit 143 with one line, and nothing left in the
+    server's temp folders (before: the uploads and results, 290 MB here, stayed behind)."""
+    upload = SlowUpload(second.url, 64 * MIB)
+    try:
+        deadline = time.monotonic() + 30
+        while sum(files_under(second.temp).values()) < 2 * MIB + 1 and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the upload is coming in
+        during = files_under(second.temp)
+        assert video_running(busy[0]), busy[0].page.locator("#video-status").inner_text()
+        second.process.send_signal(signal.SIGTERM)
+        status = second.process.wait(30)
+    finally:
+        upload.close()
+    assert status == 143, second.log()
+    second.stop()  # the last lines are in
+    assert second.stderr[-1:] == ["beit-depth: stopped (SIGTERM)\n"], second.log()
+    assert "Traceback" not in second.log()
+    assert files_under(second.temp) == {}, f"left: {files_under(second.temp)}; during: {sum(during.values())} bytes"
+
+
 def test_ctrl_c(app: App, page: Page, env: dict[str, str]) -> None:
     """Ctrl-C: exit status 130, one line; the URL was the one line on stdout."""
     assert_offline(page, app, env)
     assert app.stop() == 130, app.log()
     assert len(app.stdout) == 1 and app.url in app.stdout[0], app.log()
     assert app.stderr[-1:] == ["beit-depth: stopped (SIGINT)\n"], app.log()
-    assert "Traceback" not in app.log()
+    assert "Traceback" not in app.log(), app.log()
