@@ -271,14 +271,57 @@ def test_guard_blocks_the_internet(tmp_path: Path, monkeypatch) -> None:
     assert (tmp_path / "net.log").read_text().splitlines() == ["lookup 'pypi.org'", "connect ('192.0.2.1', 80)"]
 
 
-def test_missing_gradio(monkeypatch, capsys) -> None:
+def test_missing_gradio(monkeypatch, capsys, tmp_path: Path) -> None:
     from beit_flax.cli import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     for name in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY"):
         monkeypatch.delenv(name, raising=False)  # the app sets them; restored after the test
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     assert main(["app", "--weights", "nonexistent.msgpack"]) == 2
     assert capsys.readouterr().err == 'beit-depth: error: the app needs gradio: pip install "beit-flax[app]"\n'
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path) and list(tmp_path.iterdir()) == []  # its folder: gone
+
+
+def test_results_keep_what_each_page_shows_within_the_byte_bound(tmp_path: Path) -> None:
+    """`Results` (no server): a replaced result goes at once; an upload two pages share goes when neither holds it
+    (its hash folder too); past the bound the least recently kept go first; a closed page's all go; nothing outside
+    the root is ever removed."""
+    from beit_flax.app.results import Results
+
+    results = Results(tmp_path, max_bytes=250)
+
+    def result(size: int = 100) -> Path:
+        folder = results.folder("image")
+        (folder / "scene.npy").write_bytes(bytes(size))
+        return folder
+
+    (tmp_path / "hash").mkdir()
+    shared = tmp_path / "hash" / "scene.jpg"
+    shared.write_bytes(bytes(10))
+    first, second = result(), result()
+    results.keep("a", "image-in", [shared])
+    results.keep("b", "image-in", [shared])
+    results.keep("a", "image-out", [first])
+    results.keep("a", "image-out", [second])
+    assert not first.exists() and second.exists()
+    results.keep("a", "image-in", [])  # page b still shows it
+    assert shared.exists()
+    theirs = result()
+    results.keep("b", "image-out", [theirs])
+    assert results.bytes_kept() == 210
+    newest = result()
+    results.keep("c", "image-out", [newest])  # 310 bytes: b's upload (the oldest), then a's result go
+    assert not shared.exists() and not (tmp_path / "hash").exists() and not second.exists()
+    assert theirs.exists() and newest.exists() and results.bytes_kept() == 200
+    results.end("b")
+    assert not theirs.exists() and newest.exists()
+    outside = tmp_path.parent / f"{tmp_path.name}-visitor.txt"
+    outside.write_text("not the server's")
+    results.keep("d", "image-in", [outside])
+    results.keep("d", "image-in", [])
+    assert outside.exists()
+    outside.unlink()
 
 
 def test_limits_are_stated(page: Page) -> None:
