@@ -13,16 +13,13 @@ generated scenes (exact depth) or on your own data.
     python examples/finetune.py --weights dpt_beit_base_384.msgpack --dataset nyu ~/data/nyu_depth_v2 \
         --size 384 --batch-size 8 --lr 1e-5 --bf16 --eval-every 1000   # NYU's training split, scored on its test split
 
---loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`): the
-model is a ZoeDepth (--weights a ZoeDepth file; none: a small random ZoeDepth), the --data depth maps are meters
-(masks as for MiDaS), used as they are (no per-image scaling), and the metrics are AbsRel, RMSE (m) and delta1 of the
-prediction as it is, without alignment; --loss silog-da is Depth Anything's form of it, for its metric models
-(--weights a Depth Anything metric file). --loss ssimae (the default), ssitrim and midas need a relative model (MiDaS,
-Depth Anything's relative ones): ssimae
-and ssitrim are MiDaS' losses on median / MAD normalised maps (ssitrim leaves out each image's largest 20% of
-residuals: for real data with outliers), which keep the sign of depth (a random-init model trained on midas, the
-least-squares loss of MiDaS' released code, learns inverted depth on these scenes; see `training.losses`); midas is
-fine for fine-tuning a pretrained MiDaS.
+--loss silog trains metric depth with ZoeDepth's scale-invariant log loss (`training.losses.silog_loss`) on a
+ZoeDepth (--weights a ZoeDepth file; none: a small random one), --data depth maps in meters used as they are, and
+scores AbsRel, RMSE (m) and delta1 without alignment; --loss silog-da is Depth Anything's form, for its metric models.
+--loss ssimae (default), ssitrim and midas need a relative model (MiDaS, Depth Anything's relative ones): MiDaS'
+losses on median / MAD normalised maps (ssitrim drops each image's largest 20% of residuals), which keep the sign of
+depth, and the least-squares loss of MiDaS' released code, which a random-init model turns into inverted depth on
+these scenes (`training.losses`): fine for fine-tuning a pretrained MiDaS.
 
 Prints the loss and AbsRel / delta1 (after scale-and-shift alignment, on held-out data) before and after training.
 The run folder --out (default finetune_out) gets orbax checkpoints of the train state in OUT/checkpoints and the
@@ -46,13 +43,14 @@ state over the devices instead of replicating them (`beit_flax.sharding.state_sh
 
 Exit status: 0 done; 1 --weights, --data or --dataset cannot be read (or Grain is not installed); 2 bad arguments, or
 an --out that does not fit (it holds a run and --resume is not given, or the run there has other settings); 3 a
-checkpoint or OUT/eval.jsonl cannot be written; 130 interrupted (--resume continues from the newest checkpoint).
-Errors are one line on stderr.
+checkpoint or OUT/eval.jsonl cannot be written; 130 / 143 interrupted by Ctrl-C / SIGTERM (--resume continues from the
+newest checkpoint). Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,7 +61,7 @@ import numpy as np
 import optax
 
 import beit_flax
-from beit_flax import DPTConfig, training
+from beit_flax import DPTConfig, interrupts, training
 from beit_flax.evaluation.datasets import DATASETS, DatasetError
 from beit_flax.models import registry
 from beit_flax.models.zoedepth import BinConfig, ZoeDepthConfig
@@ -311,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(err), 3)
     log(f"before: {source.line(before)}")
     first = int(state.step)
+    interrupts.install()  # SIGTERM stops the run like Ctrl-C; a signal swallowed in a GC callback stops it too
     try:
         for step in range(first, args.steps):
+            interrupts.check()
             state, metrics = train_step(state, shard_batch(source.batch(step), mesh))
             done = step + 1
             if done % 25 == 0 or done == args.steps:
@@ -328,11 +328,12 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"step {done:5d}  {source.line(source.evaluate(state))}")
         training.save_checkpoint(checkpoints, state, {**settings, **source.metadata()})  # a no-op if saved already
         after = source.evaluate(state)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
         fail(
-            f"interrupted; --resume continues from the newest checkpoint in {checkpoints} "
-            f"(step {training.latest_step(checkpoints)})",
-            130,
+            f"interrupted ({signal.Signals(signum).name}); --resume continues from the newest checkpoint in "
+            f"{checkpoints} (step {training.latest_step(checkpoints)})",
+            128 + signum,
         )
     except DatasetError as err:  # a training or test file that cannot be read
         fail(f"--dataset: {err}; --resume continues from step {training.latest_step(checkpoints)}", 1)
