@@ -99,9 +99,9 @@ class Demo:
         self.stopping = threading.Event()  # set when the server stops: a running video ends at its next frame
 
     def image(self, upload: dict | None, page: str) -> tuple[str | None, str | None, list[str] | None, str]:
-        """A new image (Gradio's upload record: its path and original name) -> (depth PNG, GLB, [the files], a
-        status line). Gradio passes the upload's own file unread (no preprocessing): `read_image` is the one
-        decoder, and checks the pixels from the header first."""
+        """A new image (Gradio's upload record) -> (depth PNG, GLB, [the files], a status line). Gradio passes the
+        upload's own file unread (no preprocessing): `read_image` is the one decoder, and checks the pixels from the
+        header first."""
         from beit_flax.geometry import camera_focal
         from beit_flax.images import ImageError, read_image
         from beit_flax.outputs import image_files
@@ -110,7 +110,8 @@ class Demo:
             self.results.keep(page, "image-in", [])
             self.results.keep(page, "image-out", [])
             return None, None, None, ""
-        path, name = upload["path"], upload.get("orig_name") or Path(upload["path"]).name
+        path = upload["path"]  # in Gradio's upload folder (checked), named as uploaded (sanitised by Gradio)
+        name = Path(path).name
         self.results.keep(page, "image-in", [path])
         start = time.perf_counter()
         try:
