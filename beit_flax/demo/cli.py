@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from beit_flax.demo.torch_model import build_reference
     from beit_flax.files import atomic_write_bytes
     from beit_flax.images import colorize, encode_png, read_image
-    from beit_flax.transforms import postprocess, preprocess, size_text
+    from beit_flax.models import postprocess, preprocess  # MiDaS run.py's steps (models/dpt/processing.py)
+    from beit_flax.transforms import size_text
 
     args.out.mkdir(parents=True, exist_ok=True)
     config = PRESETS[args.variant]
