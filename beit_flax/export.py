@@ -14,7 +14,7 @@ this project exports the same way. The host pre- and post-processing (resize, pa
   them with nothing but jax installed. jax's compatibility window: jax releases up to 6 months newer than the writer
   load them (backward compatibility); older ones only within about a month (forward compatibility).
 - ONNX (opset `ONNX_OPSET`, standard ops only): the same traced program lowered primitive by primitive by
-  `jax2onnx` (installed with --no-deps, see pyproject's `[onnx]` extra). Its Flax-module shortcuts are switched
+  `jax2onnx` (pyproject's `[onnx]` extra; Python >= 3.11). Its Flax-module shortcuts are switched
   off: it lowers the plain jaxpr, exactly what `jax.jit` runs (its linen ConvTranspose shortcut refuses the
   `transpose_kernel=True` that DPT's reassemble uses). 16-bit ONNX is not offered: see `run_export`.
 
@@ -136,7 +136,7 @@ def export_onnx(
     try:
         import jax2onnx
     except ImportError:
-        raise ImportError('ONNX export needs jax2onnx: pip install --no-deps "jax2onnx>=0.17.1,<0.18"') from None
+        raise ImportError('ONNX export needs jax2onnx (Python >= 3.11): pip install -e ".[onnx]"') from None
 
     _check_size(model, size_hw, batch)
     # one graph: the chunked attention's lax.map would become an ONNX Loop, slow in onnxruntime
