@@ -24,9 +24,9 @@ def line(prog: str, signum: int) -> str:
 
 
 def test_sigterm_and_ctrl_c_end_a_command_with_one_line(tmp_path, capsys):
-    """SIGTERM is raised in the main thread like Ctrl-C: every `finally` runs (the temp file goes), one line on
-    stderr, 143 / 130, and the previous handlers are back afterwards."""
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    """SIGTERM and SIGHUP are raised in the main thread like Ctrl-C: every `finally` runs (the temp file goes), one
+    line on stderr, 143 / 130 / 129, and the previous handlers are back afterwards."""
+    before = [signal.getsignal(s) for s in interrupts.SIGNALS]
 
     def main(signum: int) -> int:
         with files.temp_beside(tmp_path / "out.bin") as temp:
@@ -35,11 +35,11 @@ def test_sigterm_and_ctrl_c_end_a_command_with_one_line(tmp_path, capsys):
             threading.Event().wait(10)  # the handler interrupts this
         return 0
 
-    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)):
         assert interrupts.interruptible("prog", lambda s=signum: main(s)) == code
         assert capsys.readouterr().err.strip().splitlines() == [line("prog", signum)]
         assert list(tmp_path.iterdir()) == []
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert [signal.getsignal(s) for s in interrupts.SIGNALS] == before
     assert interrupts.interruptible("prog", lambda: 7) == 7
 
 
@@ -61,6 +61,24 @@ def _signal_in_gc_callback(signum: int) -> None:
 
     gc.callbacks.append(callback)
     gc.collect()
+
+
+def test_a_second_signal_does_not_cut_the_clean_up_short(tmp_path, capsys):
+    """Ctrl-C during the clean-up that the first one started is ignored: the clean-up finishes."""
+    cleaned = []
+
+    def main() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            threading.Event().wait(10)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10_000))  # the handler would run here
+            cleaned.append(True)
+        return 0
+
+    assert interrupts.interruptible("prog", main) == 143 and cleaned == [True]
+    assert capsys.readouterr().err.strip().splitlines() == [line("prog", signal.SIGTERM)]
 
 
 @pytest.mark.parametrize("where", ["gc callback", "__del__"])

@@ -16,23 +16,20 @@ import functools
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from beit_flax.app.limits import KEPT_MB, MIB, add_limit_options
 from beit_flax.arguments import EXIT_USAGE, PROG, fov_arg, net_size_arg, one_line
+from beit_flax.interrupts import interruptible
 
 INSTALL_HINT = 'the app needs gradio: pip install "beit-flax[app]"'
 WARM_UP_HW = (480, 640)  # the warm-up image: compiles the network input of 4:3 landscape photos, the commonest shape
 SHUTDOWN_S = 2  # what open connections (an upload streaming in, a page waiting for a result) get to finish
-# each stops the server like Ctrl-C, once: the clean-up runs with all three ignored
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # system fonts only: Gradio's theme fonts would be fetched (web fonts), which an offline page cannot
 SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
@@ -85,35 +82,6 @@ def probe_port(host: str, port: int) -> int:
         return probe.getsockname()[1]
 
 
-class Stopped(KeyboardInterrupt):
-    """One of STOP_SIGNALS, raised in the main thread like Ctrl-C's KeyboardInterrupt; `signum` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """STOP_SIGNALS raise `Stopped`; after the first, all are ignored until the block ends (the clean-up runs inside
-    it: a second Ctrl-C cannot cut it short)."""
-
-    def stop(signum: int, frame: object) -> None:
-        for other in STOP_SIGNALS:
-            signal.signal(other, signal.SIG_IGN)
-        raise Stopped(signum)
-
-    if threading.current_thread() is not threading.main_thread():  # where handlers can be set
-        yield
-        return
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 @contextlib.contextmanager
 def server_folder() -> Iterator[Path]:
     """A new folder for everything the server writes, $GRADIO_TEMP_DIR while the block runs (Gradio reads it when
@@ -143,14 +111,12 @@ def run_app(args: argparse.Namespace) -> int:
     # before gradio is imported: its import and Blocks() read these (analytics, PyPI version check, hub telemetry)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    with stop_on_signals():
-        try:
-            with server_folder() as root:
-                return serve(args, root, report)
-        except KeyboardInterrupt as err:
-            signum = getattr(err, "signum", signal.SIGINT)
-            report(f"stopped ({signal.Signals(signum).name})")
-            return 128 + signum
+
+    def run() -> int:
+        with server_folder() as root:  # removed on every exit: the clean-up runs with the signals ignored
+            return serve(args, root, report)
+
+    return interruptible(PROG, run, line="stopped ({signal})")
 
 
 def serve(args: argparse.Namespace, root: Path, report: Callable[[str], None]) -> int:
