@@ -1,7 +1,8 @@
 """A video -> its depth video (H.264 through imageio's ffmpeg), frame by frame, stable by default.
 
 Relative depth (MiDaS: `DepthOutput.up_to_scale`): each frame's inverse depth is aligned to the running reference
-and noise-gated (`stabilize.Stabilizer`) and every frame is coloured over one range for the whole clip;
+and noise-gated (`stabilize.Stabilizer`) and every frame is coloured over one range for the whole clip, held back
+where needed so that the pictures never flicker more than per-frame min-max would (`flicker.FlickerGuard`);
 `stabilize=False` colours each frame by its own min-max as before (and as MiDaS does). Metric depth (ZoeDepth): no
 alignment, the model's fixed range in meters (0..top, near bright). `npy_dir` gets each frame's map as
 `frame_000000.npy`...: clip units (the stabilized map, 0..1 = the colour range), relative inverse depth
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from beit_flax.files import OutputError, atomic_write_bytes, check_outputs, first_line, replace, temp_beside
-from beit_flax.images import colorize_unit, encode_npy
+from beit_flax.flicker import FlickerGuard
+from beit_flax.images import encode_npy
 from beit_flax.outputs import picture
 from beit_flax.pipeline import ordered_map
 from beit_flax.predictor import Predictor
@@ -126,13 +128,15 @@ def depth_frames(
     colormap: str = "inferno",
     workers: int = 4,
     stabilizer: Stabilizer | None = None,
+    guard: FlickerGuard | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield `(frame, map, picture)` per frame of `frames` ((H, W, 3) uint8 each), in order: the frame, its (H, W)
-    float32 map (units: see the module doc) and its (H, W, 3) uint8 picture. `stabilizer`: the one to use (and to
-    read `scenes` from afterwards); a new one by default."""
+    float32 map (units: see the module doc) and its (H, W, 3) uint8 picture. `stabilizer` / `guard`: the ones to use
+    (to read `scenes` / `held` from afterwards; `guard` of `colormap`); new ones by default."""
     if stabilize and predictor.output.up_to_scale:
         stabilizer = stabilizer if stabilizer is not None else Stabilizer()
-        finish = lambda depth: (clip := stabilizer(depth), colorize_unit(clip, colormap))  # one range: [0, 1]
+        guard = guard if guard is not None else FlickerGuard(colormap)  # never more flicker than min-max per frame
+        finish = lambda depth: guard(stabilizer(depth), predictor.output.unit(depth))
     else:  # as predict's PNG: a metric model's fixed range in meters, or min-max per frame
         finish = lambda depth: (depth, picture(depth, predictor.output, colormap))
 

@@ -11,11 +11,13 @@ same lighting, the camera panning 150 px over the clip, no shake).
 Each clip runs through `beit_flax.video.depth_frames`, the frames `beit-depth video` encodes, three ways:
 `minmax` (--no-stabilize: MiDaS' per-frame min-max), `plain` (a plain least-squares scale and shift of each frame
 to the previous aligned frame, coloured over the first frame's range: the baseline of issue 17), and `stabilized`
-(the default). Flicker = mean over consecutive frames of mean |picture_t - picture_t-1| (RGB levels) / mean picture
-level; `gain` = minmax flicker / that method's. Lag (pan clips): the same pan rendered without the lighting flicker
-is run through the model; the lag is the k in 0..4 for which the stabilized map of frame t is nearest (RMSE after
-a least-squares scale and shift) to that clean clip's map of frame t - k; 0 = no lag. One JSON line per clip, then
-a summary line.
+(the default). Flicker (`beit_flax.flicker.flicker`) = mean over consecutive frames of mean |picture_t - picture_t-1|
+(RGB levels) / mean picture level; `gain` = minmax flicker / that method's. `scenes`: the scenes the stabilizer
+found (1: no spurious cut); `held`: the frames the flicker guard did not show as the stabilizer made them.
+Lag (pan clips): the same pan rendered without the lighting flicker is run through the model; the lag is the k in
+0..4 for which the stabilized map of frame t is nearest (RMSE after a least-squares scale and shift) to that clean
+clip's map of frame t - k; 0 = no lag. One JSON line per clip, then a summary line (its `lowest_stabilized_gain`
+is never below 1: `FlickerGuard`'s promise).
 
 --strip writes a PNG of the pan clip of the first seed: input frames (top), per-frame min-max (middle), stabilized
 (bottom), at five times.
@@ -37,8 +39,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import cpu_name  # noqa: E402
 
+from beit_flax.flicker import FlickerGuard, flicker  # noqa: E402
 from beit_flax.images import colorize_unit, depth_range, encode_png  # noqa: E402
 from beit_flax.predictor import Predictor  # noqa: E402
+from beit_flax.stabilize import Stabilizer  # noqa: E402
 from beit_flax.training.scenes import render_clip  # noqa: E402
 from beit_flax.video import depth_frames  # noqa: E402
 
@@ -47,12 +51,6 @@ CLIPS = {
     "jitter": {"brightness": (0.8, 1.2), "jitter_px": 8},
     "pan": {"brightness": (0.8, 1.2), "pan_px": 150},
 }
-
-
-def flicker(pictures: list[np.ndarray]) -> float:
-    pictures = [p.astype(np.float64) for p in pictures]
-    steps = [np.abs(a - b).mean() for a, b in zip(pictures[1:], pictures[:-1])]
-    return float(np.mean(steps) / np.mean(pictures))
 
 
 def plain_running_alignment(raw: list[np.ndarray]) -> list[np.ndarray]:
@@ -95,7 +93,11 @@ def main() -> None:
         for seed in args.seeds:
             clip, _ = render_clip(np.random.default_rng(seed), 192, 256, args.frames, **options)
             per_frame = [(depth, picture) for _, depth, picture in depth_frames(predictor, clip, stabilize=False)]
-            stabilized = [(depth, picture) for _, depth, picture in depth_frames(predictor, clip)]
+            stabilizer, guard = Stabilizer(), FlickerGuard()
+            stabilized = [
+                (depth, picture)
+                for _, depth, picture in depth_frames(predictor, clip, stabilizer=stabilizer, guard=guard)
+            ]
             raw = [depth for depth, _ in per_frame]
             pictures = {
                 "minmax": [picture for _, picture in per_frame],
@@ -103,7 +105,7 @@ def main() -> None:
                 "stabilized": [picture for _, picture in stabilized],
             }
             base = flicker(pictures["minmax"])
-            row = {"clip": kind, "seed": seed, "frames": args.frames}
+            row = {"clip": kind, "seed": seed, "frames": args.frames, "scenes": stabilizer.scenes, "held": guard.held}
             for method, frames in pictures.items():
                 value = flicker(frames)
                 gains.setdefault(kind, {}).setdefault(method, []).append(base / value)
@@ -122,6 +124,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     summary = {
         "mean_gain": {kind: {m: round(float(np.mean(g)), 2) for m, g in by.items()} for kind, by in gains.items()},
+        "lowest_stabilized_gain": round(min(min(by["stabilized"]) for by in gains.values()), 2),  # >= 1: the promise
         "pan_lag_frames": lags,
         "weights": str(args.weights),
         "cpu": cpu_name(),
