@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from beit_flax.arguments import report
 from beit_flax.batcher import Batcher
 from beit_flax.compile_cache import enable_compilation_cache
 from beit_flax.hub import resolve
 from beit_flax.hub.sources import KNOWN
 from beit_flax.models import registry
 from beit_flax.pipeline import run_prepared
+from beit_flax.runtimes import RuntimeBatcher, check_runtime
 from beit_flax.transforms import DEFAULT_MAX_PIXELS, check_net_input, check_net_size
 from beit_flax.weights import load
 
@@ -31,8 +33,10 @@ class Predictor:
 
     size: the net size (default the model's; MiDaS: the side to resize towards; ZoeDepth: N x N). square: resize
     without keeping the aspect ratio. pad / flip: False turns off a family's test-time padding / flip averaging
-    (ZoeDepth's infer_pil steps; refused for a family without them), None keeps its default. Raises ValueError or
-    OSError with a one-line message (`cannot load weights: ...` when the file is at fault).
+    (ZoeDepth's infer_pil steps; refused for a family without them), None keeps its default. runtime: "jax" (the
+    jitted model on every device), or "onnxruntime" / "openvino": its ONNX export on the CPU (`runtimes`; float32,
+    one device). Raises ValueError or OSError with a one-line message (`cannot load weights: ...` when the file is
+    at fault).
 
     Attributes: `family` (`models.family.Family`), `output` (what the maps mean: `depth_output.DepthOutput`),
     `processing` (the family's `Processing` for these options), `batcher` (the placed model).
@@ -51,9 +55,13 @@ class Predictor:
         devices: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         progress: bool = False,
+        runtime: str = "jax",
     ) -> None:
         if size is not None:
             check_net_size(size, max_pixels)
+        check_runtime(runtime, dtype)  # before any download or conversion
+        if runtime != "jax" and devices is not None:
+            raise ValueError(f"--devices is for --runtime jax; {runtime} runs on the CPU")
         try:
             model, params = load(resolve(weights, progress=progress), dtype=dtype)
         except (OSError, ValueError) as err:
@@ -73,6 +81,9 @@ class Predictor:
         known = KNOWN.get(str(weights))
         self.licence = known.licence if known else None  # a released model's, when named
         enable_compilation_cache()
+        if runtime != "jax":
+            self.batcher = RuntimeBatcher(model, params, runtime, batch_size, announce=report if progress else None)
+            return
         try:
             self.batcher = Batcher(model, params, batch_size, devices)
         except ValueError as err:  # more devices asked for than there are
@@ -117,5 +128,8 @@ class Predictor:
     def describe(self) -> str:
         batcher = self.batcher
         n = batcher.device_count
-        where = f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
+        if isinstance(batcher, RuntimeBatcher):
+            where = f"batch {batcher.batch_size} in {batcher.runtime} on the CPU"
+        else:
+            where = f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
         return where + (f", weights licence {self.licence}" if self.licence else "")

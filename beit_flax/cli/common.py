@@ -111,6 +111,7 @@ def load_model(args: argparse.Namespace) -> Predictor | None:
             devices=args.devices,
             max_pixels=args.max_pixels,
             progress=not args.quiet,
+            runtime=getattr(args, "runtime", "jax"),  # predict's flag
         )
     except (OSError, ValueError) as err:
         report(f"error: {err}")

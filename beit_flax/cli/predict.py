@@ -22,6 +22,7 @@ from beit_flax.geometry import DEFAULT_FOV_DEG, RELATIVE_NEAR_FAR, camera_focal
 from beit_flax.images import IMAGE_EXTENSIONS, ImageError, read_image
 from beit_flax.outputs import image_files, suffixes
 from beit_flax.pipeline import ordered_map
+from beit_flax.runtimes import RUNTIMES
 from beit_flax.sharding import DISTRIBUTED_ENV, maybe_initialize_distributed, process_slice
 
 
@@ -64,6 +65,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="DEG",
         help="horizontal field of view of the camera for --ply / --glb (default: from the EXIF focal length when "
         f"the image has one, else {DEFAULT_FOV_DEG:g})",
+    )
+    images.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="jax",
+        help="jax: the jitted model on every device (default); onnxruntime / openvino: its ONNX export on the CPU, "
+        "exported once per network input size and kept in the weights cache (float32; the [onnx] extra). On a CPU "
+        "the fastest is machine-dependent: benchmarks/cpu_peers.py measures all three",
     )
     images.add_argument(
         "--distributed",
