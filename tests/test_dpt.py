@@ -75,14 +75,17 @@ def _precisions(model, images, params) -> list[str]:
 
 def test_float32_traces_at_highest_matmul_precision(params):
     """GPUs / TPUs would otherwise round fp32 matmul inputs (TF32 / bf16 passes): parity needs HIGHEST, unless the
-    user asks jax for less; 16-bit compute keeps the backend default."""
+    user asks jax for less; 16-bit compute keeps the backend default except on its float32 islands (the head's last
+    conv, the relative-position table resize: one per block at a grid other than the training one)."""
     images = jnp.zeros((1, 32, 32, 3), jnp.float32)
     precisions = _precisions(DPT(CFG), images, params)
     assert len(precisions) > 6 * CFG.depth  # q, k, v, proj, fc1, fc2 and both attention products per block
     assert set(precisions) == {"precision=(Precision.HIGHEST, Precision.HIGHEST)"}
     with jax.default_matmul_precision("tensorfloat32"):
         assert not any("HIGHEST" in p for p in _precisions(DPT(CFG), images, params))
-    assert not any("HIGHEST" in p for p in _precisions(DPT(CFG, dtype="bfloat16"), images, params))
+    half = _precisions(DPT(CFG, dtype="bfloat16"), images, params)
+    highest = sum("HIGHEST" in p for p in half)
+    assert 1 <= highest <= 1 + 2 * CFG.depth and len(half) - highest >= 6 * CFG.depth, half
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

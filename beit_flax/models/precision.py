@@ -33,3 +33,11 @@ def matmul_precision(dtype: jnp.dtype) -> contextlib.AbstractContextManager:
     if dtype != jnp.float32 or jax.config.jax_default_matmul_precision is not None:
         return contextlib.nullcontext()
     return jax.default_matmul_precision("highest")
+
+
+def island_precision() -> str | None:
+    """The precision of a float32 island in a model of any compute dtype (the head's last conv, the relative-position
+    table resize): "highest", as `matmul_precision` gives float32 models (under 16-bit compute no context is set,
+    and a TPU's DEFAULT would round the float32 operands to bfloat16, a GPU's to TF32), unless the user set jax's
+    `jax_default_matmul_precision`, which then governs these too (None)."""
+    return None if jax.config.jax_default_matmul_precision is not None else "highest"

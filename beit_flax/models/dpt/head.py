@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from beit_flax.models.dpt.resize import resize_bilinear
+from beit_flax.models.precision import island_precision
 
 OUTPUT_ACTIVATIONS = {"relu": nn.relu, "sigmoid": nn.sigmoid}
 
@@ -46,7 +47,6 @@ class DepthHead(nn.Module):
         x = resize_bilinear(x, size_hw or (2 * h, 2 * w), align_corners=True)
         x = nn.relu(conv(self.head_channels, 3, "conv2")(x))
         last = OUTPUT_ACTIVATIONS[self.output]
-        # float32 at HIGHEST: under 16-bit compute no precision context is set, and a TPU's DEFAULT would round
-        # the operands to bfloat16 (a GPU's to TF32); tests/test_lowering.py checks the lowered programs
-        depth = last(conv(1, 1, "conv3", jnp.float32, "highest")(x.astype(jnp.float32)))[..., 0]
+        # a float32 island (`precision.island_precision`); tests/test_lowering.py checks the lowered programs
+        depth = last(conv(1, 1, "conv3", jnp.float32, island_precision())(x.astype(jnp.float32)))[..., 0]
         return (depth, x) if with_activation else depth

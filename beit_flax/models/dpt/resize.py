@@ -18,6 +18,8 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from beit_flax.models.precision import island_precision
+
 
 @functools.lru_cache(maxsize=256)
 def interpolation_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,11 +72,12 @@ def resize_bilinear(x_bhwc: jnp.ndarray, size_hw: tuple[int, int], *, align_corn
 
 
 def resize_bilinear_dense(x_bhwc: jnp.ndarray, size_hw: tuple[int, int], *, align_corners: bool) -> jnp.ndarray:
-    """`resize_bilinear` as two matmuls with the interpolation matrices (for small inputs; see the module doc). At
-    HIGHEST precision whatever the model's compute dtype: the relative-position tables stay float32 on a TPU (whose
-    DEFAULT rounds float32 operands to bfloat16) and a GPU (TF32)."""
+    """`resize_bilinear` as two matmuls with the interpolation matrices (for small inputs; see the module doc). A
+    float32 island whatever the model's compute dtype (`precision.island_precision`): the relative-position tables
+    stay float32 on a TPU (whose DEFAULT rounds float32 operands to bfloat16) and a GPU (TF32)."""
     _, h, w, _ = x_bhwc.shape
     rows = jnp.asarray(interpolation_matrix(h, size_hw[0], align_corners), x_bhwc.dtype)
     cols = jnp.asarray(interpolation_matrix(w, size_hw[1], align_corners), x_bhwc.dtype)
-    x_bhwc = jnp.einsum("oh,bhwc->bowc", rows, x_bhwc, precision="highest")
-    return jnp.einsum("pw,bowc->bopc", cols, x_bhwc, precision="highest")
+    precision = island_precision()
+    x_bhwc = jnp.einsum("oh,bhwc->bowc", rows, x_bhwc, precision=precision)
+    return jnp.einsum("pw,bowc->bopc", cols, x_bhwc, precision=precision)
