@@ -33,7 +33,7 @@ from beit_flax.models.precision import check_dtype
 
 RUNTIMES = ("jax", "onnxruntime", "openvino")
 """`jax` is the `Batcher`; the others run the ONNX export on the CPU."""
-ARTIFACT_FORMAT = "beit-flax onnx 1"
+ARTIFACT_FORMAT = "beit-flax onnx 2"
 """Part of every artifact's key: change it when the export writes a different graph for the same model."""
 KEPT_ARTIFACTS = 4
 """ONNX files kept in the cache (each as large as the weights: BEiT-L about 1.3 GB), least recently used first out."""

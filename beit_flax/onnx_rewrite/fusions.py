@@ -49,6 +49,11 @@ class FlaxLayerNorm(pattern.RewriteRuleClassBase):
     `max(0, E[x^2] - E[x]^2)`, rsqrt -> `LayerNormalization` (opset 17), whose variance is `E[(x - mean)^2]`: the
     same value, rounded differently in float32."""
 
+    def __init__(self) -> None:
+        # two norms of one tensor (a tapped block's output: its tap's norm and the next block's) share their
+        # statistics once onnxscript has merged the common subexpressions: each becomes a node of its own
+        super().__init__(remove_nodes=False)
+
     def pattern(self, op, x, axes, count, zero, reshape_to, epsilon, one, scale, bias):
         mean = op.Div(op.ReduceSum(x, axes, keepdims=0), count)
         mean_square = op.Div(op.ReduceSumSquare(x, _allow_other_attributes=True, _outputs=["squares"]), count)
