@@ -35,8 +35,8 @@ class Predictor:
     without keeping the aspect ratio. pad / flip: False turns off a family's test-time padding / flip averaging
     (ZoeDepth's infer_pil steps; refused for a family without them), None keeps its default. runtime: "jax" (the
     jitted model on every device), or "onnxruntime" / "openvino": its ONNX export on the CPU (`runtimes`; float32,
-    one device). Raises ValueError or OSError with a one-line message (`cannot load weights: ...` when the file is
-    at fault).
+    OpenVINO bfloat16 too; one device). Raises ValueError or OSError with a one-line message (`cannot load weights:
+    ...` when the file is at fault).
 
     Attributes: `family` (`models.family.Family`), `output` (what the maps mean: `depth_output.DepthOutput`),
     `processing` (the family's `Processing` for these options), `batcher` (the placed model).
@@ -129,7 +129,8 @@ class Predictor:
         batcher = self.batcher
         n = batcher.device_count
         if isinstance(batcher, RuntimeBatcher):
-            where = f"batch {batcher.batch_size} in {batcher.runtime} on the CPU"
+            dtype = "" if batcher.dtype == "float32" else f" ({batcher.dtype})"
+            where = f"batch {batcher.batch_size} in {batcher.runtime}{dtype} on the CPU"
         else:
             where = f"batch {batcher.batch_size} on {n} {batcher.mesh.devices.flat[0].platform} device{'s' * (n != 1)}"
         return where + (f", weights licence {self.licence}" if self.licence else "")

@@ -10,12 +10,15 @@ which takes a while (BEiT-B 384: about a minute; BEiT-L 512: a few), and kept in
 
 keyed by the model's architecture, its weights and the size (`artifact_key`); the `KEPT_ARTIFACTS` most recently
 used are kept, older ones removed. Outputs equal the JAX path's within float32 rounding (tests: <= 1e-5 of the
-map's max). Both runtimes compute in float32: OpenVINO would otherwise pick bfloat16 on CPUs that have it.
+map's max). Both runtimes compute in float32 (OpenVINO would otherwise pick bfloat16 on CPUs that have it), except
+OpenVINO with a bfloat16 model (`--dtype bfloat16`): the same float32 artifact, inferred in bfloat16 where the CPU
+has bfloat16 instructions (AVX-512 BF16, AMX), in float32 elsewhere.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -41,6 +44,8 @@ KEPT_SESSIONS = 2
 """Loaded runtime sessions kept per process, one per input size (each holds the weights once more)."""
 NEEDS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",)}
 """The modules each runtime imports, besides the exporter's (jax2onnx, onnx, onnxscript)."""
+DTYPES = {"onnxruntime": ("float32",), "openvino": ("float32", "bfloat16")}
+"""The compute dtypes each runtime offers (the artifact is float32 either way)."""
 
 
 def artifacts_dir(folder: str | os.PathLike | None = None) -> Path:
@@ -79,10 +84,18 @@ def artifact(
             if announce is not None:
                 announce(f"exporting the model to ONNX for {size_hw[0]}x{size_hw[1]} inputs (once; kept in {cache})")
             data = export_onnx(model, params, size_hw)
-            remove(sorted(cache.glob("*.onnx"), key=lambda p: p.stat().st_mtime)[: -KEPT_ARTIFACTS + 1 or None])
+            remove(sorted(cache.glob("*.onnx"), key=_last_used)[: -KEPT_ARTIFACTS + 1 or None])
             atomic_write_bytes(path, data)
         os.utime(path)
     return path
+
+
+def _last_used(path: Path) -> float:
+    """An artifact's modification time (`artifact` touches it on each use); 0 for one another process removed."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def import_openvino() -> Any:
@@ -105,8 +118,9 @@ def import_openvino() -> Any:
     return sys.modules["openvino"]
 
 
-def open_session(runtime: str, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """`images (B, H, W, 3) float32 -> depth (B, H, W) float32` through `runtime` on the CPU."""
+def open_session(runtime: str, path: Path, dtype: str = "float32") -> Callable[[np.ndarray], np.ndarray]:
+    """`images (B, H, W, 3) float32 -> depth (B, H, W) float32` through `runtime` on the CPU, computing in `dtype`
+    (one of `DTYPES[runtime]`)."""
     if runtime == "onnxruntime":
         import onnxruntime
 
@@ -114,9 +128,10 @@ def open_session(runtime: str, path: Path) -> Callable[[np.ndarray], np.ndarray]
         return lambda images: session.run(["depth"], {"images": images})[0]
     if runtime == "openvino":
         openvino = import_openvino()
-        # f32: OpenVINO's CPU plugin infers in bfloat16 where the CPU has it (AMX, AVX-512 BF16) unless told
+        # told either way: OpenVINO's CPU plugin infers in bfloat16 where the CPU has it (AMX, AVX-512 BF16)
+        precision = {"float32": "f32", "bfloat16": "bf16"}[dtype]
         compiled = openvino.Core().compile_model(
-            str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+            str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         )
         output = compiled.output(0)
         return lambda images: np.asarray(compiled(images)[output])
@@ -134,8 +149,9 @@ def check_runtime(runtime: str, dtype: Any = "float32") -> None:
     ]
     if runtime != "jax" and missing:
         raise ValueError(f"--runtime {runtime} needs {', '.join(missing)}: pip install 'beit-flax[onnx]'")
-    if runtime != "jax" and str(check_dtype(dtype)) != "float32":
-        raise ValueError(f"--runtime {runtime} runs float32 only (ONNX exports are float32); --dtype is for jax")
+    offered = DTYPES.get(runtime)
+    if offered is not None and str(check_dtype(dtype)) not in offered:
+        raise ValueError(f"--runtime {runtime} computes in {' or '.join(offered)} only, not {check_dtype(dtype)}")
 
 
 class RuntimeBatcher(Batcher):
@@ -144,6 +160,7 @@ class RuntimeBatcher(Batcher):
 
     batch_size: images per call (default 1: the runtimes spread one image over every core). folder: the weights
     cache (default `hub.cache.weights_dir()`). announce: told when an artifact is exported (it takes a while).
+    The model's compute dtype is the runtime's (`DTYPES`); the artifact is exported from its float32 twin.
     """
 
     def __init__(
@@ -159,6 +176,9 @@ class RuntimeBatcher(Batcher):
         check_runtime(runtime, model.dtype)
         if runtime == "jax":
             raise ValueError("RuntimeBatcher runs onnxruntime or openvino; Batcher runs jax")
+        self.dtype = str(check_dtype(model.dtype))
+        if self.dtype != "float32":
+            model = dataclasses.replace(model, dtype="float32")
         self.model, self.config, self.params = model, model.config, params
         self.runtime, self.folder, self.announce = runtime, folder, announce
         self.device_count = 1
@@ -177,7 +197,7 @@ class RuntimeBatcher(Batcher):
                 self.sessions.popitem(last=False)
             try:
                 path = artifact(self.model, self.params, size_hw, self.folder, self.announce)
-                self.sessions[size_hw] = open_session(self.runtime, path)
+                self.sessions[size_hw] = open_session(self.runtime, path, self.dtype)
             except Exception as err:  # an export or load failure belongs to this size
                 self.sessions[size_hw] = err
         found = self.sessions[size_hw]

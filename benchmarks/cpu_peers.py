@@ -9,10 +9,12 @@ Rows (`ROWS`), all on the same random input, each model's weights random (nothin
 
     ours   flax-fp32, flax-bf16          the jitted Flax model (`beit-depth predict --runtime jax [--dtype bfloat16]`)
            onnxruntime-ours, openvino-ours  our ONNX export (`--runtime onnxruntime | openvino`: `runtimes.artifact`)
+           openvino-ours-bf16            the same in OpenVINO inferring in bf16 (`--runtime openvino --dtype bfloat16`)
     peers  torch-eager-fp32, torch-sdpa-fp32  transformers' model, eager / SDPA attention
            torch-bf16, torch-autocast-bf16    pure bfloat16 / autocast over fp32 (SDPA)
            torch-compile-fp32, torch-compile-bf16  torch.compile of the SDPA model (pure bf16); first call = compile
            onnxruntime-torch, openvino-torch  `torch.onnx.export` (TorchScript exporter, opset 17) of the fp32 model
+           openvino-torch-bf16           the same in OpenVINO inferring in bf16
 
 Timing: every row is warmed up first; then `--rounds` rounds go over the rows in turn, each row timing `--calls`
 calls in a block of its own after a `--pause` (onnxruntime's and OpenMP's spinning threads otherwise take the next
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np
 from machine import cpu_name, isa_flags  # benchmarks/machine.py
 
-OURS = ("flax-fp32", "flax-bf16", "onnxruntime-ours", "openvino-ours")
+OURS = ("flax-fp32", "flax-bf16", "onnxruntime-ours", "openvino-ours", "openvino-ours-bf16")
 TORCH = (
     "torch-eager-fp32",
     "torch-sdpa-fp32",
@@ -54,7 +56,7 @@ TORCH = (
     "torch-compile-fp32",
     "torch-compile-bf16",
 )
-ROWS = (*OURS, *TORCH, "onnxruntime-torch", "openvino-torch")
+ROWS = (*OURS, *TORCH, "onnxruntime-torch", "openvino-torch", "openvino-torch-bf16")
 MODELS = {"beit_b_384": 384, "da_v2_s": 518}
 """Model -> its native input side; --tiny: the tiny configs at 64 and 56."""
 
@@ -142,7 +144,7 @@ def torch_rows(build: Callable[[str], Any], compiled: bool) -> dict[str, Callabl
 
 
 def onnx_rows(rows: dict, side: int, name: str, work: Path, threads: int) -> dict[str, Any]:
-    """The four ONNX rows, and `_setup_<row>`: the export (ours: `runtimes.artifact`, as `--runtime` builds it;
+    """The six ONNX rows, and `_setup_<row>`: the export (ours: `runtimes.artifact`, as `--runtime` builds it;
     torch's: `torch.onnx.export`, both kept in `work`) plus the session's load, in seconds."""
     import onnxruntime
     import torch
@@ -173,19 +175,21 @@ def onnx_rows(rows: dict, side: int, name: str, work: Path, threads: int) -> dic
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     openvino = import_openvino()
-    settings = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    settings = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
     found: dict[str, Any] = {}
     for who, path in paths.items():
         feed = (lambda x: np.ascontiguousarray(x.transpose(0, 3, 1, 2))) if who == "torch" else (lambda x: x)
         start = time.perf_counter()
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         found[f"_setup_onnxruntime-{who}"] = exported[who] + time.perf_counter() - start
-        start = time.perf_counter()
-        compiled = openvino.Core().compile_model(str(path), "CPU", settings)
-        found[f"_setup_openvino-{who}"] = exported[who] + time.perf_counter() - start
         feed_name = session.get_inputs()[0].name
         found[f"onnxruntime-{who}"] = lambda x, s=session, f=feed, n=feed_name: s.run(None, {n: f(x)})[0]
-        found[f"openvino-{who}"] = lambda x, c=compiled, f=feed: np.asarray(c(f(x))[c.output(0)])
+        for suffix, precision in (("", "f32"), ("-bf16", "bf16")):
+            start = time.perf_counter()
+            hint = {"INFERENCE_PRECISION_HINT": precision}
+            compiled = openvino.Core().compile_model(str(path), "CPU", settings | hint)
+            found[f"_setup_openvino-{who}{suffix}"] = exported[who] + time.perf_counter() - start
+            found[f"openvino-{who}{suffix}"] = lambda x, c=compiled, f=feed: np.asarray(c(f(x))[c.output(0)])
     return found
 
 
@@ -199,8 +203,10 @@ def timed(run: Callable, x: np.ndarray, calls: int) -> tuple[list[float], list[f
     return walls, cpus
 
 
-def relative(out: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(np.asarray(out, np.float32) - ref).max() / max(np.abs(ref).max(), 1e-12))
+def relative(out: np.ndarray, ref: np.ndarray) -> float | None:
+    """max |out - ref| / max |ref|; None for an all-zero reference (the tiny torch models' ReLU output at init)."""
+    scale = float(np.abs(ref).max())
+    return float(np.abs(np.asarray(out, np.float32) - ref).max() / scale) if scale > 0 else None
 
 
 def measure(rows: dict[str, Any], wanted: list[str], x: np.ndarray, args: argparse.Namespace, head: dict) -> dict:
@@ -222,13 +228,14 @@ def measure(rows: dict[str, Any], wanted: list[str], x: np.ndarray, args: argpar
             cpu[row].append(statistics.median(cpus))
     load.append(round(os.getloadavg()[0], 2))
     medians = {r: statistics.median(v) for r, v in times.items()}
-    sources = {"ours": "flax-fp32", "torch": "torch-sdpa-fp32"}  # what each ONNX file was exported from
+    exported_from = {"ours": "flax-fp32", "torch": "torch-sdpa-fp32"}
     for row in wanted:
         setup = rows.get(f"_setup_{row}")  # ONNX rows: export + session load; the others compile in first_call_s
         line = {"row": row, "s_per_batch": round(medians[row], 4), "s_min": round(min(times[row]), 4)}
         line |= {"cpu_s_per_batch": round(statistics.median(cpu[row]), 4), "first_call_s": round(first[row], 2)}
         line |= {"setup_s": None if setup is None else round(setup, 1), "loadavg_1m": load}
-        source = sources.get(row.rsplit("-", 1)[-1]) if row.startswith(("onnxruntime", "openvino")) else None
+        onnx = row.startswith(("onnxruntime", "openvino"))
+        source = exported_from["ours" if "-ours" in row else "torch"] if onnx else None
         if source in outputs:
             line["vs_source"] = relative(outputs[row], outputs[source])
         emit(head | line)
@@ -250,7 +257,11 @@ def summary(measured: dict) -> dict:
         "best_runtime_row": best_ours,
         "best_peer_row": best_peer,
         "best_runtime_vs_best_peer": ratio(best_peer, best_ours),
-        "ours_onnx_vs_torch_onnx": {rt: ratio(f"{rt}-torch", f"{rt}-ours") for rt in ("onnxruntime", "openvino")},
+        "ours_onnx_vs_torch_onnx": {
+            "onnxruntime": ratio("onnxruntime-torch", "onnxruntime-ours"),
+            "openvino": ratio("openvino-torch", "openvino-ours"),
+            "openvino-bf16": ratio("openvino-torch-bf16", "openvino-ours-bf16"),
+        },
         **measured,
     }
 

@@ -71,8 +71,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         choices=RUNTIMES,
         default="jax",
         help="jax: the jitted model on every device (default); onnxruntime / openvino: its ONNX export on the CPU, "
-        "exported once per network input size and kept in the weights cache (float32; the [onnx] extra). On a CPU "
-        "the fastest is machine-dependent: benchmarks/cpu_peers.py measures all three",
+        "exported once per network input size and kept in the weights cache (float32, and bfloat16 in openvino; "
+        "the [onnx] extra). On a CPU the fastest is machine-dependent: benchmarks/cpu_peers.py measures them",
     )
     images.add_argument(
         "--distributed",
