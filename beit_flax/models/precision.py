@@ -1,15 +1,20 @@
-"""Compute precision, an execution choice shared by every model: the dtype list and the matmul precision policy.
+"""Compute precision, an execution choice shared by every model: the dtype list, the matmul precision policy and the
+dense layer every model's 16-bit products go through.
 
-Parameters are always stored in float32 and cast per op; the compute dtype is a module attribute (`DPT(config,
-dtype="bfloat16")`), not part of the architecture, so one weights file serves every precision.
+Weights files hold float32; the compute dtype is a module attribute (`DPT(config, dtype="bfloat16")`), not part of
+the architecture, so one weights file serves every precision. Inference stores what a 16-bit program only ever casts
+in that dtype once (`precast.py`) instead of casting it on every call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -41,3 +46,18 @@ def island_precision() -> str | None:
     and a TPU's DEFAULT would round the float32 operands to bfloat16, a GPU's to TF32), unless the user set jax's
     `jax_default_matmul_precision`, which then governs these too (None)."""
     return None if jax.config.jax_default_matmul_precision is not None else "highest"
+
+
+def wide_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None) -> jax.Array:
+    """`lax.dot_general` accumulating in float32 and rounded once to the operands' dtype: for 16-bit operands the
+    same value as a 16-bit product (XLA computes that in float32 and rounds too), but XLA:CPU then runs it on the
+    CPU's bf16 kernels instead of converting both operands to float32 around a float32 kernel (a (2308, 768) x
+    (768, 3072) bf16 product: 12 ms instead of 34, float32 22 ms; AMD EPYC, AVX-512 BF16). float32 operands: the
+    plain product."""
+    del preferred_element_type  # flax passes none; the result dtype is the operands'
+    out = lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32)
+    return out.astype(jnp.result_type(lhs, rhs))
+
+
+Dense = functools.partial(nn.Dense, dot_general=wide_dot_general)
+"""`nn.Dense` whose product is `wide_dot_general`: the dense layer of every model (same parameters as nn.Dense)."""

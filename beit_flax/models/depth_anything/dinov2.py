@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from beit_flax.models.depth_anything.config import DepthAnythingConfig
 from beit_flax.models.dpt.attention import AttentionImpl, QueryChunk, attend
+from beit_flax.models.precision import Dense
 
 
 class SelfAttention(nn.Module):
@@ -32,12 +33,12 @@ class SelfAttention(nn.Module):
         heads = self.config.num_heads
 
         def project(name: str) -> jnp.ndarray:
-            return nn.Dense(c, dtype=self.dtype, name=name)(tokens_bnc).reshape(b, n, heads, c // heads)
+            return Dense(c, dtype=self.dtype, name=name)(tokens_bnc).reshape(b, n, heads, c // heads)
 
         out_bnhd = attend(
             project("query"), project("key"), project("value"), None, self.implementation, self.query_chunk
         )
-        return nn.Dense(c, dtype=self.dtype, name="proj")(out_bnhd.reshape(b, n, c))
+        return Dense(c, dtype=self.dtype, name="proj")(out_bnhd.reshape(b, n, c))
 
 
 class FeedForward(nn.Module):
@@ -49,7 +50,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray) -> jnp.ndarray:
-        cfg, dense = self.config, lambda width, name: nn.Dense(width, dtype=self.dtype, name=name)
+        cfg, dense = self.config, lambda width, name: Dense(width, dtype=self.dtype, name=name)
         if cfg.ffn == "swiglu":  # the original's fused w12 is [gate; up] (`chunk(2)`): stored as two layers
             gate, up = (dense(cfg.ffn_channels, name)(tokens_bnc) for name in ("gate", "up"))
             return dense(cfg.width, "down")(nn.silu(gate) * up)

@@ -23,27 +23,39 @@ import jax.numpy as jnp
 
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.relative_position import RelativePositionBias, bias_rows
+from beit_flax.models.precision import Dense
 
 AttentionImpl = Literal["auto", "xla", "cudnn"]
 ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
 QueryChunk = int | Literal["auto"] | None
 """Queries per chunk of the XLA attention: "auto" (`query_chunk`), None (never chunk) or a positive int."""
 CHUNK_ABOVE_TOKENS = 1280
-""""auto" chunks the queries above this many tokens: every released model at its native size runs unchunked
-(BEiT-L 512 at 512 x 512: 1025 tokens), BEiT-B 384 at 1024 x 1024 (4097 tokens) chunked."""
+""""auto" chunks the queries above this many tokens on every platform (memory): every released model at its native
+size runs unchunked on a GPU (BEiT-L 512 at 512 x 512: 1025 tokens), BEiT-B 384 at 1024 x 1024 (4097 tokens)
+chunked. On a CPU "auto" also chunks whenever the whole batch's float32 logits exceed CHUNK_BYTES (speed, below)."""
 CHUNK_BYTES = 2**24
-""""auto" sizes chunks so that one image's (heads, chunk, N) float32 logits take about this much (16 MiB), but
-never fewer than 64 queries. Smaller chunks stay in cache: on a 2-core CPU, BEiT-B at 768 x 768 ran 10% faster in
-chunks of 128-256 queries than unchunked, at 1024 x 1024 chunks of 64-128 beat 256-341 by 20% (CPU time)."""
+""""auto" sizes chunks so that the batch's (B, heads, chunk, N) float32 logits take at most about this much (16
+MiB), never fewer than 64 queries, the chunks evened out. Chunks that stay in cache are faster on a CPU: on a 2-core
+AMD EPYC, Depth Anything V2-S at 518 x 518, batch 4, took 2.0 s in chunks of 128 queries against 2.8-3.0 s in
+chunks of 256-512 (16 MiB for one image, not for four) and 3.1 s unchunked; at batch 1, 0.40 s against 0.43 / 0.58
+s; BEiT-B 384 at batch 4 (64 MiB of logits) 2.78 s in chunks of 128 against 3.03 unchunked; earlier, BEiT-B at
+1024 x 1024 ran 20% faster in chunks of 64-128 than of 256-341."""
 BiasRows = Callable[[Any, int], jnp.ndarray]
 """`rows(first, count)` -> (heads, count, N) float32: rows first, ..., first+count-1 of an attention bias, `first` a
 Python int or a traced int32 scalar; rows past N-1 (the padding of a last chunk) may hold anything finite."""
 
 
-def query_chunk(chunk: QueryChunk, tokens: int, heads: int) -> int | None:
-    """The queries per chunk for `tokens` queries and keys and `heads` heads, or None to run them all at once."""
+def query_chunk(chunk: QueryChunk, tokens: int, heads: int, batch: int = 1) -> int | None:
+    """The queries per chunk for `batch` images of `tokens` queries and keys and `heads` heads, or None to run them
+    all at once. "auto": above CHUNK_ABOVE_TOKENS, or on a CPU when the logits exceed CHUNK_BYTES (see both)."""
     if chunk == "auto":
-        return max(64, CHUNK_BYTES // (4 * heads * tokens)) if tokens > CHUNK_ABOVE_TOKENS else None
+        batch = batch if isinstance(batch, int) else 1  # a symbolic batch (a batch-polymorphic export): per image
+        row_bytes = 4 * batch * heads * tokens  # one query's float32 logits over the batch
+        on_cpu = jax.default_backend() == "cpu"
+        if tokens <= CHUNK_ABOVE_TOKENS and not (on_cpu and row_bytes * tokens > CHUNK_BYTES):
+            return None
+        count = -(-tokens // max(64, CHUNK_BYTES // row_bytes))
+        return -(-tokens // count)  # evened out: the last chunk is padded by fewer than `count` queries
     if chunk is None:
         return None
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -211,10 +223,10 @@ class Attention(nn.Module):
         table = table + 0 * tokens_bnc[0, 0, 0].astype(table.dtype)
 
         def project(name: str, use_bias: bool = True) -> jnp.ndarray:
-            out = nn.Dense(c, use_bias=use_bias, dtype=self.dtype, name=name)(tokens_bnc)
+            out = Dense(c, use_bias=use_bias, dtype=self.dtype, name=name)(tokens_bnc)
             return out.reshape(b, n, cfg.num_heads, c // cfg.num_heads)
 
         query, key, value = project("query"), project("key", use_bias=False), project("value")
         rows = functools.partial(bias_rows, table, grid_hw)
         out_bnhd = attend(query, key, value, rows, self.implementation, self.query_chunk)
-        return nn.Dense(c, dtype=self.dtype, name="proj")(out_bnhd.reshape(b, n, c))
+        return Dense(c, dtype=self.dtype, name="proj")(out_bnhd.reshape(b, n, c))

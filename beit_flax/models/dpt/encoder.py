@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from beit_flax.models.dpt.attention import Attention, AttentionImpl, QueryChunk
 from beit_flax.models.dpt.config import DPTConfig
+from beit_flax.models.precision import Dense
 
 
 class Mlp(nn.Module):
@@ -27,8 +28,8 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_bnc: jnp.ndarray) -> jnp.ndarray:
-        hidden = nn.Dense(4 * self.config.width, dtype=self.dtype, name="fc1")(tokens_bnc)
-        return nn.Dense(self.config.width, dtype=self.dtype, name="fc2")(nn.gelu(hidden, approximate=False))
+        hidden = Dense(4 * self.config.width, dtype=self.dtype, name="fc1")(tokens_bnc)
+        return Dense(self.config.width, dtype=self.dtype, name="fc2")(nn.gelu(hidden, approximate=False))
 
 
 class Block(nn.Module):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from beit_flax.models.precision import Dense
+
 # Upsampling factor of each stage relative to the patch grid (DPT: 1/4, 1/8, 1/16, 1/32 of the image at patch 16).
 STAGE_SCALES = (4, 2, 1, 0.5)
 
@@ -41,7 +43,7 @@ class Reassemble(nn.Module):
         cls_b1c, patches_bnc = tokens_bnc[:, :1], tokens_bnc[:, 1:]
         if self.readout:
             readout_input = jnp.concatenate([patches_bnc, jnp.broadcast_to(cls_b1c, patches_bnc.shape)], axis=-1)
-            patches_bnc = nn.gelu(nn.Dense(c, dtype=dtype, name="readout")(readout_input), approximate=False)
+            patches_bnc = nn.gelu(Dense(c, dtype=dtype, name="readout")(readout_input), approximate=False)
         features_bhwc = patches_bnc.reshape(b, *grid_hw, c)
 
         features_bhwc = nn.Conv(channels, (1, 1), dtype=dtype, name="project")(features_bhwc)
