@@ -12,6 +12,7 @@ from tiny_config import TINY
 
 from beit_flax.models.dpt.attention import (
     CHUNK_ABOVE_TOKENS,
+    CHUNK_BYTES,
     Attention,
     attend,
     chunked_attention,
@@ -148,12 +149,29 @@ def test_chunked_attention_in_bfloat16():
     np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(xla_attention(q, k, v, bias), np.float32))
 
 
-def test_query_chunk_knob():
-    """ "auto": none up to `CHUNK_ABOVE_TOKENS` (every released model at its native size), then chunks sized by
-    `CHUNK_BYTES` (at least 64 queries); an int: that many queries when N is larger; None: never."""
+def test_query_chunk_knob(monkeypatch):
+    """ "auto": on a GPU / TPU none up to `CHUNK_ABOVE_TOKENS` (every released model at its native size); on a CPU
+    also chunks whenever the batch's logits exceed `CHUNK_BYTES`; chunks sized by `CHUNK_BYTES` over the batch (at
+    least 64 queries), evened out; an int: that many queries when N is larger; None: never."""
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert query_chunk("auto", 577, 12) is None and query_chunk("auto", 1025, 16) is None  # B-384 @384, L-512 @512
+    assert query_chunk("auto", 1025, 16, batch=32) is None
     assert query_chunk("auto", CHUNK_ABOVE_TOKENS, 12) is None
-    assert query_chunk("auto", 4097, 12) == 85 and query_chunk("auto", 16385, 12) == 64  # B-384 @1024, @2048
+    # B-384 @1024: 85 per chunk evened out to 49 chunks of 84; @2048: 64; in a batch of 4, 64 as well
+    assert query_chunk("auto", 4097, 12) == 84 and query_chunk("auto", 16385, 12) == 64
+    assert query_chunk("auto", 4097, 12, batch=4) == 64
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert query_chunk("auto", 577, 12) is None  # B-384 @384: 16.0 MB of logits, just under CHUNK_BYTES
+    assert query_chunk("auto", 577, 12, batch=4) == 145  # 64 MB: 4 chunks
+    assert query_chunk("auto", 1025, 16) == 205  # L-512 @512: 67 MB, 5 chunks
+    assert query_chunk("auto", 1370, 6, batch=4) == 125  # Depth Anything V2-S @518: 11 chunks
+    for tokens, heads, batch in ((577, 12, 4), (1025, 16, 1), (1370, 6, 4), (4097, 12, 1), (999, 7, 3)):
+        size = query_chunk("auto", tokens, heads, batch)
+        count = -(-tokens // size)
+        assert 4 * batch * heads * size * tokens <= CHUNK_BYTES * 1.05 or size == 64
+        assert count * size - tokens < count  # evened out: the padding is less than one query per chunk
     assert query_chunk(128, 4097, 12) == 128 and query_chunk(128, 100, 12) is None
     assert query_chunk(None, 10**5, 1) is None
     for bad in (0, -1, 1.5, True, "big"):

@@ -102,7 +102,7 @@ def attend(
         except (NotImplementedError, ValueError, RuntimeError):
             if implementation == "cudnn":
                 raise
-    size = query_chunk(chunk, n, query.shape[2])
+    size = query_chunk(chunk, n, query.shape[2], query.shape[0])
     if size is None:
         return xla_attention(query, key, value, whole)
     return chunked_attention(query, key, value, rows, size)

@@ -72,7 +72,8 @@ class DPT(nn.Module):
       scan: the encoder as `nn.scan` loops (compiles faster; see `encoder.encoder`).
       attention: "auto" (cuDNN for 16-bit compute on NVIDIA GPUs, else XLA), "xla" or "cudnn"; see `attention.attend`.
       query_chunk: the XLA attention's queries per chunk: "auto" (chunks above `attention.CHUNK_ABOVE_TOKENS` tokens,
-        so memory grows with the token count instead of its square), None (never) or an int; see `attention.attend`.
+        so memory grows with the token count instead of its square, and on a CPU wherever the batch's logits pass
+        `attention.CHUNK_BYTES`), None (never) or an int; see `attention.query_chunk`.
     """
 
     config: DPTConfig
