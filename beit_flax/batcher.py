@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from beit_flax import interrupts
 from beit_flax.models import registry
+from beit_flax.models.precast import precast
 from beit_flax.sharding import (
     batch_sharded,
     local_mesh,
@@ -177,7 +178,7 @@ class Batcher:
         programs: int | None = None,
     ) -> None:
         try:
-            registry.of_model(model)
+            family = registry.of_model(model)
         except TypeError as err:
             raise ValueError(str(err)) from None
         self.model = model
@@ -190,8 +191,8 @@ class Batcher:
         kept = programs_kept(platform) if programs is None else programs
         self.apply = Programs(functools.partial(_new_jitted_apply, model), kept)
         self.batch_sharding = batch_sharded(self.mesh)
-        # once: numpy params would be copied to every device on every call
-        self.params = place_replicated(params, self.mesh)
+        # once: numpy params would be copied to every device on every call; a 16-bit model's kernels in its dtype
+        self.params = place_replicated(precast(model, params, family.probe_shapes(model.config)), self.mesh)
         self._placements = {self.device_count: (self.params, self.batch_sharding)}  # device count -> placement
         self.shapes: set[tuple[int, ...]] = set()  # distinct batch shapes run
 

@@ -102,13 +102,17 @@ def configs(name: str, tiny: bool) -> tuple[Any, int, Any, Callable[[str], Any]]
 def flax_rows(config: Any, module: Any) -> dict[str, Callable]:
     import jax
 
+    from beit_flax.models import registry
+    from beit_flax.models.precast import precast
     from beit_flax.params import init_params
 
     params = jax.device_put(init_params(config, seed=0, spread=0.02))
     rows = {}
     for row, dtype in (("flax-fp32", "float32"), ("flax-bf16", "bfloat16")):
-        apply = jax.jit(module(config, dtype=dtype).apply)
-        rows[row] = lambda x, apply=apply: np.asarray(apply({"params": params}, x))
+        model = module(config, dtype=dtype)  # and its params as `Batcher` places them (`--runtime jax`)
+        placed = jax.device_put(precast(model, params, registry.of_model(model).probe_shapes(config)))
+        apply = jax.jit(model.apply)
+        rows[row] = lambda x, apply=apply, placed=placed: np.asarray(apply({"params": placed}, x))
     rows["_flax_model"], rows["_flax_params"] = module(config), params
     return rows
 

@@ -174,6 +174,13 @@ class Family:
         """The linen module for `config` with execution knobs (dtype, remat, scan, attention, query_chunk)."""
         return self.module(config, **knobs)
 
+    def probe_shapes(self, config: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Two network inputs (H, W) that between them take every path that depends on the input size (a position
+        table used as trained or resized): the smallest legal square and the default network size. What
+        `precast.precast` traces."""
+        side, net = self.input_multiple(config), self.processing(config).net
+        return (side, side), ((net, net) if isinstance(net, int) else (int(net[0]), int(net[1])))
+
 
 def refuse_options(title: str, **options: Any) -> None:
     """ValueError naming the test-time options (pad, flip) that were set for a family whose pipeline has none."""
