@@ -31,6 +31,7 @@ import numpy as np
 
 from beit_flax.batcher import Batcher, check_batch_size
 from beit_flax.files import atomic_write_bytes
+from beit_flax.hub.cache import artifacts_dir as cache_artifacts_dir
 from beit_flax.hub.cache import locked, remove, weights_dir
 from beit_flax.models.precision import check_dtype
 
@@ -49,8 +50,8 @@ DTYPES = {"onnxruntime": ("float32",), "openvino": ("float32", "bfloat16")}
 
 
 def artifacts_dir(folder: str | os.PathLike | None = None) -> Path:
-    """Where the artifacts live: `onnx/` in the weights cache (`hub.cache.weights_dir`)."""
-    return weights_dir(folder) / "onnx"
+    """Where the artifacts live: `hub.cache.artifacts_dir` of the weights cache (`hub.cache.weights_dir`)."""
+    return cache_artifacts_dir(weights_dir(folder))
 
 
 def artifact_key(model: nn.Module, params: Any, size_hw: tuple[int, int]) -> str:

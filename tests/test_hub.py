@@ -298,6 +298,22 @@ def test_clear_removes_only_what_the_cache_wrote(env, server):
     assert sorted(p.name for p in env.iterdir() if p.is_file()) == ["model.json", "model.msgpack"]
 
 
+def test_onnx_exports_are_listed_and_go_with_a_full_clear(env, server):
+    """`predict --runtime onnxruntime|openvino` keeps its exports in the cache's onnx/ (runtimes.artifacts_dir):
+    `cache list` shows them, `cache clear` removes them (a named clear leaves them: they are keyed by weights)."""
+    from beit_flax.runtimes import artifacts_dir
+
+    resolve(NAME, progress=False)
+    exports = artifacts_dir(env)
+    exports.mkdir()
+    export = exports / "dpt-0123456789abcdef-64x64.onnx"
+    export.write_bytes(b"\0" * 3 * 2**20)
+    assert any(line.startswith("onnx export  3.0 MiB") and line.endswith(str(export)) for line in list_lines(env))
+    assert "removed 1 converted model and" in clear(env, [NAME]) and export.is_file()
+    assert "removed 0 converted models, 1 ONNX export and 0 downloads" in clear(env, [])
+    assert not export.exists()
+
+
 def test_clearing_a_read_only_cache_is_one_line(env, server, monkeypatch, capsys):
     """A read-only file system: `beit-depth cache clear` says so in one line, exit 3, no traceback (issue 23,
     item 12)."""

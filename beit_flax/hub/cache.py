@@ -40,6 +40,17 @@ def weights_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser()
 
 
+def artifacts_dir(folder: Path) -> Path:
+    """Where `predict --runtime onnxruntime|openvino` keeps its ONNX exports (`runtimes.artifact`): `onnx/`."""
+    return folder / "onnx"
+
+
+def artifacts(folder: Path) -> list[Path]:
+    """The ONNX exports kept in the cache `folder`, by name."""
+    found = artifacts_dir(folder)
+    return sorted((p for p in found.glob("*.onnx") if p.is_file()), key=lambda p: p.name) if found.is_dir() else []
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One converted model in the cache: `weights` the .msgpack, `record` its JSON, `info` the JSON's content."""

@@ -1,8 +1,10 @@
 """`beit-depth cache list|clear [NAME...]`: see and free the converted-weights cache (`cache.weights_dir()`).
 
-list: one line per converted model (name, size, digest, source, file) and per release download. clear: every
-entry, or only those whose name, source or file is given, with their release downloads; the Hugging Face cache
-(hub downloads) is huggingface_hub's to manage (`hf cache ...`).
+list: one line per converted model (name, size, digest, source, file), per release download and per ONNX export
+(`predict --runtime onnxruntime|openvino`). clear: every entry and export, or only the entries whose name, source or
+file is given, with their release downloads (exports, keyed by weights digest and size, go with a full clear; at
+most `runtimes.KEPT_ARTIFACTS` are kept anyway); the Hugging Face cache (hub downloads) is huggingface_hub's to
+manage (`hf cache ...`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ def list_lines(folder: Path) -> list[str]:
         total += size
         state = "partial download" if path.name.startswith(".") else "download"
         lines.append(f"{state}  {_size(size)}  {path}")
+    for path in cache.artifacts(folder):
+        size = path.stat().st_size
+        total += size
+        lines.append(f"onnx export  {_size(size)}  {path}")
     lines.append(f"total {_size(total)}" if len(lines) > 1 else "empty")
     return lines
 
@@ -61,10 +67,13 @@ def clear(folder: Path, names: list[str]) -> str:
         ]
     else:
         files += _downloads(folder)
-    freed = cache.remove(files)
+    exports = [] if names else cache.artifacts(folder)
+    freed = cache.remove(files + exports)
+    downloads = len(files) - 2 * len(chosen)
+    also = f", {len(exports)} ONNX export{'s' * (len(exports) != 1)}" if exports else ""
     return (
-        f"removed {len(chosen)} converted model{'s' * (len(chosen) != 1)} and "
-        f"{len(files) - 2 * len(chosen)} download{'s' * (len(files) - 2 * len(chosen) != 1)} from {folder}: "
+        f"removed {len(chosen)} converted model{'s' * (len(chosen) != 1)}{also} and "
+        f"{downloads} download{'s' * (downloads != 1)} from {folder}: "
         f"{_size(freed)} freed (hub downloads stay in the Hugging Face cache: `hf cache`)"
     )
 
