@@ -258,6 +258,9 @@ def summary(measured: dict) -> dict:
         "best_torch_row": best_torch,
         "flax_fp32_vs_best_torch": ratio(best_torch, "flax-fp32"),
         "flax_bf16_vs_best_torch": ratio(best_torch, "flax-bf16"),
+        # the same precision on both sides: an fp32 row cannot beat a bf16 row where bf16 runs at twice the FLOPs
+        "flax_fp32_vs_best_torch_fp32": ratio(best([r for r in TORCH if "fp32" in r]), "flax-fp32"),
+        "flax_bf16_vs_best_torch_bf16": ratio(best([r for r in TORCH if "bf16" in r]), "flax-bf16"),
         "best_runtime_row": best_ours,
         "best_peer_row": best_peer,
         "best_runtime_vs_best_peer": ratio(best_peer, best_ours),
