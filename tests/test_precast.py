@@ -58,7 +58,7 @@ def test_a_parameter_with_any_other_use_is_kept():
     """cast_targets follows pjit and scan bodies; a use that is not a 16-bit cast, or an output, keeps the leaf."""
 
     def program(only_cast, cast_and_added, scanned, carried, unused):
-        a = jax.jit(lambda w: w.astype(jnp.bfloat16))(only_cast)
+        a = jax.jit(jax.checkpoint(lambda w: w.astype(jnp.bfloat16)))(only_cast)  # jit and remat bodies followed
         b = cast_and_added.astype(jnp.bfloat16).astype(jnp.float32) + cast_and_added
         (c, _), ys = jax.lax.scan(
             lambda carry, x: ((carry[0] + 1, carry[1] * 2), x.astype(jnp.float16)), (0, carried), scanned
@@ -84,3 +84,24 @@ def test_the_batcher_places_a_16_bit_model_precast_with_the_same_maps():
     want = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, images))
     for i in range(2):
         np.testing.assert_array_equal(got[i], want[i])
+
+
+def test_remat_casts_what_the_plain_model_casts():
+    """`remat=True` (training's knob, also usable at inference) wraps each block in a remat body: followed, so the
+    same leaves are cast; `scan=True` stacks the blocks' parameters in the program, so those stay float32 (a stack
+    is not a cast), with the same maps either way."""
+    family = registry.FAMILIES["dpt"]
+    config, shapes = family.tiny, family.probe_shapes(family.tiny)
+    params = init_params(config, seed=1, spread=0.05)
+    cast = {}
+    for knobs in ({}, {"remat": True}, {"scan": True}):
+        model = family.build(config, dtype="bfloat16", **knobs)
+        flat = traverse_util.flatten_dict(precast(model, params, shapes), sep="/")
+        cast[tuple(knobs)] = {path for path, leaf in flat.items() if leaf.dtype == jnp.bfloat16}
+        images = _images(shapes[1])
+        apply = jax.jit(lambda p, x, model=model: model.apply({"params": p}, x))
+        np.testing.assert_array_equal(
+            np.asarray(apply(traverse_util.unflatten_dict(flat, sep="/"), images)), np.asarray(apply(params, images))
+        )
+    assert cast[("remat",)] == cast[()] and any("encoder/" in path for path in cast[()])
+    assert not any("encoder/" in path for path in cast[("scan",)]) and cast[("scan",)] < cast[()]

@@ -30,6 +30,7 @@ _CALLS = {
     "pjit": "jaxpr",
     "closed_call": "call_jaxpr",
     "core_call": "call_jaxpr",
+    "remat2": "jaxpr",  # jax.checkpoint / nn.remat (remat=True)
     "remat": "jaxpr",
     "checkpoint": "jaxpr",
     "custom_jvp_call": "call_jaxpr",
@@ -41,14 +42,17 @@ def precast(module: nn.Module, params: Any, shapes_hw: Sequence[tuple[int, int]]
     """`params` (a tree of float32 arrays) with each leaf that `module.apply` casts to one 16-bit dtype at every
     use stored in that dtype; the rest untouched. Traced (abstractly: no compile) on a (1, H, W, 3) float32 input of
     each of `shapes_hw`; a leaf is cast only if it is cast-only at all of them (a family's native size and one other
-    take every path that depends on the input size: position tables used directly or resized). A float32 module
-    comes back unchanged without tracing."""
+    take every path that depends on the input size: position tables used directly or resized). Cast on the host
+    (numpy: the same bits as the program's convert), whatever devices the params go to next. A float32 module comes
+    back unchanged without tracing. A scanned encoder (`scan=True`) stacks its block parameters inside the program:
+    a stack is not a cast, so those stay float32 (correct, not faster)."""
     if jnp.dtype(getattr(module, "dtype", jnp.float32)) not in SIXTEEN_BIT:
         return params
     leaves, treedef = jax.tree.flatten(params)
     specs = tuple(jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)) for x in leaves)
     targets = _targets(module, treedef, specs, tuple(tuple(s) for s in shapes_hw))
-    return treedef.unflatten([x if t is None else jnp.asarray(x, t) for x, t in zip(leaves, targets, strict=True)])
+    cast = [x if t is None else np.asarray(x).astype(t) for x, t in zip(leaves, targets, strict=True)]
+    return treedef.unflatten(cast)
 
 
 @functools.lru_cache(maxsize=8)
