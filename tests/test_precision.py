@@ -42,6 +42,10 @@ def test_16_bit_products_accumulate_in_float32_and_round_once():
         plain = jax.lax.dot_general(a.astype(dtype), b.astype(dtype), dims)
         assert wide.dtype == dtype
         np.testing.assert_array_equal(np.asarray(wide, np.float32), np.asarray(plain, np.float32))
+    asked = wide_dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), dims, preferred_element_type=jnp.float32)
+    assert asked.dtype == jnp.float32  # a caller's preferred_element_type is honoured
+    ints = wide_dot_general(jnp.ones((2, 3), jnp.int8), jnp.ones((3, 2), jnp.int8), dims)
+    assert ints.dtype == jnp.int8 and int(ints[0, 0]) == 3
 
 
 @pytest.mark.parametrize("name", ["dpt", "depth_anything", "zoedepth"])
@@ -55,6 +59,23 @@ def test_every_product_of_a_bfloat16_model_accumulates_in_float32(name):
     model = family.build(family.tiny, dtype="bfloat16")
     side = family.probe_shapes(family.tiny)[1]
     images = jnp.zeros((1, *side, 3), jnp.float32)
-    text = str(jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(init_params(family.tiny), images))
-    products = [line.strip() for line in text.splitlines() if "= dot_general[" in line]  # "x:f32[...] = dot_..."
-    assert len(products) > 10 and all(":f32[" in line.split("=")[0] for line in products), products
+    jaxpr = jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(init_params(family.tiny), images).jaxpr
+    products = [
+        (tuple(v.aval.dtype for v in e.invars), e.outvars[0].aval.dtype)
+        for e in _equations(jaxpr)
+        if e.primitive.name == "dot_general"
+    ]
+    sixteen = [(ins, out) for ins, out in products if jnp.bfloat16 in ins]
+    assert len(sixteen) > 10  # the dense layers and attention products do run in bf16
+    assert all(out == jnp.float32 for _, out in sixteen), sixteen
+
+
+def _equations(jaxpr):
+    """Every equation of `jaxpr` and of the programs nested in its equations (jit, remat, scan bodies, ...)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
