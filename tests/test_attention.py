@@ -167,10 +167,13 @@ def test_query_chunk_knob(monkeypatch):
     assert query_chunk("auto", 577, 12, batch=4) == 145  # 64 MB: 4 chunks
     assert query_chunk("auto", 1025, 16) == 205  # L-512 @512: 67 MB, 5 chunks
     assert query_chunk("auto", 1370, 6, batch=4) == 125  # Depth Anything V2-S @518: 11 chunks
-    for tokens, heads, batch in ((577, 12, 4), (1025, 16, 1), (1370, 6, 4), (4097, 12, 1), (999, 7, 3)):
+    assert query_chunk("auto", 577, 12, np.int64(4)) == 145  # a numpy batch is a batch
+    assert query_chunk("auto", 50, 12, batch=256) is None  # 31 MB, but one chunk of 64 would hold every query
+    for tokens, heads, batch in ((577, 12, 4), (1025, 16, 1), (1370, 6, 4), (4097, 12, 1), (999, 7, 3), (1000, 12, 64)):
         size = query_chunk("auto", tokens, heads, batch)
         count = -(-tokens // size)
-        assert 4 * batch * heads * size * tokens <= CHUNK_BYTES * 1.05 or size == 64
+        assert count > 1 and size > 32  # evening out takes less than half off the 64-query floor
+        assert 4 * batch * heads * size * tokens <= CHUNK_BYTES * 1.05 or size <= 64
         assert count * size - tokens < count  # evened out: the padding is less than one query per chunk
     assert query_chunk(128, 4097, 12) == 128 and query_chunk(128, 100, 12) is None
     assert query_chunk(None, 10**5, 1) is None

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from beit_flax.models.dpt.config import DPTConfig
 from beit_flax.models.dpt.relative_position import RelativePositionBias, bias_rows
@@ -35,12 +36,12 @@ size runs unchunked on a GPU (BEiT-L 512 at 512 x 512: 1025 tokens), BEiT-B 384 
 chunked. On a CPU "auto" also chunks whenever the whole batch's float32 logits exceed CHUNK_BYTES (speed, below)."""
 CHUNK_BYTES = 2**24
 """"auto" sizes chunks so that the batch's (B, heads, chunk, N) float32 logits take at most about this much (16
-MiB), never fewer than 64 queries, the chunks evened out. Chunks that stay in cache are faster on a CPU: on a 2-core
-AMD EPYC, Depth Anything V2-S at 518 x 518, batch 4, took 2.0 s in chunks of 128 queries against 2.8-3.0 s in
-chunks of 256-512 (16 MiB for one image, not for four) and 3.1 s unchunked; at batch 1, 0.40 s against 0.43 / 0.58
-s; BEiT-B 384 at batch 4 (64 MiB of logits) 2.78 s in chunks of 128 against 3.03 unchunked; BEiT-L 512 at 512 x
-512, batch 1 (67 MB), 2.85 s in chunks of 205 against 3.45 unchunked, the same maps; earlier, BEiT-B at 1024 x 1024
-ran 20% faster in chunks of 64-128 than of 256-341."""
+MiB), 64 queries or more before the chunks are evened out (which takes off less than half). Chunks that
+stay in cache are faster on a CPU: on a 2-core AMD EPYC, Depth Anything V2-S at 518 x 518, batch 4, took 2.0 s in
+chunks of 128 queries against 2.8-3.0 s in chunks of 256-512 (16 MiB for one image, not for four) and 3.1 s
+unchunked; at batch 1, 0.40 s against 0.43 / 0.58 s; BEiT-B 384 at batch 4 (64 MiB of logits) 2.78 s in chunks of
+128 against 3.03 unchunked; BEiT-L 512 at 512 x 512, batch 1 (67 MB), 2.85 s in chunks of 205 against 3.45
+unchunked, the same maps; earlier, BEiT-B at 1024 x 1024 ran 20% faster in chunks of 64-128 than of 256-341."""
 BiasRows = Callable[[Any, int], jnp.ndarray]
 """`rows(first, count)` -> (heads, count, N) float32: rows first, ..., first+count-1 of an attention bias, `first` a
 Python int or a traced int32 scalar; rows past N-1 (the padding of a last chunk) may hold anything finite."""
@@ -50,13 +51,15 @@ def query_chunk(chunk: QueryChunk, tokens: int, heads: int, batch: int = 1) -> i
     """The queries per chunk for `batch` images of `tokens` queries and keys and `heads` heads, or None to run them
     all at once. "auto": above CHUNK_ABOVE_TOKENS, or on a CPU when the logits exceed CHUNK_BYTES (see both)."""
     if chunk == "auto":
-        batch = batch if isinstance(batch, int) else 1  # a symbolic batch (a batch-polymorphic export): per image
+        # a symbolic batch (a batch-polymorphic export): sized per image. Under jit over a mesh the batch is the
+        # global one, so each device's chunks are smaller than they could be (safe for memory)
+        batch = int(batch) if isinstance(batch, (int, np.integer)) else 1
         row_bytes = 4 * batch * heads * tokens  # one query's float32 logits over the batch
         on_cpu = jax.default_backend() == "cpu"
         if tokens <= CHUNK_ABOVE_TOKENS and not (on_cpu and row_bytes * tokens > CHUNK_BYTES):
             return None
         count = -(-tokens // max(64, CHUNK_BYTES // row_bytes))
-        return -(-tokens // count)  # evened out: the last chunk is padded by fewer than `count` queries
+        return -(-tokens // count) if count > 1 else None  # evened out: the last chunk padded by < `count` queries
     if chunk is None:
         return None
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
