@@ -308,10 +308,13 @@ def test_onnx_exports_are_listed_and_go_with_a_full_clear(env, server):
     exports.mkdir()
     export = exports / "dpt-0123456789abcdef-64x64.onnx"
     export.write_bytes(b"\0" * 3 * 2**20)
+    elsewhere = env.parent / "mine.onnx"  # a user's file linked in: never listed, counted or removed
+    elsewhere.write_bytes(b"\0")
+    (exports / "linked.onnx").symlink_to(elsewhere)
     assert any(line.startswith("onnx export  3.0 MiB") and line.endswith(str(export)) for line in list_lines(env))
     assert "removed 1 converted model and" in clear(env, [NAME]) and export.is_file()
     assert "removed 0 converted models, 1 ONNX export and 0 downloads" in clear(env, [])
-    assert not export.exists()
+    assert not export.exists() and elsewhere.read_bytes() == b"\0"
 
 
 def test_clearing_a_read_only_cache_is_one_line(env, server, monkeypatch, capsys):

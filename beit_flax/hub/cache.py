@@ -48,7 +48,9 @@ def artifacts_dir(folder: Path) -> Path:
 def artifacts(folder: Path) -> list[Path]:
     """The ONNX exports kept in the cache `folder`, by name."""
     found = artifacts_dir(folder)
-    return sorted((p for p in found.glob("*.onnx") if p.is_file()), key=lambda p: p.name) if found.is_dir() else []
+    if not found.is_dir():
+        return []
+    return sorted((p for p in found.glob("*.onnx") if p.is_file() and not p.is_symlink()), key=lambda p: p.name)
 
 
 @dataclasses.dataclass(frozen=True)
