@@ -31,6 +31,7 @@ import numpy as np
 
 from beit_flax.batcher import Batcher, check_batch_size
 from beit_flax.files import atomic_write_bytes
+from beit_flax.hub.cache import artifacts as cached_artifacts
 from beit_flax.hub.cache import artifacts_dir as cache_artifacts_dir
 from beit_flax.hub.cache import locked, remove, weights_dir
 from beit_flax.models.precision import check_dtype
@@ -85,7 +86,8 @@ def artifact(
             if announce is not None:
                 announce(f"exporting the model to ONNX for {size_hw[0]}x{size_hw[1]} inputs (once; kept in {cache})")
             data = export_onnx(model, params, size_hw)
-            remove(sorted(cache.glob("*.onnx"), key=_last_used)[: -KEPT_ARTIFACTS + 1 or None])
+            kept = sorted(cached_artifacts(weights_dir(folder)), key=_last_used)  # what `cache list` shows
+            remove(kept[: -KEPT_ARTIFACTS + 1 or None])
             atomic_write_bytes(path, data)
         os.utime(path)
     return path

@@ -50,7 +50,7 @@ def artifacts(folder: Path) -> list[Path]:
     found = artifacts_dir(folder)
     if not found.is_dir():
         return []
-    return sorted((p for p in found.glob("*.onnx") if p.is_file() and not p.is_symlink()), key=lambda p: p.name)
+    return sorted(p for p in found.glob("*.onnx") if p.is_file() and not p.is_symlink())
 
 
 @dataclasses.dataclass(frozen=True)
