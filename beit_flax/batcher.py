@@ -178,7 +178,7 @@ class Batcher:
         programs: int | None = None,
     ) -> None:
         try:
-            family = registry.of_model(model)
+            registry.of_model(model)
         except TypeError as err:
             raise ValueError(str(err)) from None
         self.model = model
@@ -192,7 +192,7 @@ class Batcher:
         self.apply = Programs(functools.partial(_new_jitted_apply, model), kept)
         self.batch_sharding = batch_sharded(self.mesh)
         # once: numpy params would be copied to every device on every call; a 16-bit model's kernels in its dtype
-        self.params = place_replicated(precast(model, params, family.probe_shapes(model.config)), self.mesh)
+        self.params = place_replicated(precast(model, params), self.mesh)
         self._placements = {self.device_count: (self.params, self.batch_sharding)}  # device count -> placement
         self.shapes: set[tuple[int, ...]] = set()  # distinct batch shapes run
 

@@ -25,7 +25,8 @@ core (restrict all of them with `taskset`).
 One JSON line per row (`row`, `s_per_batch` median / min, `cpu_s_per_batch`, `setup_s`: compile, export or session
 load, `vs_source`: an ONNX row's max |difference| / max |output| against the model it was exported from), then one
 summary line per (model, batch) with the goals' ratios (> 1: ours faster): `flax_fp32_vs_best_torch`,
-`flax_bf16_vs_best_torch` (the fastest torch row of either dtype), `best_runtime_vs_best_peer` (our fastest row
+`flax_bf16_vs_best_torch` (the fastest torch row of either dtype), `flax_fp32_vs_best_torch_fp32`,
+`flax_bf16_vs_best_torch_bf16` (like for like), `best_runtime_vs_best_peer` (our fastest row
 against every peer row), `ours_onnx_vs_torch_onnx` (per runtime); each line carries the CPU model, its ISA flags,
 the 1-minute load average at the start and end, and the versions.
 """
@@ -102,7 +103,6 @@ def configs(name: str, tiny: bool) -> tuple[Any, int, Any, Callable[[str], Any]]
 def flax_rows(config: Any, module: Any) -> dict[str, Callable]:
     import jax
 
-    from beit_flax.models import registry
     from beit_flax.models.precast import precast
     from beit_flax.params import init_params
 
@@ -110,7 +110,7 @@ def flax_rows(config: Any, module: Any) -> dict[str, Callable]:
     rows = {}
     for row, dtype in (("flax-fp32", "float32"), ("flax-bf16", "bfloat16")):
         model = module(config, dtype=dtype)  # and its params as `Batcher` places them (`--runtime jax`)
-        placed = jax.device_put(precast(model, params, registry.of_model(model).probe_shapes(config)))
+        placed = jax.device_put(precast(model, params))
         apply = jax.jit(model.apply)
         rows[row] = lambda x, apply=apply, placed=placed: np.asarray(apply({"params": placed}, x))
     rows["_flax_model"], rows["_flax_params"] = module(config), params

@@ -306,6 +306,16 @@ def flax_params(setup: Setup):
     return registry.of_config(converted.config), converted.config, converted.params
 
 
+def placed(model, params) -> Any:
+    """`params` on the device as `beit-depth predict` places them (`Batcher`): a 16-bit model's kernels stored in its
+    dtype (`models/precast.py`; the same outputs bit for bit), so the timings are the product's."""
+    import jax
+
+    from beit_flax.models.precast import precast
+
+    return jax.device_put(precast(model, params))
+
+
 def compile_apply(model, params, images) -> tuple[Any, float, int]:
     """(compiled apply, seconds to lower and compile, fused cuDNN attention calls in the program)."""
     import jax
@@ -366,6 +376,7 @@ def flax_one(setup: Setup, model, params, images, references: tuple[np.ndarray, 
     """Batch 1: compile time, cuDNN calls, the output vs torch fp32 and vs Flax fp32, latency."""
     import jax
 
+    params = placed(model, params)
     one, compile_s, cudnn_calls = compile_apply(model, params, images)
     ours = np.asarray(one(params, images))
     row = {"compile_s": compile_s, "cudnn_calls": cudnn_calls}
@@ -378,6 +389,7 @@ def flax_throughput(setup: Setup, model, params, batch, gflop: float) -> dict[st
     analytic count), and XLA's own count per image (it counts a loop's body once: the chunked XLA attention less)."""
     import jax
 
+    params = placed(model, params)
     program, compile_s, cudnn_calls = compile_apply(model, params, batch)
     prepared = timed(lambda: program(params, batch), jax.block_until_ready, setup.iters)
     images = batch.shape[0]
@@ -491,10 +503,12 @@ def section_depth_anything(setup: Setup) -> None:
 def da_parity(family, config, params, images) -> dict[str, Any]:
     """bf16 ("auto": cuDNN on a GPU) against fp32 (XLA) on one image."""
     fp32, _, _ = compile_apply(family.build(config), params, images)
-    half, compile_s, cudnn_calls = compile_apply(family.build(config, dtype="bfloat16"), params, images)
+    model = family.build(config, dtype="bfloat16")
+    half_params = placed(model, params)
+    half, compile_s, cudnn_calls = compile_apply(model, half_params, images)
     reference = np.asarray(fp32(params, images))
     row = {"compile_s": compile_s, "cudnn_calls": cudnn_calls, "positive_fraction": float((reference > 0).mean())}
-    return {**row, "vs_fp32": compare(np.asarray(half(params, images)), reference)}
+    return {**row, "vs_fp32": compare(np.asarray(half(half_params, images)), reference)}
 
 
 def depth_anything_torch(setup: Setup, family, config, base: dict[str, Any]) -> None:

@@ -262,14 +262,16 @@ class FlaxBench:
     def prepare(self, impl: str, dtype: str, batch: int, hw: tuple[int, int]) -> Prepared:
         jax = self.jax
         from beit_flax.models.dpt.dpt import DPT
+        from beit_flax.models.precast import precast
 
         model = DPT(self.config, dtype=dtype, scan=self.scan, attention=self.attention)
         images = np.random.default_rng(1).standard_normal((batch, *hw, 3), dtype=np.float32)
         images = jax.device_put(images, self.device)
+        # placed as `beit-depth predict` places them: a 16-bit model's kernels in its dtype (`models/precast.py`)
+        params = jax.device_put(precast(model, self.params), self.device)
         t0 = time.perf_counter()
-        compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(self.params, images).compile()
+        compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, images).compile()
         compile_s = round(time.perf_counter() - t0, 3)
-        params = self.params
         half = self.accuracy and dtype != "float32"  # the float32 row would compare the model with itself
         accuracy = self.accuracy_row(np.asarray(compiled(params, images)), images) if half else {}
         xla_gflop = None

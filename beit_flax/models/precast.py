@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
+from beit_flax.models import registry
+
 SIXTEEN_BIT = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 OTHER = "other"  # a use that is not a cast to a 16-bit dtype
 
@@ -38,16 +40,19 @@ _CALLS = {
 }
 
 
-def precast(module: nn.Module, params: Any, shapes_hw: Sequence[tuple[int, int]]) -> Any:
+def precast(module: nn.Module, params: Any, shapes_hw: Sequence[tuple[int, int]] | None = None) -> Any:
     """`params` (a tree of float32 arrays) with each leaf that `module.apply` casts to one 16-bit dtype at every
     use stored in that dtype; the rest untouched. Traced (abstractly: no compile) on a (1, H, W, 3) float32 input of
-    each of `shapes_hw`; a leaf is cast only if it is cast-only at all of them (a family's native size and one other
-    take every path that depends on the input size: position tables used directly or resized). Cast on the host
+    each of `shapes_hw` (default: the module's family's `probe_shapes`); a leaf is cast only if it is cast-only at all
+    of them (a family's native size and one other take every path that depends on the input size: position tables
+    used directly or resized). Cast on the host
     (numpy: the same bits as the program's convert), whatever devices the params go to next. A float32 module comes
     back unchanged without tracing. A scanned encoder (`scan=True`) stacks its block parameters inside the program:
     a stack is not a cast, so those stay float32 (correct, not faster)."""
     if jnp.dtype(getattr(module, "dtype", jnp.float32)) not in SIXTEEN_BIT:
         return params
+    if shapes_hw is None:
+        shapes_hw = registry.of_model(module).probe_shapes(module.config)
     leaves, treedef = jax.tree.flatten(params)
     specs = tuple(jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)) for x in leaves)
     targets = _targets(module, treedef, specs, tuple(tuple(s) for s in shapes_hw))
