@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights_cache = sub.add_parser(
         "cache",
         help="list or clear the converted weights cache",
-        description="Converted weights (and release downloads) live in "
-        "~/.cache/beit-flax/weights ($BEIT_FLAX_WEIGHTS_DIR); hub downloads stay in the "
-        "Hugging Face cache.",
+        description="Converted weights, release downloads and the ONNX exports of predict --runtime "
+        "onnxruntime|openvino (onnx/; removed by a full clear) live in ~/.cache/beit-flax/weights "
+        "($BEIT_FLAX_WEIGHTS_DIR); hub downloads stay in the Hugging Face cache.",
     )
     weights_cache.add_argument("action", choices=("list", "clear"))
     weights_cache.add_argument(
